@@ -1,0 +1,3 @@
+module github.com/smolbottle/smolbottle
+
+go 1.26

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// Smolfile facts (reference/smolvm.md §2): smolvm reads it with a strict
+// TOML 1.0 parser into structs with deny_unknown_fields, so only the keys
+// below appear. There is no net key: a machine without network intent gets
+// no network device at all, and its only network is the gvproxy socket
+// mounted with --mount-socket (a flag, not a Smolfile key). Secrets are
+// from_env references that smolvm resolves from its own environment; their
+// values never reach this file.
+
+// envVar is one guest environment variable, in a fixed order.
+type envVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// smolfileSpec is everything the Smolfile depends on.
+type smolfileSpec struct {
+	Image   string   // absolute path of a local OCI/docker archive or rootfs directory
+	Workdir string   // guest working directory
+	CPUs    int      // virtual CPUs
+	MemMiB  int      // memory in MiB
+	Volumes []string // "HOST:GUEST[:ro]", already validated
+	Env     []envVar // guest environment, in order
+	Secrets []string // names of host variables passed as from_env references
+}
+
+// renderSmolfile returns the Smolfile TOML for spec.
+func renderSmolfile(spec smolfileSpec) ([]byte, error) {
+	var t tomlWriter
+	t.buf.WriteString(generatedHeader)
+	t.keyString("image", spec.Image)
+	t.keyString("workdir", spec.Workdir)
+	t.keyInt("cpus", spec.CPUs)
+	t.keyInt("memory", spec.MemMiB)
+	t.keyStrings("volumes", spec.Volumes)
+	env := make([]string, len(spec.Env))
+	for i, e := range spec.Env {
+		env[i] = e.Name + "=" + e.Value
+	}
+	t.keyStrings("env", env)
+	if len(spec.Secrets) > 0 {
+		t.buf.WriteString("\n[secrets]\n")
+		for _, name := range spec.Secrets {
+			k := t.key(name)
+			v := t.str("secrets."+name, name)
+			t.buf.WriteString(k + " = { from_env = " + v + " }\n")
+		}
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	return t.buf.Bytes(), nil
+}
+
+// tomlWriter writes TOML 1.0 with every string through tomlString and every
+// key through tomlKey, and keeps the first error. Inline tables stay on one
+// line and no TOML 1.1 syntax is ever produced.
+type tomlWriter struct {
+	buf bytes.Buffer
+	err error
+}
+
+func (t *tomlWriter) fail(field string, err error) {
+	if err != nil && t.err == nil {
+		t.err = fieldError{field, err}
+	}
+}
+
+func (t *tomlWriter) key(k string) string {
+	q, err := tomlKey(k)
+	t.fail(k, err)
+	return q
+}
+
+func (t *tomlWriter) str(field, v string) string {
+	q, err := tomlString(v)
+	t.fail(field, err)
+	return q
+}
+
+func (t *tomlWriter) keyString(k, v string) {
+	t.buf.WriteString(t.key(k) + " = " + t.str(k, v) + "\n")
+}
+
+func (t *tomlWriter) keyInt(k string, v int) {
+	t.buf.WriteString(t.key(k) + " = " + strconv.Itoa(v) + "\n")
+}
+
+// keyStrings writes an array of strings, one element per line.
+func (t *tomlWriter) keyStrings(k string, vs []string) {
+	if len(vs) == 0 {
+		t.buf.WriteString(t.key(k) + " = []\n")
+		return
+	}
+	t.buf.WriteString(t.key(k) + " = [\n")
+	for _, v := range vs {
+		t.buf.WriteString("  " + t.str(k, v) + ",\n")
+	}
+	t.buf.WriteString("]\n")
+}
