@@ -1,17 +1,48 @@
-// Smolbottle runs an AI coding agent inside a smolvm microVM whose only
-// network is a confined gvproxy user-mode network.
+// Smolbottle runs an AI coding agent (Claude Code by default) inside a
+// smolvm microVM whose only network is a confined gvproxy user-mode network.
+// From inside the guest exactly one name resolves, proxy.internal, and
+// exactly the host-side sidecar ports answer there: the egress proxy
+// (pipelock) always, a git gateway (git-gate) and a supervision channel
+// (supervise) when enabled. Every other destination is unreachable.
 //
-// (The full manual is written as the subcommands land.)
+// Usage:
+//
+//	smolbottle plan [flags] SLUG
+//	smolbottle doctor
+//	smolbottle version
+//
+// Plan resolves a bottle without starting anything: it runs the preflight,
+// derives the bottle's subnet from its slug, allocates one loopback port per
+// sidecar, writes the stage directory and prints what up would run and what
+// down would undo. -json prints the same plan as JSON.
+//
+// Doctor prints what the preflight finds: each program with its path and
+// version, whether the smolvm on PATH is smol-machines' and has the flags
+// the design needs, and whether user and network namespaces can be created.
+//
+// Exit status is 0 on success, 1 on failure and 2 on a usage error.
+//
+// Security: smolbottle trusts the smolvm, gvproxy, gvforwarder and pipelock
+// binaries it finds on PATH (or beside itself) and checks their versions. It
+// writes only under the stage directory (default
+// ~/.local/state/smolbottle/SLUG): directories 0700, files 0600, each
+// written whole. No secret value is ever written: ANTHROPIC_API_KEY and
+// CLAUDE_CODE_OAUTH_TOKEN reach the guest as references smolvm resolves from
+// its environment. Child programs get an explicit environment and argv,
+// never a shell.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -90,11 +121,172 @@ func trimUsagePrefix(msg string) string {
 // deferred cleanup runs.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
 		return usageError("no subcommand")
 	}
 	switch args[0] {
-	// Subcommand cases are added here, one per line.
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "version":
+		fmt.Fprintln(stdout, "smolbottle", version())
+		return nil
+	case "plan":
+		return cmdPlan(ctx, args[1:], stdout, stderr)
+	case "doctor":
+		return cmdDoctor(ctx, args[1:], stdout, stderr)
+	case nsCheckCmd:
+		return runNSCheck()
 	default:
 		return usageError("unknown subcommand %q", args[0])
 	}
+}
+
+// usage is printed by `smolbottle help` and on a usage error.
+const usage = `Usage: smolbottle COMMAND [flags] [SLUG]
+
+Commands:
+  plan SLUG      resolve a bottle, write its stage, print the plan; start nothing
+  doctor         check smolvm, gvproxy, gvforwarder, pipelock and namespaces
+  version        print the version
+
+Plan flags:
+  -image PATH          local OCI/docker archive (.tar, .tar.gz, .tgz) or rootfs directory
+  -workspace DIR       mounted at /workspace (default: current directory)
+  -allow HOST          egress allow-list entry, repeatable: NAME or *.DOMAIN
+                       (default api.anthropic.com; giving -allow replaces it)
+  -git-gate            add the git gateway sidecar
+  -supervise           add the supervision sidecar
+  -egress-proxy ADDR   use a proxy already running on 127.0.0.1:PORT instead of pipelock
+  -cpus N              virtual CPUs (default 4)
+  -mem MIB             memory in MiB (default 4096)
+  -stage DIR           stage directory (default ~/.local/state/smolbottle/SLUG)
+  -backend NAME        bottle backend (default smolmachines)
+  -json                print the plan as JSON
+
+Examples:
+  $ docker save node:22 -o node.tar
+  $ smolbottle plan -image node.tar -workspace ~/src/app demo
+  $ smolbottle plan -image node.tar -allow api.anthropic.com -allow '*.npmjs.org' -json demo
+  $ smolbottle doctor
+
+Exit status: 0 success, 1 failure, 2 usage error.
+`
+
+// version reports the module version stamped by go install, if any.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// parseInterleaved parses flags that may come before or after the
+// positional arguments (smolbottle plan SLUG -image x works like
+// smolbottle plan -image x SLUG) and returns the positionals.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// newFlagSet returns a FlagSet that reports errors to stderr and returns
+// them instead of exiting.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("smolbottle "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	return fs
+}
+
+// parsePlanFlags parses the flags plan (and later up and run) accept.
+func parsePlanFlags(fs *flag.FlagSet, args []string) (planOptions, error) {
+	opts := planOptions{}
+	var allow stringList
+	fs.StringVar(&opts.Image, "image", "", "")
+	fs.StringVar(&opts.Workspace, "workspace", ".", "")
+	fs.Var(&allow, "allow", "")
+	fs.BoolVar(&opts.GitGate, "git-gate", false, "")
+	fs.BoolVar(&opts.Supervise, "supervise", false, "")
+	fs.StringVar(&opts.EgressProxy, "egress-proxy", "", "")
+	fs.IntVar(&opts.CPUs, "cpus", defaultCPUs, "")
+	fs.IntVar(&opts.MemMiB, "mem", defaultMemMiB, "")
+	fs.StringVar(&opts.Stage, "stage", "", "")
+	fs.StringVar(&opts.Backend, "backend", defaultBackend, "")
+	fs.BoolVar(&opts.JSON, "json", false, "")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return opts, err
+		}
+		return opts, usageError("%v", err)
+	}
+	switch len(pos) {
+	case 0:
+		return opts, usageError("missing SLUG")
+	case 1:
+		opts.Slug = pos[0]
+	default:
+		return opts, usageError("too many arguments: %q", pos[1:])
+	}
+	opts.Allow = allow
+	return opts, nil
+}
+
+// cmdPlan implements smolbottle plan.
+func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	opts, err := parsePlanFlags(newFlagSet("plan", stderr), args)
+	if err != nil {
+		return err
+	}
+	p, err := resolvePlan(ctx, opts, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
+	if err != nil {
+		return err
+	}
+	if err := p.writeStage(); err != nil {
+		return err
+	}
+	if opts.JSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(p)
+	}
+	p.writeText(stdout)
+	return nil
+}
+
+// cmdDoctor implements smolbottle doctor.
+func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("doctor", stderr)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError("%v", err)
+	}
+	if len(pos) > 0 {
+		return usageError("doctor takes no arguments")
+	}
+	checks, _, err := preflight(ctx, defaultPreflightEnv(true))
+	writeChecks(stdout, checks)
+	if err != nil {
+		// The report above already says what to fix; repeat only the verdict.
+		return errors.New(err.Error())
+	}
+	return nil
 }

@@ -1,0 +1,566 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Guest-side paths. The guest binaries directory is mounted read-only; the
+// gvproxy socket is bridged in by smolvm --mount-socket.
+const (
+	guestWorkspace = "/workspace"
+	guestBinDir    = "/opt/smolbottle"
+	guestSocket    = "/run/smolbottle/gvproxy.sock"
+	guestTap       = "tap0"
+	defaultAllow   = "api.anthropic.com"
+	defaultBackend = "smolmachines"
+	defaultCPUs    = 4
+	defaultMemMiB  = 4096
+)
+
+// secretNames are the host variables that reach the guest as from_env
+// references resolved by smolvm, never as values in a file or an argv.
+var secretNames = []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"}
+
+// backend is one way of running a bottle. Only smolmachines exists; the
+// registry keeps the plan independent of it.
+type backend interface {
+	// preflight finds and checks everything the backend runs.
+	preflight(ctx context.Context, env preflightEnv) ([]check, tools, error)
+	// upCommands lists the commands up runs for p, in order.
+	upCommands(p *plan) [][]string
+	// cleanup lists what down stops, deletes, removes and keeps.
+	cleanup(p *plan) cleanupPlan
+}
+
+var backends = map[string]backend{defaultBackend: smolmachines{}}
+
+// backendNames lists the registered backends in a stable order.
+func backendNames() []string { return slices.Sorted(maps.Keys(backends)) }
+
+// planOptions are the user's choices, as parsed from flags.
+type planOptions struct {
+	Slug        string
+	Image       string
+	Workspace   string
+	Allow       []string
+	GitGate     bool
+	Supervise   bool
+	CPUs        int
+	MemMiB      int
+	Stage       string
+	Backend     string
+	EgressProxy string // HOST:PORT of a running proxy used instead of pipelock
+	JSON        bool
+}
+
+// sidecar is one host service the guest may reach at proxy.internal:Port.
+type sidecar struct {
+	Name     string `json:"name"`
+	Port     int    `json:"port"`
+	GuestURL string `json:"guest_url"`
+	EnvVar   string `json:"env_var,omitempty"`
+	External bool   `json:"external,omitempty"` // already running; not started by up
+}
+
+// plannedFile is one file or directory the plan writes.
+type plannedFile struct {
+	Path    string `json:"path"`
+	Mode    string `json:"mode"`
+	Purpose string `json:"purpose"`
+	data    []byte
+}
+
+// plan is a resolved bottle: everything up needs, nothing started.
+type plan struct {
+	Slug        string        `json:"slug"`
+	Backend     string        `json:"backend"`
+	Machine     string        `json:"machine"`
+	Stage       string        `json:"stage"`
+	Image       string        `json:"image"`
+	Workspace   string        `json:"workspace"`
+	CPUs        int           `json:"cpus"`
+	MemMiB      int           `json:"memory_mib"`
+	Net         bottleNet     `json:"network"`
+	Sidecars    []sidecar     `json:"sidecars"`
+	MetricsPort int           `json:"metrics_port,omitempty"`
+	Allow       []string      `json:"allow"`
+	GuestEnv    []envVar      `json:"guest_env"`
+	Secrets     []string      `json:"secrets"`
+	Files       []plannedFile `json:"files"`
+	Commands    [][]string    `json:"commands"`
+	Cleanup     cleanupPlan   `json:"cleanup"`
+	Tools       tools         `json:"-"`
+}
+
+// cleanupPlan is what down does for a bottle.
+type cleanupPlan struct {
+	Stop   []string   `json:"stop"`
+	Delete [][]string `json:"delete"`
+	Remove []string   `json:"remove"`
+	Keep   []string   `json:"keep"`
+}
+
+// planEnv is the outside world a plan reads; tests replace it.
+type planEnv struct {
+	Getenv    func(string) string
+	Preflight preflightEnv
+}
+
+// resolvePlan validates opts, runs the preflight, derives the network and
+// ports and renders every file, without writing anything.
+func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, error) {
+	p := &plan{Slug: opts.Slug, Backend: opts.Backend, CPUs: opts.CPUs, MemMiB: opts.MemMiB}
+	if err := checkSlug(opts.Slug); err != nil {
+		return nil, usageError("%v", err)
+	}
+	p.Machine = machineName(opts.Slug)
+	be, ok := backends[opts.Backend]
+	if !ok {
+		return nil, usageError("unknown backend %q (known: %s)", opts.Backend, strings.Join(backendNames(), ", "))
+	}
+	if opts.CPUs < minCPUs || opts.CPUs > maxCPUs {
+		return nil, usageError("-cpus %d is outside %d-%d", opts.CPUs, minCPUs, maxCPUs)
+	}
+	if opts.MemMiB < minMemMiB || opts.MemMiB > maxMemMiB {
+		return nil, usageError("-mem %d MiB is outside %d-%d", opts.MemMiB, minMemMiB, maxMemMiB)
+	}
+	var err error
+	if p.Image, err = checkImage(opts.Image); err != nil {
+		return nil, err
+	}
+	if p.Workspace, err = checkWorkspace(opts.Workspace); err != nil {
+		return nil, err
+	}
+	if p.Allow, err = checkAllowList(opts.Allow); err != nil {
+		return nil, err
+	}
+	egressPort := 0
+	if opts.EgressProxy != "" {
+		if egressPort, err = checkEgressProxy(opts.EgressProxy); err != nil {
+			return nil, err
+		}
+	}
+	if p.Stage, err = stageFor(opts, env.Getenv); err != nil {
+		return nil, err
+	}
+	if err := checkSocketPaths(p.Stage); err != nil {
+		return nil, err
+	}
+	if within(p.Stage, p.Workspace) || within(p.Workspace, p.Stage) {
+		return nil, fmt.Errorf("stage %q and workspace %q overlap: the guest could reach the relay sockets through the workspace", p.Stage, p.Workspace)
+	}
+	if err := checkStageFree(p.Stage, p.Slug); err != nil {
+		return nil, err
+	}
+
+	pe := env.Preflight
+	pe.Pipelock = egressPort == 0
+	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
+		return nil, err
+	}
+
+	held := map[int]bool{}
+	if root, err := stateRoot(env.Getenv); err == nil {
+		held = liveSubnets(root, p.Slug)
+	}
+	if p.Net, err = pickSubnet(p.Slug, func(n int) bool { return held[n] }); err != nil {
+		return nil, err
+	}
+
+	if err := p.allocSidecars(opts, egressPort); err != nil {
+		return nil, err
+	}
+	p.GuestEnv = guestEnv(p.Sidecars)
+	for _, name := range secretNames {
+		if env.Getenv(name) != "" {
+			p.Secrets = append(p.Secrets, name)
+		}
+	}
+	if err := p.render(); err != nil {
+		return nil, err
+	}
+	p.Commands = be.upCommands(p)
+	p.Cleanup = be.cleanup(p)
+	return p, nil
+}
+
+// checkAllowList validates and de-duplicates the allow-list, keeping order.
+func checkAllowList(entries []string) ([]string, error) {
+	if len(entries) == 0 {
+		entries = []string{defaultAllow}
+	}
+	if len(entries) > maxAllow {
+		return nil, usageError("%d -allow entries; at most %d", len(entries), maxAllow)
+	}
+	var out []string
+	for _, e := range entries {
+		h, err := checkAllow(e)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}
+
+// checkEgressProxy validates -egress-proxy: a loopback HOST:PORT, since the
+// relay dials 127.0.0.1 on the host and the guest sees the same port.
+func checkEgressProxy(v string) (int, error) {
+	if err := checkText("-egress-proxy", v); err != nil {
+		return 0, err
+	}
+	ap, err := netip.ParseAddrPort(strings.Replace(v, "localhost:", "127.0.0.1:", 1))
+	if err != nil || ap.Port() == 0 {
+		return 0, usageError("-egress-proxy %q is not HOST:PORT", v)
+	}
+	if ap.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+		return 0, usageError("-egress-proxy %q must be on 127.0.0.1: the confined network reaches only host loopback ports", v)
+	}
+	return int(ap.Port()), nil
+}
+
+// stageFor returns the stage directory: -stage, or the slug's directory
+// under the state root.
+func stageFor(opts planOptions, getenv func(string) string) (string, error) {
+	if opts.Stage != "" {
+		return checkHostPath("stage", opts.Stage)
+	}
+	root, err := stateRoot(getenv)
+	if err != nil {
+		return "", err
+	}
+	return checkHostPath("stage", filepath.Join(root, opts.Slug))
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// allocSidecars gives pipelock (or the external proxy), and git-gate and
+// supervise when enabled, one loopback port each, plus pipelock's metrics
+// port, which is never relayed to the guest.
+func (p *plan) allocSidecars(opts planOptions, egressPort int) error {
+	n := 0
+	if egressPort == 0 {
+		n += 2 // pipelock and its metrics
+	}
+	if opts.GitGate {
+		n++
+	}
+	if opts.Supervise {
+		n++
+	}
+	ports, err := allocPorts(n)
+	if err != nil {
+		return err
+	}
+	next := func() int { v := ports[0]; ports = ports[1:]; return v }
+	if egressPort == 0 {
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "pipelock", Port: next()})
+		p.MetricsPort = next()
+	} else {
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "egress-proxy", Port: egressPort, External: true})
+	}
+	if opts.GitGate {
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "git-gate", Port: next(), EnvVar: "SMOLBOTTLE_GIT_GATE_URL"})
+	}
+	if opts.Supervise {
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "supervise", Port: next(), EnvVar: "SMOLBOTTLE_SUPERVISE_URL"})
+	}
+	for i := range p.Sidecars {
+		p.Sidecars[i].GuestURL = "http://" + proxyName + ":" + strconv.Itoa(p.Sidecars[i].Port)
+	}
+	return nil
+}
+
+// guestEnv is the guest's environment (DESIGN.md §4): the egress proxy for
+// every client that honours the usual variables, with an http:// scheme
+// because Claude Code rejects an https proxy URL, and one URL variable per
+// optional sidecar.
+func guestEnv(sidecars []sidecar) []envVar {
+	proxy := sidecars[0].GuestURL
+	env := []envVar{
+		{"HTTPS_PROXY", proxy},
+		{"HTTP_PROXY", proxy},
+		{"https_proxy", proxy},
+		{"http_proxy", proxy},
+		{"NO_PROXY", "localhost,127.0.0.1"},
+		{"no_proxy", "localhost,127.0.0.1"},
+		{"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},
+	}
+	for _, s := range sidecars[1:] {
+		env = append(env, envVar{s.EnvVar, s.GuestURL})
+	}
+	return env
+}
+
+// render produces every file of the stage in memory.
+func (p *plan) render() error {
+	sock := filepath.Join(p.Stage, sockDir, gvproxySock)
+	smol, err := renderSmolfile(smolfileSpec{
+		Image:   p.Image,
+		Workdir: guestWorkspace,
+		CPUs:    p.CPUs,
+		MemMiB:  p.MemMiB,
+		Volumes: []string{
+			p.Workspace + ":" + guestWorkspace,
+			filepath.Join(p.Stage, guestDir) + ":" + guestBinDir + ":ro",
+		},
+		Env:     p.GuestEnv,
+		Secrets: p.Secrets,
+	})
+	if err != nil {
+		return fmt.Errorf("render Smolfile: %w", err)
+	}
+	gv, err := renderGvproxy(gvproxySpec{Net: p.Net, SocketPath: sock})
+	if err != nil {
+		return fmt.Errorf("render gvproxy config: %w", err)
+	}
+	dir := func(name, purpose string) plannedFile {
+		return plannedFile{Path: filepath.Join(p.Stage, name), Mode: "0700", Purpose: purpose}
+	}
+	file := func(name, purpose string, data []byte) plannedFile {
+		return plannedFile{Path: filepath.Join(p.Stage, name), Mode: "0600", Purpose: purpose, data: data}
+	}
+	p.Files = []plannedFile{
+		dir("", "stage directory"),
+		dir(sockDir, "gvproxy socket, the only directory gvproxy may write"),
+		dir(relayDir, "relay sockets, hidden from gvproxy"),
+		dir(guestDir, "binaries mounted read-only at "+guestBinDir+" (filled by up)"),
+		dir(logsDir, "logs, kept by down"),
+		file(smolfileName, "smolvm machine definition", smol),
+		file(gvproxyFile, "gvproxy config", gv),
+	}
+	if !p.Sidecars[0].External {
+		pl, err := renderPipelock(pipelockSpec{
+			Port:        p.Sidecars[0].Port,
+			MetricsPort: p.MetricsPort,
+			Allow:       p.Allow,
+			LogFile:     filepath.Join(p.Stage, logsDir, "pipelock.jsonl"),
+		})
+		if err != nil {
+			return fmt.Errorf("render pipelock config: %w", err)
+		}
+		p.Files = append(p.Files, file(pipelockFile, "egress proxy config", pl))
+	}
+	p.Files = append(p.Files, file(planFile, "this plan, machine-readable", nil))
+	return nil
+}
+
+// writeStage creates the stage directory and writes every planned file.
+// When any step fails, whatever this call created is removed again.
+func (p *plan) writeStage() (err error) {
+	if err := os.MkdirAll(filepath.Dir(p.Stage), 0o700); err != nil {
+		return fmt.Errorf("create %q: %w", filepath.Dir(p.Stage), err)
+	}
+	_, statErr := os.Lstat(p.Stage)
+	created := errors.Is(statErr, os.ErrNotExist)
+	var made []string
+	defer func() {
+		if err == nil {
+			return
+		}
+		if created {
+			os.RemoveAll(p.Stage)
+			return
+		}
+		for _, m := range slices.Backward(made) {
+			os.Remove(m)
+		}
+	}()
+	for _, f := range p.Files {
+		if f.Mode != "0700" {
+			continue
+		}
+		_, statErr := os.Lstat(f.Path)
+		if err := mkdirPrivate(f.Path); err != nil {
+			return fmt.Errorf("create %q: %w", f.Path, err)
+		}
+		if errors.Is(statErr, os.ErrNotExist) {
+			made = append(made, f.Path)
+		}
+	}
+	for _, f := range p.Files {
+		if f.Mode != "0600" {
+			continue
+		}
+		data := f.data
+		if filepath.Base(f.Path) == planFile {
+			if data, err = json.MarshalIndent(p, "", "  "); err != nil {
+				return err
+			}
+			data = append(data, '\n')
+		}
+		if err := writeFileAtomic(f.Path, data); err != nil {
+			return fmt.Errorf("write %q: %w", f.Path, err)
+		}
+	}
+	return nil
+}
+
+// writeText prints the plan for a person.
+func (p *plan) writeText(w io.Writer) {
+	fmt.Fprintf(w, "bottle     %s\n", p.Slug)
+	fmt.Fprintf(w, "backend    %s\n", p.Backend)
+	fmt.Fprintf(w, "machine    %s\n", p.Machine)
+	fmt.Fprintf(w, "stage      %s\n", p.Stage)
+	fmt.Fprintf(w, "image      %s\n", p.Image)
+	fmt.Fprintf(w, "workspace  %s -> %s\n", p.Workspace, guestWorkspace)
+	fmt.Fprintf(w, "resources  %d cpus, %d MiB\n", p.CPUs, p.MemMiB)
+	fmt.Fprintf(w, "network    %s  gateway %s  guest %s  %s %s\n",
+		p.Net.Subnet, p.Net.Gateway, p.Net.Guest, proxyName, p.Net.HostVIP)
+	fmt.Fprintf(w, "\nsidecars (guest reaches exactly these ports at %s)\n", proxyName)
+	for _, s := range p.Sidecars {
+		note := ""
+		if s.External {
+			note = "  (already running)"
+		}
+		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  %s%s\n", s.Name, s.Port, s.GuestURL, note)
+	}
+	if p.MetricsPort != 0 {
+		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  not reachable from the guest\n", "metrics", p.MetricsPort)
+	}
+	fmt.Fprintf(w, "\negress allow-list\n")
+	for _, a := range p.Allow {
+		fmt.Fprintf(w, "  %s\n", a)
+	}
+	fmt.Fprintf(w, "\nfiles\n")
+	for _, f := range p.Files {
+		fmt.Fprintf(w, "  %s  %s  (%s)\n", f.Mode, f.Path, f.Purpose)
+	}
+	fmt.Fprintf(w, "\nguest environment\n")
+	for _, e := range p.GuestEnv {
+		fmt.Fprintf(w, "  %s=%s\n", e.Name, e.Value)
+	}
+	for _, s := range p.Secrets {
+		fmt.Fprintf(w, "  %s=<secret: smolvm reads the host's $%s at exec time>\n", s, s)
+	}
+	fmt.Fprintf(w, "\nup would run\n")
+	for _, c := range p.Commands {
+		fmt.Fprintf(w, "  $ %s\n", shellQuote(c))
+	}
+	p.Cleanup.writeText(w)
+}
+
+// writeText prints the cleanup plan.
+func (c cleanupPlan) writeText(w io.Writer) {
+	fmt.Fprintf(w, "\ndown would\n")
+	for _, s := range c.Stop {
+		fmt.Fprintf(w, "  stop    %s\n", s)
+	}
+	for _, d := range c.Delete {
+		fmt.Fprintf(w, "  run     $ %s\n", shellQuote(d))
+	}
+	for _, r := range c.Remove {
+		fmt.Fprintf(w, "  remove  %s\n", r)
+	}
+	for _, k := range c.Keep {
+		fmt.Fprintf(w, "  keep    %s\n", k)
+	}
+}
+
+// shellQuote renders argv for reading (and pasting into a POSIX shell).
+// It is display only: smolbottle never runs a shell.
+func shellQuote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@+") == "" {
+			out[i] = a
+		} else {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// smolmachines runs bottles with smol-machines' smolvm.
+type smolmachines struct{}
+
+func (smolmachines) preflight(ctx context.Context, env preflightEnv) ([]check, tools, error) {
+	return preflight(ctx, env)
+}
+
+// upCommands lists, in order, what up runs: the supervisor (confined
+// gvproxy, relays, sidecars), then the machine without any smolvm network
+// and with gvproxy's socket bridged in, then the guest network and the
+// egress self-test from the read-only guest binaries.
+func (smolmachines) upCommands(p *plan) [][]string {
+	t := p.Tools
+	name := p.Machine
+	sock := filepath.Join(p.Stage, sockDir, gvproxySock)
+	cmds := [][]string{
+		{"smolbottle", "_supervise", p.Stage},
+		{t.Gvproxy, "-config", filepath.Join(p.Stage, gvproxyFile)},
+	}
+	if !p.Sidecars[0].External {
+		cmds = append(cmds, []string{t.Pipelock, "run", "--config", filepath.Join(p.Stage, pipelockFile)})
+	}
+	asRoot := []string{}
+	if t.SmolvmExecUser {
+		asRoot = []string{"--user", "root"}
+	}
+	exec := func(args ...string) []string {
+		c := append([]string{t.Smolvm, "machine", "exec", "--name", name}, asRoot...)
+		return append(append(c, "--"), args...)
+	}
+	fwd := exec(guestBinDir+"/gvforwarder", "-url", "unix://"+guestSocket, "-iface", guestTap,
+		"-preexisting", "-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", "")
+	fwd = slices.Insert(fwd, slices.Index(fwd, "--"), "--detach")
+	cmds = append(cmds,
+		[]string{t.Smolvm, "machine", "create", "--name", name, "--smolfile", filepath.Join(p.Stage, smolfileName),
+			"--mount-socket", sock + ":" + guestSocket},
+		[]string{t.Smolvm, "machine", "start", "--name", name},
+		fwd,
+		exec(guestBinDir+"/smolbottle", "_guestnet", "-subnet", strconv.Itoa(p.Net.N)),
+		exec(guestBinDir+"/smolbottle", "_probe", "-subnet", strconv.Itoa(p.Net.N), "-ports", sidecarPorts(p.Sidecars)),
+	)
+	return cmds
+}
+
+func sidecarPorts(s []sidecar) string {
+	ports := make([]string, len(s))
+	for i, sc := range s {
+		ports[i] = strconv.Itoa(sc.Port)
+	}
+	return strings.Join(ports, ",")
+}
+
+// cleanup lists what down does: stop the supervisor (which takes gvproxy,
+// the relays and the sidecars with it), delete the machine with -f (without
+// it smolvm prompts and exits 0 without deleting), remove the stage but its
+// logs.
+func (smolmachines) cleanup(p *plan) cleanupPlan {
+	owned := []string{"gvproxy", "relays"}
+	for _, s := range p.Sidecars {
+		if !s.External {
+			owned = append(owned, s.Name)
+		}
+	}
+	c := cleanupPlan{
+		Stop:   []string{"the supervisor and what it owns: " + strings.Join(owned, ", ")},
+		Delete: [][]string{{p.Tools.Smolvm, "machine", "delete", "--name", p.Machine, "-f"}},
+		Keep:   []string{filepath.Join(p.Stage, logsDir)},
+	}
+	for _, f := range p.Files {
+		if f.Path != p.Stage && filepath.Base(f.Path) != logsDir {
+			c.Remove = append(c.Remove, f.Path)
+		}
+	}
+	c.Remove = append(c.Remove, filepath.Join(p.Stage, stateFile))
+	return c
+}

@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The preflight finds every program a bottle needs, once, by absolute path,
+// checks that each is the one the design was measured with, and checks that
+// the kernel lets us build gvproxy's confinement. It reports every missing
+// piece at once, each with how to fix it. Nothing here runs at init time.
+
+// gvisorTag is the gvisor-tap-vsock release the confinement was measured
+// with (reference/gvproxy.md §0); gvproxy and gvforwarder must match it.
+const gvisorTag = "v0.8.9"
+
+// probeTimeout bounds each version or help probe of a child program.
+const probeTimeout = 10 * time.Second
+
+// Install hints, one per program.
+const (
+	hintSmolvm      = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
+	hintGvproxy     = "run `make tools`, or: go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@" + gvisorTag
+	hintGvforwarder = "run `make tools`, or: CGO_ENABLED=0 GOBIN=$PWD/bin go install github.com/containers/gvisor-tap-vsock/cmd/vm@" + gvisorTag + " && mv bin/vm bin/gvforwarder"
+	hintPipelock    = "install pipelock (release binary, or go install github.com/luckyPipewrench/pipelock/cmd/pipelock@COMMIT: its v2 tags cannot be go-installed), or pass -egress-proxy HOST:PORT"
+	hintUserns      = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
+)
+
+// check is one line of the preflight report.
+type check struct {
+	Name    string   `json:"name"`
+	Path    string   `json:"path,omitempty"`
+	Version string   `json:"version,omitempty"`
+	OK      bool     `json:"ok"`
+	Detail  []string `json:"detail,omitempty"` // what was found, or what is wrong
+	Hint    string   `json:"hint,omitempty"`
+}
+
+// tools holds the absolute paths the rest of smolbottle runs.
+type tools struct {
+	Smolvm, Gvproxy, Gvforwarder, Pipelock string
+	SmolvmExecUser                         bool // smolvm machine exec --user exists
+}
+
+// preflightEnv is what the preflight reads from the outside world; tests
+// fill it in instead of changing the process environment.
+type preflightEnv struct {
+	Path     string // the PATH to search
+	ExeDir   string // directory of the smolbottle binary, searched after PATH
+	Self     string // the smolbottle binary, re-executed for the namespace check
+	Pipelock bool   // pipelock will be launched (no -egress-proxy)
+}
+
+// defaultPreflightEnv describes the running process.
+func defaultPreflightEnv(pipelock bool) preflightEnv {
+	self, _ := os.Executable()
+	return preflightEnv{Path: os.Getenv("PATH"), ExeDir: filepath.Dir(self), Self: self, Pipelock: pipelock}
+}
+
+// preflight runs every check and returns the report and the tools found.
+// err is non-nil when anything required is missing; it lists all of it.
+func preflight(ctx context.Context, env preflightEnv) ([]check, tools, error) {
+	var t tools
+	var checks []check
+	c, smolvmPath := checkSmolvm(ctx, env, &t)
+	checks = append(checks, c...)
+	t.Smolvm = smolvmPath
+
+	gv := checkGvisorTool(ctx, env, "gvproxy", hintGvproxy, false)
+	t.Gvproxy = gv.Path
+	checks = append(checks, gv)
+	gf := checkGvisorTool(ctx, env, "gvforwarder", hintGvforwarder, true)
+	t.Gvforwarder = gf.Path
+	checks = append(checks, gf)
+	if env.Pipelock {
+		pl := checkPipelock(ctx, env)
+		t.Pipelock = pl.Path
+		checks = append(checks, pl)
+	}
+	checks = append(checks, checkNamespaces(ctx, env.Self))
+
+	var bad []string
+	for _, c := range checks {
+		if !c.OK {
+			bad = append(bad, c.Name)
+		}
+	}
+	if len(bad) > 0 {
+		var hints []string
+		for _, c := range checks {
+			if !c.OK && c.Hint != "" {
+				hints = append(hints, c.Name+": "+c.Hint)
+			}
+		}
+		return checks, t, withHint(fmt.Errorf("preflight failed: %s", strings.Join(bad, ", ")), hints...)
+	}
+	return checks, t, nil
+}
+
+// findProgram searches PATH, then the smolbottle binary's own directory,
+// for an executable regular file and returns its absolute path. Relative
+// PATH entries are skipped, as exec.LookPath does since Go 1.19.
+func findProgram(name string, env preflightEnv) (string, error) {
+	dirs := filepath.SplitList(env.Path)
+	if env.ExeDir != "" {
+		dirs = append(dirs, env.ExeDir)
+	}
+	for _, d := range dirs {
+		if !filepath.IsAbs(d) {
+			continue
+		}
+		p := filepath.Join(d, name)
+		fi, err := os.Stat(p)
+		if err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on PATH", name)
+}
+
+// probe runs a program with a minimal environment and a bounded time and
+// returns its combined output. Probes never see our environment: a secret
+// in it is not theirs to read.
+func probe(ctx context.Context, path string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "LANG=C"}
+	cmd.Dir = os.TempDir()
+	cmd.WaitDelay = time.Second
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+var (
+	smolvmVersionRE = regexp.MustCompile(`(?m)^smolvm (\d+\.\d+\.\d+\S*)$`)
+	gvisorVersionRE = regexp.MustCompile(`(?m)^(gvproxy|gvforwarder) version (v\S+)$`)
+	pipelockVerRE   = regexp.MustCompile(`(?m)^pipelock version (\S+)`)
+)
+
+// checkSmolvm finds smolvm and checks that it is smol-machines' CLI with
+// the flags the design needs: machine create --mount-socket (the gvproxy
+// socket reaches the guest this way) and machine exec --user (gvforwarder
+// must run as root in the guest; smolvm 1.9.2 lacks it, PR #1148 added it).
+func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, string) {
+	c := check{Name: "smolvm", Hint: hintSmolvm}
+	p, err := findProgram("smolvm", env)
+	if err != nil {
+		c.Detail = []string{err.Error()}
+		return []check{c}, ""
+	}
+	c.Path = p
+	out, err := probe(ctx, p, "--version")
+	m := smolvmVersionRE.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		c.Detail = []string{"`smolvm --version` did not print `smolvm X.Y.Z`: " + firstLine(out, err)}
+		return []check{c}, ""
+	}
+	c.Version = m[1]
+	if out, err := probe(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
+		c.Detail = []string{"this smolvm has no `machine` subcommand: it is not smol-machines' smolvm"}
+		return []check{c}, ""
+	}
+	c.OK = true
+	c.Detail = []string{"smol-machines CLI (machine subcommand present)"}
+	checks := []check{c}
+	flags := []struct{ sub, flag, why string }{
+		{"create", "--mount-socket", "bridges gvproxy's socket into the guest"},
+		{"exec", "--user", "starts gvforwarder as root in the guest (smolvm with PR #1148)"},
+	}
+	for _, f := range flags {
+		fc := check{Name: "smolvm machine " + f.sub + " " + f.flag, Path: p, OK: true, Detail: []string{f.why}}
+		out, err := probe(ctx, p, "machine", f.sub, "--help")
+		if err != nil || !strings.Contains(out, f.flag) {
+			fc.OK = false
+			fc.Hint = "upgrade smolvm to a release whose `machine " + f.sub + " --help` lists " + f.flag
+		}
+		if f.flag == "--user" {
+			t.SmolvmExecUser = fc.OK
+		}
+		checks = append(checks, fc)
+	}
+	if !checks[1].OK || !checks[2].OK {
+		return checks, ""
+	}
+	return checks, p
+}
+
+// checkGvisorTool finds gvproxy or gvforwarder and checks its version. The
+// guest agent must also be a static Linux executable for this machine's
+// architecture: it runs inside whatever image the user brings.
+func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string, guest bool) check {
+	c := check{Name: name, Hint: hint}
+	p, err := findProgram(name, env)
+	if err != nil {
+		c.Detail = []string{err.Error()}
+		return c
+	}
+	c.Path = p
+	out, err := probe(ctx, p, "-version")
+	m := gvisorVersionRE.FindStringSubmatch(out)
+	if err != nil || m == nil || m[1] != name {
+		c.Detail = []string{"`" + name + " -version` did not print `" + name + " version vX.Y.Z`: " + firstLine(out, err)}
+		return c
+	}
+	c.Version = m[2]
+	if c.Version != gvisorTag {
+		c.Detail = []string{"version " + c.Version + ", want " + gvisorTag + " (the release the confinement was measured with)"}
+		c.Path = ""
+		return c
+	}
+	if guest {
+		if err := checkStaticELF(p); err != nil {
+			c.Detail = []string{err.Error()}
+			c.Path = ""
+			return c
+		}
+		c.Detail = []string{"static linux/" + runtime.GOARCH + " executable"}
+	}
+	c.OK = true
+	return c
+}
+
+// checkStaticELF refuses a guest binary that needs a dynamic loader or is
+// built for another architecture.
+func checkStaticELF(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s is not an ELF executable: %v", path, err)
+	}
+	defer f.Close()
+	want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[runtime.GOARCH]
+	if f.Machine != want {
+		return fmt.Errorf("%s is built for %v, the guest is %s", path, f.Machine, runtime.GOARCH)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked; the guest image may lack its libc: rebuild it with CGO_ENABLED=0", path)
+		}
+	}
+	return nil
+}
+
+// checkPipelock finds pipelock and reads its version.
+func checkPipelock(ctx context.Context, env preflightEnv) check {
+	c := check{Name: "pipelock", Hint: hintPipelock}
+	p, err := findProgram("pipelock", env)
+	if err != nil {
+		c.Detail = []string{err.Error()}
+		return c
+	}
+	c.Path = p
+	out, err := probe(ctx, p, "version")
+	m := pipelockVerRE.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		c.Detail = []string{"`pipelock version` did not print `pipelock version X`: " + firstLine(out, err)}
+		c.Path = ""
+		return c
+	}
+	c.Version = m[1]
+	c.OK = true
+	return c
+}
+
+// checkNamespaces creates a user and a network namespace the way the
+// gvproxy confinement does, by re-executing smolbottle into them.
+func checkNamespaces(ctx context.Context, self string) check {
+	c := check{Name: "namespaces", Detail: []string{"user + network + mount namespace"}, Hint: hintUserns}
+	if runtime.GOOS != "linux" {
+		c.Detail = []string{"no Linux namespaces on " + runtime.GOOS + "; the sandbox-exec confinement is not verified yet"}
+		c.Hint = "run smolbottle on Linux"
+		return c
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, nsCheckCmd)
+	cmd.Args[0] = "smolbottle"
+	cmd.Env = []string{}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = nsAttr()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		c.Detail = []string{"cannot create them: " + firstLine(out.String(), err)}
+		return c
+	}
+	c.OK = true
+	return c
+}
+
+// nsCheckCmd is the hidden subcommand the namespace check re-executes.
+const nsCheckCmd = "_nscheck"
+
+// nsAttr asks for new user, network and mount namespaces in which the
+// caller's uid and gid map to root.
+func nsAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+}
+
+// runNSCheck runs inside the new namespaces: it succeeds when the network
+// namespace is empty, which is what confinement relies on.
+func runNSCheck() error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	for _, i := range ifs {
+		if i.Name != "lo" {
+			return fmt.Errorf("new network namespace has interface %q", i.Name)
+		}
+	}
+	return nil
+}
+
+// firstLine returns the first line of out, or err when out is empty.
+func firstLine(out string, err error) string {
+	out = strings.TrimSpace(out)
+	if i := strings.IndexByte(out, '\n'); i >= 0 {
+		out = out[:i]
+	}
+	if out == "" && err != nil {
+		return err.Error()
+	}
+	if out == "" {
+		return "no output"
+	}
+	return out
+}
+
+// writeChecks prints the preflight report, one program per block.
+func writeChecks(w io.Writer, checks []check) {
+	for _, c := range checks {
+		status := "ok"
+		if !c.OK {
+			status = "MISSING"
+		}
+		fmt.Fprintf(w, "%-8s %s\n", status, c.Name)
+		if c.Path != "" {
+			fmt.Fprintf(w, "         path     %s\n", c.Path)
+		}
+		if c.Version != "" {
+			fmt.Fprintf(w, "         version  %s\n", c.Version)
+		}
+		for _, d := range c.Detail {
+			fmt.Fprintf(w, "         %s\n", d)
+		}
+		if !c.OK && c.Hint != "" {
+			fmt.Fprintf(w, "         fix: %s\n", c.Hint)
+		}
+	}
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// The stage directory holds one bottle's rendered files, sockets, state and
+// logs. It is 0700; every file in it is 0600 and written whole (temp file
+// plus rename), so a crash never leaves half a config. No secret value is
+// ever written here: secrets travel as names only.
+//
+//	<stage>/plan.json      the plan, also the marker that the directory is ours
+//	<stage>/Smolfile       smolvm machine definition
+//	<stage>/gvproxy.yaml   gvproxy config
+//	<stage>/pipelock.yaml  egress proxy config
+//	<stage>/sock/          gvproxy's API socket (the only directory gvproxy may write)
+//	<stage>/relay/         relay sockets, never visible to gvproxy
+//	<stage>/guest/         binaries mounted read-only into the guest
+//	<stage>/logs/          logs, kept by down
+//	<stage>/state.json     pids of a running bottle, written by up
+const (
+	planFile     = "plan.json"
+	stateFile    = "state.json"
+	smolfileName = "Smolfile"
+	gvproxyFile  = "gvproxy.yaml"
+	pipelockFile = "pipelock.yaml"
+	sockDir      = "sock"
+	relayDir     = "relay"
+	guestDir     = "guest"
+	logsDir      = "logs"
+	gvproxySock  = "gvproxy.sock"
+)
+
+// stateRoot returns the directory under which bottles are staged by
+// default: $SMOLBOTTLE_STATE, else $XDG_STATE_HOME/smolbottle, else
+// ~/.local/state/smolbottle.
+func stateRoot(getenv func(string) string) (string, error) {
+	if d := getenv("SMOLBOTTLE_STATE"); d != "" {
+		return d, nil
+	}
+	if d := getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "smolbottle"), nil
+	}
+	home := getenv("HOME")
+	if home == "" {
+		return "", withHint(errors.New("cannot choose a stage directory: HOME is not set"), "pass -stage DIR")
+	}
+	return filepath.Join(home, ".local", "state", "smolbottle"), nil
+}
+
+// checkSocketPaths refuses a stage whose longest unix socket path would not
+// fit in sun_path on every supported host.
+func checkSocketPaths(stage string) error {
+	longest := filepath.Join(stage, relayDir, "65535.sock")
+	if s := filepath.Join(stage, sockDir, gvproxySock); len(s) > len(longest) {
+		longest = s
+	}
+	if len(longest) > maxSocketPath {
+		return withHint(fmt.Errorf("stage %q is too long for a unix socket: %q is %d bytes, the limit is %d",
+			stage, longest, len(longest), maxSocketPath), "pass -stage with a shorter directory, such as /tmp/sb-SLUG")
+	}
+	return nil
+}
+
+// bottleState is what up records so that down works after a crash and the
+// next up finds a stale bottle instead of silently reusing it.
+type bottleState struct {
+	Slug       string    `json:"slug"`
+	Machine    string    `json:"machine"`
+	Subnet     int       `json:"subnet"`
+	Supervisor procIdent `json:"supervisor"`
+}
+
+// procIdent names a process across pid reuse: the pid plus its start time
+// in clock ticks since boot (/proc/PID/stat field 22).
+type procIdent struct {
+	PID   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// alive reports whether the process is still the one recorded.
+func (p procIdent) alive() bool {
+	if p.PID <= 0 {
+		return false
+	}
+	start, err := procStart(p.PID)
+	return err == nil && start == p.Start
+}
+
+// procStart reads a process's start time from /proc.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: fields
+	// are counted after its last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	const startField = 22 - 3 // fields 3.. follow the ')'
+	if len(f) <= startField {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseUint(f[startField], 10, 64)
+}
+
+// readState returns the stage's state file; ok is false when there is none.
+func readState(stage string) (st bottleState, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(stage, stateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, false, fmt.Errorf("%s: %w", filepath.Join(stage, stateFile), err)
+	}
+	return st, true, nil
+}
+
+// checkStageFree refuses a stage that holds a live or stale bottle, or a
+// directory that smolbottle did not create.
+func checkStageFree(stage, slug string) error {
+	st, ok, err := readState(stage)
+	if err != nil {
+		return err
+	}
+	if ok {
+		down := "smolbottle down " + slug
+		if st.Supervisor.alive() {
+			return withHint(fmt.Errorf("stage %q already holds a live bottle %q (supervisor pid %d)", stage, st.Slug, st.Supervisor.PID),
+				"stop it with: "+down)
+		}
+		return withHint(fmt.Errorf("stage %q holds a stale bottle %q: its supervisor (pid %d) is gone", stage, st.Slug, st.Supervisor.PID),
+			"clean it up with: "+down)
+	}
+	entries, err := os.ReadDir(stage)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stage %q: %w", stage, err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(stage, planFile)); err != nil {
+		return withHint(fmt.Errorf("stage %q exists and was not made by smolbottle", stage), "pass -stage with a new or empty directory")
+	}
+	return nil
+}
+
+// liveSubnets returns the subnet indexes held by live bottles staged under
+// root, other than slug's own.
+func liveSubnets(root, slug string) map[int]bool {
+	held := map[int]bool{}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return held
+	}
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == slug {
+			continue
+		}
+		st, ok, err := readState(filepath.Join(root, e.Name()))
+		if err == nil && ok && st.Supervisor.alive() {
+			held[st.Subnet] = true
+		}
+	}
+	return held
+}
+
+// writeFileAtomic writes data to path with mode 0600 through a temporary
+// file in the same directory and a rename, so readers see the old file or
+// the new one, never a torn one, and a planted symlink at path is replaced,
+// not followed.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// mkdirPrivate creates dir with mode 0700, or makes sure an existing one
+// is a real directory (not a symlink) owned by us and not open to others.
+func mkdirPrivate(dir string) error {
+	err := os.Mkdir(dir, 0o700)
+	if err == nil || !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%q exists and is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
+		return fmt.Errorf("%q is owned by uid %d, not by us", dir, st.Uid)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return os.Chmod(dir, 0o700)
+	}
+	return nil
+}

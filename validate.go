@@ -1,0 +1,265 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits on user values, checked before anything is rendered or written.
+const (
+	maxSlug      = 32   // keeps the machine name and every stage socket path short
+	maxPath      = 4096 // PATH_MAX on Linux
+	maxHostName  = 253  // RFC 1035 §2.3.4, in text form without the final dot
+	maxLabel     = 63   // RFC 1035 §2.3.4
+	maxAllow     = 64   // a longer allow-list is a policy nobody reviews
+	maxMachine   = 128  // smolvm src/data/mod.rs:55-103
+	minCPUs      = 1    //
+	maxCPUs      = 64   // smolvm takes a u8; more than this is a typo
+	minMemMiB    = 256  // below this no agent image boots
+	maxMemMiB    = 1 << 20
+	machinPrefix = "smolbottle-"
+	// maxSocketPath is the smallest sun_path across the hosts we support:
+	// 104 bytes on macOS (108 on Linux), including the terminating NUL.
+	maxSocketPath = 103
+)
+
+// checkText refuses values that hold bytes no path, name or list entry of
+// ours may contain: invalid UTF-8, NUL, and control characters such as a
+// newline, which could start a new line in a rendered file or a log.
+func checkText(field, v string) error {
+	if !utf8.ValidString(v) {
+		return fmt.Errorf("%s %q is not valid UTF-8", field, v)
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f || r == '\u2028' || r == '\u2029' {
+			return fmt.Errorf("%s %q contains a control character", field, v)
+		}
+	}
+	return nil
+}
+
+// checkSlug validates a bottle slug: lowercase letters, digits and '-', at
+// most maxSlug long, and a machine name smolvm accepts.
+func checkSlug(slug string) error {
+	if err := checkText("slug", slug); err != nil {
+		return err
+	}
+	if slug == "" {
+		return errors.New("empty slug")
+	}
+	if len(slug) > maxSlug {
+		return fmt.Errorf("slug %q is longer than %d characters", slug, maxSlug)
+	}
+	for _, r := range slug {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return fmt.Errorf("slug %q may hold only lowercase letters, digits and '-'", slug)
+		}
+	}
+	if err := checkMachineName(machineName(slug)); err != nil {
+		return fmt.Errorf("slug %q: %w", slug, err)
+	}
+	return nil
+}
+
+// machineName is the smolvm machine a bottle runs in.
+func machineName(slug string) string { return machinPrefix + slug }
+
+// checkMachineName applies smolvm's own rule for machine names
+// (src/data/mod.rs:55-103): 1-128 characters from [A-Za-z0-9_-], starting
+// with a letter or digit, no trailing '-' and no "--".
+func checkMachineName(name string) error {
+	if name == "" || len(name) > maxMachine {
+		return fmt.Errorf("machine name %q must be 1-%d characters", name, maxMachine)
+	}
+	c := name[0]
+	if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+		return fmt.Errorf("smolvm refuses machine name %q: it must start with a letter or digit", name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("smolvm refuses machine name %q: only letters, digits, '_' and '-'", name)
+		}
+	}
+	if strings.HasSuffix(name, "-") || strings.Contains(name, "--") {
+		return fmt.Errorf("smolvm refuses machine name %q: no trailing '-' and no \"--\"", name)
+	}
+	return nil
+}
+
+// checkAllow validates one egress allow-list entry and returns it in
+// canonical (lowercase) form: a DNS host name of at least two labels, or
+// "*." followed by one. IP literals, ports, schemes and paths are refused:
+// pipelock matches host names, and an address would bypass that intent.
+func checkAllow(entry string) (string, error) {
+	if err := checkText("allow-list entry", entry); err != nil {
+		return "", err
+	}
+	h := strings.ToLower(entry)
+	name := strings.TrimPrefix(h, "*.")
+	if err := checkHostName(name); err != nil {
+		return "", withHint(fmt.Errorf("allow-list entry %q is not a host name or *.domain: %v", entry, err),
+			"write a name such as api.anthropic.com or *.githubusercontent.com, without scheme, port or path")
+	}
+	return h, nil
+}
+
+// checkHostName checks an RFC 1123 host name with at least one dot and a
+// non-numeric top-level label (so that 10.0.0.1 is not a name).
+func checkHostName(name string) error {
+	if name == "" {
+		return errors.New("empty")
+	}
+	if len(name) > maxHostName {
+		return fmt.Errorf("longer than %d characters", maxHostName)
+	}
+	labels := strings.Split(name, ".")
+	if len(labels) < 2 {
+		return errors.New("needs at least two labels")
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > maxLabel {
+			return fmt.Errorf("label %q must be 1-%d characters", l, maxLabel)
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("label %q starts or ends with '-'", l)
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("label %q has %q", l, string(rune(c)))
+			}
+		}
+	}
+	tld := labels[len(labels)-1]
+	if strings.Trim(tld, "0123456789") == "" {
+		return errors.New("looks like an IP address")
+	}
+	return nil
+}
+
+// checkHostPath validates a host path given by the user and returns it
+// absolute and clean. Paths go into smolvm argv and Smolfile values that
+// smolvm splits at ':' (volumes, --mount-socket, cp), so ':' and ',' are
+// refused rather than trusted to a parser we do not control.
+func checkHostPath(field, p string) (string, error) {
+	if err := checkText(field, p); err != nil {
+		return "", err
+	}
+	if p == "" {
+		return "", fmt.Errorf("empty %s", field)
+	}
+	if len(p) > maxPath {
+		return "", fmt.Errorf("%s is longer than %d bytes", field, maxPath)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("%s %q: %w", field, p, err)
+	}
+	if strings.ContainsAny(abs, ":,") {
+		return "", fmt.Errorf("%s %q contains ':' or ',', which smolvm would misread", field, abs)
+	}
+	return abs, nil
+}
+
+// Host directories smolvm refuses to mount (src/data/storage.rs:36-68) or
+// that no agent should be given: the trees are refused with everything
+// below them, the others only as themselves.
+var (
+	protectedTrees = []string{"/etc", "/usr", "/proc", "/run", "/sys", "/dev", "/boot"}
+	protectedDirs  = []string{"/", "/bin", "/sbin", "/lib", "/lib64", "/var", "/home", "/root", "/tmp"}
+)
+
+// checkWorkspace validates the workspace directory and resolves symlinks,
+// so that the path smolvm mounts is the one we checked.
+func checkWorkspace(p string) (string, error) {
+	abs, err := checkHostPath("workspace", p)
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("workspace %q does not exist", abs)
+		}
+		return "", fmt.Errorf("workspace %q: %w", abs, err)
+	}
+	fi, err := os.Stat(real)
+	if err != nil {
+		return "", fmt.Errorf("workspace %q: %w", abs, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("workspace %q is not a directory", abs)
+	}
+	if strings.ContainsAny(real, ":,") {
+		return "", fmt.Errorf("workspace %q resolves to %q, which contains ':' or ','", abs, real)
+	}
+	system := slices.Contains(protectedDirs, real)
+	for _, d := range protectedTrees {
+		system = system || real == d || strings.HasPrefix(real, d+"/")
+	}
+	if system {
+		return "", fmt.Errorf("workspace %q is a system directory; give the agent a project directory", real)
+	}
+	return real, nil
+}
+
+// checkImage validates -image: a local OCI/docker archive (.tar, .tar.gz,
+// .tgz) or an unpacked root filesystem directory. smolvm refuses registry
+// images on a machine without network (src/config.rs:841-884), and a bottle
+// never has smolvm networking, so a registry reference gets a hint instead.
+func checkImage(p string) (string, error) {
+	if err := checkText("image", p); err != nil {
+		return "", err
+	}
+	if p == "" {
+		return "", withHint(errors.New("no -image given"),
+			"pass a local image archive: docker save IMAGE -o image.tar, then -image image.tar")
+	}
+	if _, err := os.Stat(p); err != nil && looksLikeRegistryRef(p) {
+		return "", withHint(fmt.Errorf("image %q is a registry reference; a bottle needs a local image", p),
+			"smolvm cannot pull into a machine without network; make a local archive first:",
+			"docker save "+p+" -o image.tar   (or: skopeo copy docker://"+p+" oci-archive:image.tar)",
+			"then pass -image image.tar")
+	}
+	abs, err := checkHostPath("image", p)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("image %q does not exist", abs)
+		}
+		return "", fmt.Errorf("image %q: %w", abs, err)
+	}
+	switch {
+	case fi.IsDir():
+	case fi.Mode().IsRegular() && (strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")):
+	default:
+		return "", fmt.Errorf("image %q is neither a .tar, .tar.gz or .tgz archive nor a directory", abs)
+	}
+	return abs, nil
+}
+
+// looksLikeRegistryRef reports whether s reads as an image reference such
+// as alpine:3, docker.io/library/node or ghcr.io/x/y@sha256:....
+func looksLikeRegistryRef(s string) bool {
+	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, ".") || strings.HasPrefix(s, "~") {
+		return false
+	}
+	if strings.Contains(s, "://") || strings.Contains(s, "@sha256:") {
+		return true
+	}
+	name := s
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
+		return true // name:tag
+	}
+	first, _, hasSlash := strings.Cut(name, "/")
+	return hasSlash && (strings.Contains(first, ".") || first == "localhost")
+}
