@@ -164,14 +164,18 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		return nil, err
 	}
 
+	root, rootErr := stateRoot(env.Getenv)
 	pe := env.Preflight
 	pe.Pipelock = egressPort == 0
+	if rootErr == nil {
+		pe.CacheDir = root
+	}
 	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
 
 	held := map[int]bool{}
-	if root, err := stateRoot(env.Getenv); err == nil {
+	if rootErr == nil {
 		held = liveSubnets(root, p.Slug)
 	}
 	if p.Net, err = pickSubnet(p.Slug, func(n int) bool { return held[n] }); err != nil {

@@ -282,7 +282,7 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) > 0 {
 		return usageError("doctor takes no arguments")
 	}
-	checks, _, err := preflight(ctx, defaultPreflightEnv(true))
+	checks, _, err := preflightFresh(ctx, defaultPreflightEnv(true))
 	writeChecks(stdout, checks)
 	if err != nil {
 		// The report above already says what to fix; repeat only the verdict.

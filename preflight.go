@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -61,6 +64,7 @@ type preflightEnv struct {
 	ExeDir   string // directory of the smolbottle binary, searched after PATH
 	Self     string // the smolbottle binary, re-executed for the namespace check
 	Pipelock bool   // pipelock will be launched (no -egress-proxy)
+	CacheDir string // where a passing result is cached; "" for none
 }
 
 // defaultPreflightEnv describes the running process.
@@ -71,7 +75,87 @@ func defaultPreflightEnv(pipelock bool) preflightEnv {
 
 // preflight runs every check and returns the report and the tools found.
 // err is non-nil when anything required is missing; it lists all of it.
+//
+// A passing result is cached in env.CacheDir, keyed by the identity of
+// every program found (path, device, inode, size, modification time), the
+// boot and the uid, so that a plan does not re-run eight child programs
+// while none of them changed. Replacing a binary, rebooting or another user
+// misses the cache. The namespace result is advisory either way: up builds
+// the jail and fails closed if the kernel refuses.
 func preflight(ctx context.Context, env preflightEnv) ([]check, tools, error) {
+	key := preflightKey(env)
+	if c, ok := readPreflightCache(env.CacheDir, key); ok {
+		return c.Checks, c.Tools, nil
+	}
+	checks, t, err := preflightFresh(ctx, env)
+	if err == nil {
+		writePreflightCache(env.CacheDir, key, preflightCache{Key: key, Checks: checks, Tools: t})
+	}
+	return checks, t, err
+}
+
+// preflightCache is the file a passing preflight leaves in the state root.
+type preflightCache struct {
+	Key    string  `json:"key"`
+	Checks []check `json:"checks"`
+	Tools  tools   `json:"tools"`
+}
+
+const preflightCacheFile = "preflight.json"
+
+// preflightKey identifies everything a preflight result depends on.
+func preflightKey(env preflightEnv) string {
+	var b strings.Builder
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	fmt.Fprintf(&b, "boot=%s uid=%d pipelock=%v self=%s\n", strings.TrimSpace(string(boot)), os.Getuid(), env.Pipelock, fileIdent(env.Self))
+	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
+		p, err := findProgram(name, env)
+		fmt.Fprintf(&b, "%s=%s %s\n", name, p, fileIdent(p))
+		if err != nil {
+			fmt.Fprintf(&b, "%s missing\n", name)
+		}
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	return hex.EncodeToString(sum[:])
+}
+
+// fileIdent names one version of a file.
+func fileIdent(p string) string {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "none"
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if st == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%d:%d:%d:%d", st.Dev, st.Ino, fi.Size(), fi.ModTime().UnixNano())
+}
+
+func readPreflightCache(dir, key string) (preflightCache, bool) {
+	var c preflightCache
+	if dir == "" {
+		return c, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, preflightCacheFile))
+	if err != nil || json.Unmarshal(b, &c) != nil || c.Key != key {
+		return c, false
+	}
+	return c, true
+}
+
+// writePreflightCache records a passing result; failing to is not an error.
+func writePreflightCache(dir, key string, c preflightCache) {
+	if dir == "" || os.MkdirAll(dir, 0o700) != nil {
+		return
+	}
+	if b, err := json.Marshal(c); err == nil {
+		writeFileAtomic(filepath.Join(dir, preflightCacheFile), b)
+	}
+}
+
+// preflightFresh runs every check.
+func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, error) {
 	var t tools
 	var checks []check
 	c, smolvmPath := checkSmolvm(ctx, env, &t)
@@ -100,7 +184,13 @@ func preflight(ctx context.Context, env preflightEnv) ([]check, tools, error) {
 	if len(bad) > 0 {
 		var hints []string
 		for _, c := range checks {
-			if !c.OK && c.Hint != "" {
+			if c.OK {
+				continue
+			}
+			for _, d := range c.Detail {
+				hints = append(hints, c.Name+": "+d)
+			}
+			if c.Hint != "" {
 				hints = append(hints, c.Name+": "+c.Hint)
 			}
 		}
@@ -165,6 +255,10 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 		return []check{c}, ""
 	}
 	c.Path = p
+	if out, err := probe(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
+		c.Detail = []string{p + " has no `machine` subcommand: it is not smol-machines' smolvm"}
+		return []check{c}, ""
+	}
 	out, err := probe(ctx, p, "--version")
 	m := smolvmVersionRE.FindStringSubmatch(out)
 	if err != nil || m == nil {
@@ -172,10 +266,6 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 		return []check{c}, ""
 	}
 	c.Version = m[1]
-	if out, err := probe(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
-		c.Detail = []string{"this smolvm has no `machine` subcommand: it is not smol-machines' smolvm"}
-		return []check{c}, ""
-	}
 	c.OK = true
 	c.Detail = []string{"smol-machines CLI (machine subcommand present)"}
 	checks := []check{c}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDoctor(t *testing.T) {
+	tests := []struct {
+		name, mode, remove string
+		code               int
+		want               []string
+	}{
+		{name: "all present", code: 0, want: []string{
+			"ok       smolvm", "version  1.14.3", "smol-machines CLI",
+			"ok       smolvm machine create --mount-socket", "ok       smolvm machine exec --user",
+			"ok       gvproxy", "version  v0.8.9", "ok       gvforwarder", "static linux/",
+			"ok       pipelock", "version  2.3.0", "ok       namespaces"}},
+		{name: "old smolvm", mode: "old", code: 1, want: []string{
+			"version  1.9.2", "MISSING  smolvm machine exec --user", "fix: upgrade smolvm"}},
+		{name: "nothing but gvisor", remove: "smolvm pipelock", code: 1, want: []string{
+			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newTestBottle(t, tt.mode)
+			for _, r := range strings.Fields(tt.remove) {
+				os.Remove(filepath.Join(b.path, r))
+			}
+			t.Setenv("PATH", b.path)
+			var out, errb bytes.Buffer
+			err := run(context.Background(), []string{"doctor"}, &out, &errb)
+			if code := exitCode(&errb, err); code != tt.code {
+				t.Errorf("exit %d, want %d; stderr %q", code, tt.code, errb.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("doctor output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestStaticELF checks the guest-binary check against a real static build
+// (gvforwarder from make tools) and a dynamic one (this test binary, built
+// with cgo's resolver, or any program with an interpreter).
+func TestStaticELF(t *testing.T) {
+	if err := checkStaticELF(realTool(t, "gvforwarder")); err != nil {
+		t.Errorf("gvforwarder: %v", err)
+	}
+	dyn, err := exec.LookPath("ls")
+	if err != nil {
+		t.Skip("no ls to serve as a dynamic executable")
+	}
+	if err := checkStaticELF(dyn); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("checkStaticELF(%s) = %v, want dynamically linked", dyn, err)
+	}
+	if err := checkStaticELF("plan_test.go"); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+		t.Errorf("checkStaticELF(source file) = %v", err)
+	}
+}
+
+// BenchmarkPlanProcess measures the whole `smolbottle plan` process, the
+// preflight's child programs included, as a user runs it.
+func BenchmarkPlanProcess(b *testing.B) {
+	tb := newTestBottle(b, "")
+	bin := filepath.Join(tb.dir, "smolbottle")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	env := []string{"PATH=" + tb.path, "SMOLBOTTLE_STATE=" + tb.state, "HOME=" + tb.dir}
+	args := []string{"plan", "-image", tb.image, "-workspace", tb.workspace, "bench"}
+	b.ResetTimer()
+	for range b.N {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("plan: %v\n%s", err, out)
+		}
+	}
+}
+
+// BenchmarkPlanInProcess measures plan's own work (validation, cached
+// preflight, subnet, ports, rendering, stage writes) without process start.
+func BenchmarkPlanInProcess(b *testing.B) {
+	tb := newTestBottle(b, "")
+	env := tb.env(b)
+	opts := tb.opts("bench")
+	for b.Loop() {
+		p, err := resolvePlan(context.Background(), opts, env)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.writeStage(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

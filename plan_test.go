@@ -1,0 +1,509 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files under testdata/")
+
+func init() {
+	fakes["smolvm"] = fakePreflightSmolvm
+	fakes["pipelock"] = fakePreflightPipelock
+}
+
+// fakeSmolvmMode is read from fake-smolvm.mode beside the fake: "" is a
+// current smol-machines smolvm, "celesto" is the unrelated pip package's
+// CLI, "old" is smolvm 1.9.2 without exec --user, "nomount" lacks
+// --mount-socket.
+func fakeSmolvmMode() string {
+	b, _ := os.ReadFile(filepath.Join(filepath.Dir(os.Args[0]), "fake-smolvm.mode"))
+	return strings.TrimSpace(string(b))
+}
+
+// fakePreflightSmolvm answers the probes the preflight makes, the way
+// smolvm's clap CLI does (reference/smolvm.md §1.0), and fails on any
+// other argv: the preflight must not run anything else.
+func fakePreflightSmolvm(args []string) int {
+	mode := fakeSmolvmMode()
+	argv := strings.Join(args, " ")
+	switch {
+	case mode == "celesto" && argv == "--version":
+		os.Stdout.WriteString("smolvm, version 0.3.1\n")
+		return 0
+	case mode == "celesto":
+		os.Stderr.WriteString("Usage: smolvm [OPTIONS] COMMAND [ARGS]...\nError: No such command 'machine'.\n")
+		return 2
+	case argv == "--version":
+		v := "1.14.3"
+		if mode == "old" {
+			v = "1.9.2"
+		}
+		os.Stdout.WriteString("smolvm " + v + "\n")
+		return 0
+	case argv == "machine --help":
+		os.Stdout.WriteString("Commands:\n  run\n  exec\n  create\n  start\n  stop\n  delete\n  status\n  ls\n  cp\n")
+		return 0
+	case argv == "machine create --help":
+		os.Stdout.WriteString("  -n, --name <NAME>\n  -I, --image <IMAGE>\n  -s, --smolfile <PATH>\n")
+		if mode != "nomount" {
+			os.Stdout.WriteString("      --mount-socket <HOST_PATH:GUEST_PATH>\n")
+		}
+		return 0
+	case argv == "machine exec --help":
+		os.Stdout.WriteString("      --name <NAME>\n  -w, --workdir <DIR>\n  -e, --env <KEY=VALUE>\n  -i, --interactive\n  -t, --tty\n")
+		if mode != "old" {
+			os.Stdout.WriteString("  -u, --user <USER>\n")
+		}
+		return 0
+	}
+	os.Stderr.WriteString("fake smolvm: unexpected argv in a preflight: " + argv + "\n")
+	return 2
+}
+
+// fakePreflightPipelock answers `pipelock version` like pipelock's cobra CLI.
+func fakePreflightPipelock(args []string) int {
+	if strings.Join(args, " ") == "version" {
+		os.Stdout.WriteString("pipelock version 2.3.0\n  build date: unknown\n")
+		return 0
+	}
+	os.Stderr.WriteString("fake pipelock: unexpected argv in a preflight\n")
+	return 2
+}
+
+// realTool returns bin/NAME from `make tools`. Without it the test is
+// skipped locally and fails in CI, where make test installs it first.
+func realTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("bin", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s missing in CI: make tools must run before the tests", p)
+		}
+		t.Skipf("%s missing: run `make tools`", p)
+	}
+	return p
+}
+
+// testBottle is a directory tree for one plan: a PATH holding the fakes and
+// the real gvproxy and gvforwarder, an image archive, a workspace and a
+// state root.
+type testBottle struct {
+	dir, path, image, workspace, state string
+}
+
+func newTestBottle(t testing.TB, smolvmMode string) testBottle {
+	t.Helper()
+	// Short paths: the stage's socket paths must fit in sun_path.
+	dir, err := os.MkdirTemp("", "sbt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	b := testBottle{dir: dir, path: filepath.Join(dir, "bin"), image: filepath.Join(dir, "img.tar"),
+		workspace: filepath.Join(dir, "ws"), state: filepath.Join(dir, "st")}
+	for _, d := range []string{b.path, b.workspace} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	linkAs(t, b.path, "smolvm")
+	linkAs(t, b.path, "pipelock")
+	for _, name := range []string{"gvproxy", "gvforwarder"} {
+		if err := os.Symlink(realTool(t, name), filepath.Join(b.path, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if smolvmMode != "" {
+		if err := os.WriteFile(filepath.Join(b.path, "fake-smolvm.mode"), []byte(smolvmMode), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(b.image, []byte("not really a tar; smolvm reads it, we do not"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// env returns the planEnv of the bottle, with extra environment values.
+func (b testBottle) env(t testing.TB, extra ...string) planEnv {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{"SMOLBOTTLE_STATE": b.state, "HOME": b.dir}
+	for i := 0; i+1 < len(extra); i += 2 {
+		vars[extra[i]] = extra[i+1]
+	}
+	return planEnv{
+		Getenv:    func(k string) string { return vars[k] },
+		Preflight: preflightEnv{Path: b.path, Self: self},
+	}
+}
+
+func (b testBottle) opts(slug string) planOptions {
+	return planOptions{Slug: slug, Image: b.image, Workspace: b.workspace, CPUs: defaultCPUs,
+		MemMiB: defaultMemMiB, Backend: defaultBackend}
+}
+
+func TestPlanWritesPrivateStage(t *testing.T) {
+	b := newTestBottle(t, "")
+	opts := b.opts("demo")
+	opts.GitGate, opts.Supervise = true, true
+	opts.Allow = []string{"api.anthropic.com", "*.NPMJS.org", "api.anthropic.com"}
+	p, err := resolvePlan(context.Background(), opts, b.env(t, "ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := p.Stage, filepath.Join(b.state, "demo"); got != want {
+		t.Errorf("stage = %q, want %q", got, want)
+	}
+	if got, want := p.Allow, []string{"api.anthropic.com", "*.npmjs.org"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("allow = %q, want %q", got, want)
+	}
+	if got := len(p.Sidecars); got != 3 {
+		t.Fatalf("%d sidecars, want pipelock, git-gate, supervise", got)
+	}
+	seen := map[int]bool{p.MetricsPort: true}
+	for _, s := range p.Sidecars {
+		if seen[s.Port] || s.Port == 0 {
+			t.Errorf("sidecar %s port %d reused or zero", s.Name, s.Port)
+		}
+		seen[s.Port] = true
+	}
+	wantFiles := map[string]os.FileMode{
+		"": 0o700, sockDir: 0o700, relayDir: 0o700, guestDir: 0o700, logsDir: 0o700,
+		smolfileName: 0o600, gvproxyFile: 0o600, pipelockFile: 0o600, planFile: 0o600,
+	}
+	err = filepath.WalkDir(p.Stage, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(p.Stage, path)
+		if rel == "." {
+			rel = ""
+		}
+		want, ok := wantFiles[rel]
+		if !ok {
+			t.Errorf("unexpected %q in the stage", rel)
+			return nil
+		}
+		delete(wantFiles, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%q mode %v, want %v", rel, got, want)
+		}
+		if !d.IsDir() {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if bytes.Contains(data, []byte("SECRET-VALUE")) {
+				t.Errorf("%q holds the secret value", rel)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rel := range wantFiles {
+		t.Errorf("%q missing from the stage", rel)
+	}
+	smol, _ := os.ReadFile(filepath.Join(p.Stage, smolfileName))
+	if !bytes.Contains(smol, []byte(`ANTHROPIC_API_KEY = { from_env = "ANTHROPIC_API_KEY" }`)) {
+		t.Errorf("Smolfile lacks the secret reference:\n%s", smol)
+	}
+	if bytes.Contains(smol, []byte("CLAUDE_CODE_OAUTH_TOKEN")) {
+		t.Errorf("Smolfile references CLAUDE_CODE_OAUTH_TOKEN, which the host does not set")
+	}
+	var back plan
+	data, _ := os.ReadFile(filepath.Join(p.Stage, planFile))
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatalf("plan.json: %v", err)
+	}
+	if back.Slug != "demo" || back.Net != p.Net || len(back.Commands) != len(p.Commands) {
+		t.Errorf("plan.json does not round-trip: %+v", back)
+	}
+	// Planning again over our own stage is allowed and gives the same subnet.
+	p2, err := resolvePlan(context.Background(), opts, b.env(t))
+	if err != nil {
+		t.Fatalf("second plan over the same stage: %v", err)
+	}
+	if p2.Net != p.Net {
+		t.Errorf("second plan subnet %v, want %v", p2.Net, p.Net)
+	}
+}
+
+// TestPlanBadInput runs each bad input through the CLI and checks the
+// error line, the exit status and that nothing was written.
+func TestPlanBadInput(t *testing.T) {
+	b := newTestBottle(t, "")
+	notOurs := filepath.Join(b.dir, "notours")
+	os.MkdirAll(filepath.Join(notOurs, "x"), 0o700)
+	live := filepath.Join(b.dir, "live")
+	stale := filepath.Join(b.dir, "stale")
+	writeState(t, live, bottleState{Slug: "other", Supervisor: selfIdent(t)})
+	writeState(t, stale, bottleState{Slug: "gone", Supervisor: procIdent{PID: 1 << 22, Start: 1}})
+	file := filepath.Join(b.dir, "file.txt")
+	os.WriteFile(file, nil, 0o600)
+	long := "/tmp/" + strings.Repeat("d", 90)
+
+	tests := []struct {
+		name   string
+		mutate func(*planOptions)
+		want   string
+		code   int
+	}{
+		{"slug uppercase", func(o *planOptions) { o.Slug = "Demo" }, `slug "Demo" may hold only lowercase`, 2},
+		{"slug double dash", func(o *planOptions) { o.Slug = "a--b" }, `smolvm refuses machine name "smolbottle-a--b"`, 2},
+		{"slug trailing dash", func(o *planOptions) { o.Slug = "ab-" }, `no trailing '-'`, 2},
+		{"slug too long", func(o *planOptions) { o.Slug = strings.Repeat("a", 33) }, "longer than 32", 2},
+		{"slug newline", func(o *planOptions) { o.Slug = "a\nb" }, "control character", 2},
+		{"empty slug", func(o *planOptions) { o.Slug = "" }, "empty slug", 2},
+		{"registry image", func(o *planOptions) { o.Image = "node:22" }, `image "node:22" is a registry reference`, 1},
+		{"registry image path", func(o *planOptions) { o.Image = "ghcr.io/acme/agent" }, "registry reference", 1},
+		{"no image", func(o *planOptions) { o.Image = "" }, "no -image given", 1},
+		{"missing image", func(o *planOptions) { o.Image = filepath.Join(b.dir, "none.tar") }, "does not exist", 1},
+		{"image not an archive", func(o *planOptions) { o.Image = file }, "neither a .tar", 1},
+		{"image NUL", func(o *planOptions) { o.Image = "a\x00b.tar" }, "control character", 1},
+		{"image colon", func(o *planOptions) { o.Image = "/tmp/a:b.tar" }, "smolvm would misread", 1},
+		{"missing workspace", func(o *planOptions) { o.Workspace = filepath.Join(b.dir, "nope") }, "does not exist", 1},
+		{"workspace is a file", func(o *planOptions) { o.Workspace = file }, "not a directory", 1},
+		{"workspace /etc", func(o *planOptions) { o.Workspace = "/etc" }, "system directory", 1},
+		{"workspace newline", func(o *planOptions) { o.Workspace = "/tmp/a\nb" }, "control character", 1},
+		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 1},
+		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 1},
+		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 1},
+		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 1},
+		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 1},
+		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 1},
+		{"unknown backend", func(o *planOptions) { o.Backend = "docker" }, `unknown backend "docker" (known: smolmachines)`, 2},
+		{"cpus zero", func(o *planOptions) { o.CPUs = 0 }, "-cpus 0 is outside", 2},
+		{"mem tiny", func(o *planOptions) { o.MemMiB = 16 }, "-mem 16 MiB is outside", 2},
+		{"egress proxy off loopback", func(o *planOptions) { o.EgressProxy = "10.0.0.1:3128" }, "must be on 127.0.0.1", 2},
+		{"egress proxy no port", func(o *planOptions) { o.EgressProxy = "127.0.0.1" }, "not HOST:PORT", 2},
+		{"stage too long", func(o *planOptions) { o.Stage = long }, "too long for a unix socket", 1},
+		{"stage live", func(o *planOptions) { o.Stage = live }, "already holds a live bottle", 1},
+		{"stage stale", func(o *planOptions) { o.Stage = stale }, "holds a stale bottle", 1},
+		{"stage not ours", func(o *planOptions) { o.Stage = notOurs }, "was not made by smolbottle", 1},
+		{"stage inside workspace", func(o *planOptions) { o.Stage = filepath.Join(b.workspace, "st") }, "overlap", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := b.opts("demo")
+			tt.mutate(&opts)
+			_, err := resolvePlan(context.Background(), opts, b.env(t))
+			if err == nil {
+				t.Fatalf("resolvePlan succeeded, want error %q", tt.want)
+			}
+			var stderr bytes.Buffer
+			code := exitCode(&stderr, err)
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("stderr = %q, want it to contain %q", stderr.String(), tt.want)
+			}
+			if !strings.HasPrefix(stderr.String(), "smolbottle: error: ") {
+				t.Errorf("stderr = %q, want a smolbottle: error: line", stderr.String())
+			}
+			if code != tt.code {
+				t.Errorf("exit status %d, want %d", code, tt.code)
+			}
+			if _, err := os.Stat(b.state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("state root %q was created by a failed plan", b.state)
+			}
+		})
+	}
+}
+
+// TestPlanPreflightFailures checks that a missing or wrong program fails
+// the plan with exit 1, names every missing piece and writes nothing.
+func TestPlanPreflightFailures(t *testing.T) {
+	tests := []struct {
+		mode, remove string
+		want         []string
+	}{
+		{mode: "celesto", want: []string{"preflight failed: smolvm", "not smol-machines' smolvm"}},
+		{mode: "nomount", want: []string{"smolvm machine create --mount-socket"}},
+		{mode: "old", want: []string{"smolvm machine exec --user"}},
+		{remove: "smolvm", want: []string{"preflight failed: smolvm", "hint: smolvm: install smolvm"}},
+		{remove: "pipelock", want: []string{"preflight failed: pipelock", "-egress-proxy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode+tt.remove, func(t *testing.T) {
+			b := newTestBottle(t, tt.mode)
+			if tt.remove != "" {
+				os.Remove(filepath.Join(b.path, tt.remove))
+			}
+			_, err := resolvePlan(context.Background(), b.opts("demo"), b.env(t))
+			var stderr bytes.Buffer
+			if code := exitCode(&stderr, err); code != 1 {
+				t.Errorf("exit status %d, want 1 (%v)", code, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr = %q, want %q", stderr.String(), w)
+				}
+			}
+			if _, err := os.Stat(b.state); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("state root created by a failed plan")
+			}
+		})
+	}
+}
+
+func TestPlanEgressProxySkipsPipelock(t *testing.T) {
+	b := newTestBottle(t, "")
+	os.Remove(filepath.Join(b.path, "pipelock"))
+	opts := b.opts("ext")
+	opts.EgressProxy = "localhost:3128"
+	p, err := resolvePlan(context.Background(), opts, b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := p.Sidecars[0]; s.Name != "egress-proxy" || s.Port != 3128 || !s.External {
+		t.Errorf("first sidecar = %+v, want the external proxy on 3128", s)
+	}
+	if p.MetricsPort != 0 {
+		t.Errorf("metrics port %d allocated without pipelock", p.MetricsPort)
+	}
+	for _, f := range p.Files {
+		if filepath.Base(f.Path) == pipelockFile {
+			t.Errorf("pipelock config planned without pipelock")
+		}
+	}
+	if got := p.GuestEnv[0]; got.Value != "http://proxy.internal:3128" {
+		t.Errorf("HTTPS_PROXY = %q", got.Value)
+	}
+}
+
+// TestPlanCLI drives `smolbottle plan` through run, as a user would, in
+// text and JSON.
+func TestPlanCLI(t *testing.T) {
+	b := newTestBottle(t, "")
+	t.Setenv("PATH", b.path)
+	t.Setenv("SMOLBOTTLE_STATE", b.state)
+	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE")
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("plan: %v\n%s", err, errb.String())
+	}
+	for _, want := range []string{"machine    smolbottle-cli", "git-gate", "HTTPS_PROXY=http://proxy.internal:",
+		"ANTHROPIC_API_KEY=<secret", "up would run", "machine create --name smolbottle-cli", "down would", "machine delete --name smolbottle-cli -f"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("plan output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "SECRET-VALUE") {
+		t.Errorf("plan output shows a secret value")
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"plan", "-json", "-image", b.image, "-workspace", b.workspace, "cli"}, &out, &errb); err != nil {
+		t.Fatalf("plan -json: %v", err)
+	}
+	var p plan
+	if err := json.Unmarshal(out.Bytes(), &p); err != nil {
+		t.Fatalf("plan -json is not JSON: %v\n%s", err, out.String())
+	}
+	if p.Machine != "smolbottle-cli" || p.Net.N < 1 || p.Net.N > 254 {
+		t.Errorf("plan -json = %+v", p)
+	}
+}
+
+func TestUsageGolden(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"help"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "usage.golden", out.Bytes())
+	var errb bytes.Buffer
+	err := run(context.Background(), nil, &out, &errb)
+	if code := exitCode(&errb, err); code != 2 {
+		t.Errorf("no arguments: exit %d, want 2", code)
+	}
+	errb.Reset()
+	err = run(context.Background(), []string{"frobnicate"}, &out, &errb)
+	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\n" {
+		t.Errorf("unknown subcommand: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// TestPlanTextGolden prints a fixed plan, so the format is reviewed as a diff.
+func TestPlanTextGolden(t *testing.T) {
+	p := &plan{Slug: "demo", Backend: defaultBackend, Machine: "smolbottle-demo", Stage: "/st/demo",
+		Image: "/img/agent.tar", Workspace: "/src/app", CPUs: 4, MemMiB: 4096, Net: netFor(42),
+		Allow: []string{"api.anthropic.com", "*.npmjs.org"}, Secrets: []string{"ANTHROPIC_API_KEY"},
+		Tools: tools{Smolvm: "/usr/bin/smolvm", Gvproxy: "/usr/bin/gvproxy", Pipelock: "/usr/bin/pipelock", SmolvmExecUser: true}}
+	p.Sidecars = []sidecar{{Name: "pipelock", Port: 40001}, {Name: "git-gate", Port: 40003, EnvVar: "SMOLBOTTLE_GIT_GATE_URL"}}
+	for i := range p.Sidecars {
+		p.Sidecars[i].GuestURL = "http://proxy.internal:" + strconv.Itoa(p.Sidecars[i].Port)
+	}
+	p.MetricsPort = 40002
+	p.GuestEnv = guestEnv(p.Sidecars)
+	if err := p.render(); err != nil {
+		t.Fatal(err)
+	}
+	be := smolmachines{}
+	p.Commands = be.upCommands(p)
+	p.Cleanup = be.cleanup(p)
+	var out bytes.Buffer
+	p.writeText(&out)
+	golden(t, "plan.golden", out.Bytes())
+}
+
+// golden compares got with testdata/NAME, or rewrites it with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func writeState(t *testing.T, stage string, st bottleState) {
+	t.Helper()
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(st)
+	if err := os.WriteFile(filepath.Join(stage, stateFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func selfIdent(t *testing.T) procIdent {
+	start, err := procStart(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return procIdent{PID: os.Getpid(), Start: start}
+}
