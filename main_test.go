@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -18,10 +19,10 @@ func TestMain(m *testing.M) {
 	if name == "smolbottle" {
 		// The code re-executes itself (namespaces, jail, guest helpers); in
 		// tests "itself" is this binary.
-		os.Exit(exitCode(os.Stderr, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)))
+		exitNow(exitCode(os.Stderr, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)))
 	}
 	if fake, ok := fakes[name]; ok {
-		os.Exit(fake(os.Args[1:]))
+		exitNow(fake(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }
@@ -42,4 +43,11 @@ func linkAs(t testing.TB, dir, name string) string {
 		}
 	}
 	return p
+}
+
+// exitNow ends a fake or re-executed child at once. os.Exit would run the
+// race detector's exit hook, which sleeps a second in every child of a
+// -race test binary (atexit_sleep_ms); the fakes have nothing to flush.
+func exitNow(code int) {
+	syscall.Exit(code)
 }
