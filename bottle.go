@@ -100,7 +100,7 @@ type plan struct {
 	Files       []plannedFile `json:"files"`
 	Commands    [][]string    `json:"commands"`
 	Cleanup     cleanupPlan   `json:"cleanup"`
-	Tools       tools         `json:"-"`
+	Tools       tools         `json:"tools"`
 }
 
 // cleanupPlan is what down does for a bottle.

@@ -135,6 +135,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdPlan(ctx, args[1:], stdout, stderr)
 	case "doctor":
 		return cmdDoctor(ctx, args[1:], stdout, stderr)
+	case "ls":
+		return cmdLs(ctx, args[1:], stdout, stderr)
 	case nsCheckCmd:
 		return runNSCheck()
 	default:
