@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"net/url"
 	"strconv"
 )
 
@@ -33,10 +35,14 @@ type gvproxySpec struct {
 func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 	var y yamlWriter
 	vip := spec.Net.HostVIP.String()
+	listen := "unix://" + spec.SocketPath
+	if err := checkListenPath(listen, spec.SocketPath); err != nil {
+		y.err = fieldError{"listen", err}
+	}
 	y.buf.WriteString(generatedHeader)
 	y.keyValue(0, "log-level", gvproxyLogLevel)
 	y.key(0, "listen")
-	y.item(2, "unix://"+spec.SocketPath)
+	y.item(2, listen)
 	y.key(0, "stack")
 	y.keyInt(2, "mtu", gvproxyMTU)
 	y.keyValue(2, "subnet", spec.Net.Subnet.String())
@@ -56,6 +62,19 @@ func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 		return nil, y.err
 	}
 	return y.buf.Bytes(), nil
+}
+
+// checkListenPath refuses a socket path that gvproxy would not bind as
+// written: it reads each listen entry with url.Parse (v0.8.9
+// pkg/transport/listen.go) and binds the URL's Path, so "#" or "?" cut the
+// path short, "%2f" is decoded, and a relative path becomes the URL's host.
+func checkListenPath(listen, path string) error {
+	u, err := url.Parse(listen)
+	if err != nil || u.Scheme != "unix" || u.Host != "" || u.Path != path ||
+		u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || len(path) == 0 || path[0] != '/' {
+		return errors.New("socket path must be absolute and must not contain '#', '?' or '%'")
+	}
+	return nil
 }
 
 // yamlWriter writes block-style YAML with every scalar string double-quoted
