@@ -83,6 +83,17 @@ func checkListenPath(listen, path string) error {
 type yamlWriter struct {
 	buf bytes.Buffer
 	err error
+	top string // the last top-level key, so errors can name "logging.file"
+}
+
+// field returns the name errors use for key k at indent n, remembering the
+// top-level key it sits under.
+func (y *yamlWriter) field(n int, k string) string {
+	if n == 0 {
+		y.top = k
+		return k
+	}
+	return y.top + "." + k
 }
 
 func (y *yamlWriter) indent(n int) {
@@ -111,6 +122,7 @@ func (y *yamlWriter) value(field, v string) {
 
 // key writes `"k":` opening a nested block.
 func (y *yamlWriter) key(n int, k string) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte('\n')
@@ -121,11 +133,12 @@ func (y *yamlWriter) keyValue(n int, k, v string) {
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
-	y.value(k, v)
+	y.value(y.field(n, k), v)
 }
 
 // keyInt writes `"k": 123`.
 func (y *yamlWriter) keyInt(n int, k string, v int) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
@@ -135,6 +148,7 @@ func (y *yamlWriter) keyInt(n int, k string, v int) {
 
 // keyBool writes `"k": true|false`.
 func (y *yamlWriter) keyBool(n int, k string, v bool) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
@@ -142,11 +156,12 @@ func (y *yamlWriter) keyBool(n int, k string, v bool) {
 	y.buf.WriteByte('\n')
 }
 
-// item writes a sequence entry `- "v"`.
+// item writes a sequence entry `- "v"` of the list under the current
+// top-level key, which errors name.
 func (y *yamlWriter) item(n int, v string) {
 	y.indent(n)
 	y.buf.WriteString("- ")
-	y.value("list item", v)
+	y.value(y.top, v)
 }
 
 // itemKeyValue opens a sequence entry holding a mapping: `- "k": "v"`;
@@ -156,7 +171,7 @@ func (y *yamlWriter) itemKeyValue(n int, k, v string) {
 	y.buf.WriteString("- ")
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
-	y.value(k, v)
+	y.value(y.field(n, k), v)
 }
 
 // fieldError names the field whose value could not be rendered.

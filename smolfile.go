@@ -52,8 +52,8 @@ func renderSmolfile(spec smolfileSpec) ([]byte, error) {
 	if spec.CPUs < 1 || spec.CPUs > maxSmolCPUs {
 		t.fail("cpus", errors.New("out of range 1.."+strconv.Itoa(maxSmolCPUs)))
 	}
-	if spec.MemMiB < 1 || spec.MemMiB > maxSmolMemMiB {
-		t.fail("memory", errors.New("out of range 1.."+strconv.Itoa(maxSmolMemMiB)))
+	if spec.MemMiB < 1 || int64(spec.MemMiB) > maxSmolMemMiB {
+		t.fail("memory", errors.New("out of range 1.."+strconv.FormatInt(maxSmolMemMiB, 10)))
 	}
 	t.keyInt("cpus", spec.CPUs)
 	t.keyInt("memory", spec.MemMiB)
