@@ -387,6 +387,14 @@ func yamlReadScalar(s string) (any, error) {
 	return readInt(s)
 }
 
+// yamlEscapes are YAML 1.2.2's single-character escapes (§5.7), including
+// the ones our writer never produces: the reader follows the spec.
+var yamlEscapes = map[byte]string{
+	'0': "\x00", 'a': "\a", 'b': "\b", 't': "\t", '\t': "\t", 'n': "\n",
+	'v': "\v", 'f': "\f", 'r': "\r", 'e': "\x1b", ' ': " ", '"': `"`,
+	'/': "/", '\\': `\`, 'N': "\u0085", '_': "\u00a0", 'L': "\u2028", 'P': "\u2029",
+}
+
 // yamlReadString reads one single-line YAML 1.2 double-quoted scalar at the
 // start of s (escapes per spec 1.2.2 §5.7) and returns what follows it.
 func yamlReadString(s string) (val, rest string, err error) {
@@ -407,12 +415,7 @@ func yamlReadString(s string) (val, rest string, err error) {
 			return "", "", errors.New("escape at end")
 		}
 		i++
-		simple := map[byte]string{
-			'0': "\x00", 'a': "\a", 'b': "\b", 't': "\t", '\t': "\t", 'n': "\n",
-			'v': "\v", 'f': "\f", 'r': "\r", 'e': "\x1b", ' ': " ", '"': `"`,
-			'/': "/", '\\': `\`, 'N': "\u0085", '_': "\u00a0", 'L': "\u2028", 'P': "\u2029",
-		}
-		if r, ok := simple[s[i]]; ok {
+		if r, ok := yamlEscapes[s[i]]; ok {
 			b.WriteString(r)
 			continue
 		}
