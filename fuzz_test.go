@@ -137,8 +137,8 @@ func checkField(t testing.TB, f field, s string) {
 		if err == nil {
 			t.Fatalf("%s = %q: rendered, want refused:\n%s", f.name, s, out)
 		}
-		// An env name that is not UTF-8 fails under "env" (the whole
-		// K=V entry) before its name check; both name the field.
+		// An env name that is not UTF-8 passes the name rule and is
+		// refused where the whole K=V entry is quoted, under "env".
 		if got := errField(err); got != f.name && !(f.name == "env[1].name" && got == "env") {
 			t.Fatalf("%s = %q: got error %v, want one naming %q", f.name, s, err, f.name)
 		}
