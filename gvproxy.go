@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"net/url"
 	"strconv"
 )
 
@@ -33,10 +35,14 @@ type gvproxySpec struct {
 func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 	var y yamlWriter
 	vip := spec.Net.HostVIP.String()
+	listen := "unix://" + spec.SocketPath
+	if err := checkListenPath(listen, spec.SocketPath); err != nil {
+		y.err = fieldError{"listen", err}
+	}
 	y.buf.WriteString(generatedHeader)
 	y.keyValue(0, "log-level", gvproxyLogLevel)
 	y.key(0, "listen")
-	y.item(2, "unix://"+spec.SocketPath)
+	y.item(2, listen)
 	y.key(0, "stack")
 	y.keyInt(2, "mtu", gvproxyMTU)
 	y.keyValue(2, "subnet", spec.Net.Subnet.String())
@@ -58,12 +64,36 @@ func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 	return y.buf.Bytes(), nil
 }
 
+// checkListenPath refuses a socket path that gvproxy would not bind as
+// written: it reads each listen entry with url.Parse (v0.8.9
+// pkg/transport/listen.go) and binds the URL's Path, so "#" or "?" cut the
+// path short, "%2f" is decoded, and a relative path becomes the URL's host.
+func checkListenPath(listen, path string) error {
+	u, err := url.Parse(listen)
+	if err != nil || u.Scheme != "unix" || u.Host != "" || u.Path != path ||
+		u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || len(path) == 0 || path[0] != '/' {
+		return errors.New("socket path must be absolute and must not contain '#', '?' or '%'")
+	}
+	return nil
+}
+
 // yamlWriter writes block-style YAML with every scalar string double-quoted
 // through yamlString and yamlKey, and keeps the first error. It never emits
 // plain, single-quoted or block scalars, anchors, tags or flow collections.
 type yamlWriter struct {
 	buf bytes.Buffer
 	err error
+	top string // the last top-level key, so errors can name "logging.file"
+}
+
+// field returns the name errors use for key k at indent n, remembering the
+// top-level key it sits under.
+func (y *yamlWriter) field(n int, k string) string {
+	if n == 0 {
+		y.top = k
+		return k
+	}
+	return y.top + "." + k
 }
 
 func (y *yamlWriter) indent(n int) {
@@ -92,6 +122,7 @@ func (y *yamlWriter) value(field, v string) {
 
 // key writes `"k":` opening a nested block.
 func (y *yamlWriter) key(n int, k string) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte('\n')
@@ -102,11 +133,12 @@ func (y *yamlWriter) keyValue(n int, k, v string) {
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
-	y.value(k, v)
+	y.value(y.field(n, k), v)
 }
 
 // keyInt writes `"k": 123`.
 func (y *yamlWriter) keyInt(n int, k string, v int) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
@@ -116,6 +148,7 @@ func (y *yamlWriter) keyInt(n int, k string, v int) {
 
 // keyBool writes `"k": true|false`.
 func (y *yamlWriter) keyBool(n int, k string, v bool) {
+	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
@@ -123,11 +156,12 @@ func (y *yamlWriter) keyBool(n int, k string, v bool) {
 	y.buf.WriteByte('\n')
 }
 
-// item writes a sequence entry `- "v"`.
+// item writes a sequence entry `- "v"` of the list under the current
+// top-level key, which errors name.
 func (y *yamlWriter) item(n int, v string) {
 	y.indent(n)
 	y.buf.WriteString("- ")
-	y.value("list item", v)
+	y.value(y.top, v)
 }
 
 // itemKeyValue opens a sequence entry holding a mapping: `- "k": "v"`;
@@ -137,7 +171,7 @@ func (y *yamlWriter) itemKeyValue(n int, k, v string) {
 	y.buf.WriteString("- ")
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
-	y.value(k, v)
+	y.value(y.field(n, k), v)
 }
 
 // fieldError names the field whose value could not be rendered.

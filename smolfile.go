@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"math"
 	"strconv"
+	"strings"
 )
 
 // Smolfile facts (reference/smolvm.md §2): smolvm reads it with a strict
@@ -30,25 +33,54 @@ type smolfileSpec struct {
 	Secrets []string // names of host variables passed as from_env references
 }
 
+// Limits of the Smolfile's integer fields: smolvm declares cpus as u8 and
+// memory as u32 (reference/smolvm.md §2.1), and a machine needs at least one
+// of each.
+const (
+	maxSmolCPUs   = math.MaxUint8
+	maxSmolMemMiB = math.MaxUint32
+)
+
 // renderSmolfile returns the Smolfile TOML for spec.
 func renderSmolfile(spec smolfileSpec) ([]byte, error) {
 	var t tomlWriter
 	t.buf.WriteString(generatedHeader)
 	t.keyString("image", spec.Image)
 	t.keyString("workdir", spec.Workdir)
+	// Out-of-range integers would only fail later inside smolvm, far from
+	// the cause; refusing here names the field.
+	if spec.CPUs < 1 || spec.CPUs > maxSmolCPUs {
+		t.fail("cpus", errors.New("out of range 1.."+strconv.Itoa(maxSmolCPUs)))
+	}
+	if spec.MemMiB < 1 || int64(spec.MemMiB) > maxSmolMemMiB {
+		t.fail("memory", errors.New("out of range 1.."+strconv.FormatInt(maxSmolMemMiB, 10)))
+	}
 	t.keyInt("cpus", spec.CPUs)
 	t.keyInt("memory", spec.MemMiB)
 	t.keyStrings("volumes", spec.Volumes)
 	env := make([]string, len(spec.Env))
 	for i, e := range spec.Env {
+		// smolvm splits "K=V" at the first '=', so a name holding '=' (or
+		// an empty one) would silently set a different variable.
+		if e.Name == "" || strings.IndexByte(e.Name, '=') >= 0 {
+			t.fail("env["+strconv.Itoa(i)+"].name", errors.New("must be non-empty and must not contain '='"))
+		}
 		env[i] = e.Name + "=" + e.Value
 	}
 	t.keyStrings("env", env)
 	if len(spec.Secrets) > 0 {
 		t.buf.WriteString("\n[secrets]\n")
-		for _, name := range spec.Secrets {
-			k := t.key(name)
-			v := t.str("secrets."+name, name)
+		seen := make(map[string]bool, len(spec.Secrets))
+		for i, name := range spec.Secrets {
+			field := "secrets[" + strconv.Itoa(i) + "]"
+			// A repeated key makes the whole file invalid TOML.
+			if seen[name] {
+				t.fail(field, errors.New("duplicate secret name"))
+			}
+			seen[name] = true
+			k, err := tomlKey(name)
+			t.fail(field, err)
+			v := t.str(field, name)
 			t.buf.WriteString(k + " = { from_env = " + v + " }\n")
 		}
 	}
