@@ -11,7 +11,7 @@ import (
 	"testing"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/golden and testdata/emit from the renderers")
+var update = flag.Bool("update", false, "rewrite the golden files and testdata/emit")
 
 // A renderCase is one realistic input of one renderer. Its name is the file
 // name under testdata/golden and testdata/emit; the prefix says which
