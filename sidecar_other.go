@@ -1,0 +1,12 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+// sidecarSysProcAttr puts a sidecar in its own process group. Without
+// Pdeathsig (Linux only) the supervisor's state file is what lets down
+// find and stop sidecars after a crash.
+func sidecarSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}
