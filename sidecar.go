@@ -195,7 +195,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	err = cmd.Start()
 	logf.Close() // the child holds its own copy
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) && !fileExists(spec.Argv[0]) {
 			return nil, withHint(fmt.Errorf("sidecar %s: program %q not found", spec.Name, spec.Argv[0]),
 				"install it or point the bottle's config at it")
 		}

@@ -489,3 +489,23 @@ func processAlive(pid int) bool {
 	_, rest, _ := strings.Cut(string(b), ") ")
 	return !strings.HasPrefix(rest, "Z")
 }
+
+// FuzzParseEgressProxy checks that only loopback is ever accepted and that
+// an accepted address reads back the same.
+func FuzzParseEgressProxy(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:3128", "localhost:1", "[::1]:80", "10.0.0.1:1", "[::ffff:127.0.0.1]:9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ap, err := parseEgressProxy(s)
+		if err != nil {
+			return
+		}
+		if !ap.Addr().IsLoopback() || ap.Port() == 0 {
+			t.Fatalf("parseEgressProxy(%q) = %v", s, ap)
+		}
+		if again, err := parseEgressProxy(ap.String()); err != nil || again != ap {
+			t.Fatalf("parseEgressProxy(%q) = %v, then %v, %v", s, ap, again, err)
+		}
+	})
+}

@@ -144,6 +144,7 @@ func filterEnv(env []string, keep func(string) bool) []string {
 var (
 	envNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	machineNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+	guestUserRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
 )
 
 // validMachineName applies smolvm's name rules (src/data/mod.rs:55-103).
@@ -286,6 +287,9 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 			return nil, withHint(errors.New("this smolvm has no exec --user"),
 				"smolvm 1.9.2 runs exec as the image's USER; --user arrived in a later release")
 		}
+		if !guestUserRE.MatchString(o.User) {
+			return nil, fmt.Errorf("guest user %q is not valid", o.User)
+		}
 		args = append(args, "--user", o.User)
 	}
 	if o.Timeout > 0 {
@@ -349,7 +353,7 @@ func checkCopySource(hostFile string) error {
 // smolvmError is a failure smolvm itself reported ("Error: …", exit 1) or
 // an argument smolvm rejected (clap's "error: …", exit 2).
 type smolvmError struct {
-	Sub  string // machine subcommand, e.g. "exec"
+	Sub  string // the call, e.g. "machine exec"
 	Code int
 	Msg  string // smolvm's message without "Error: "
 	Tail string // stderr tail, secret values redacted
@@ -357,9 +361,9 @@ type smolvmError struct {
 
 func (e *smolvmError) Error() string {
 	if e.Msg != "" {
-		return "smolvm machine " + e.Sub + ": " + e.Msg
+		return "smolvm " + e.Sub + ": " + e.Msg
 	}
-	return fmt.Sprintf("smolvm machine %s: exit status %d\n%s", e.Sub, e.Code, e.Tail)
+	return fmt.Sprintf("smolvm %s: exit status %d\n%s", e.Sub, e.Code, strings.TrimSpace(e.Tail))
 }
 
 func smolvmErrorAs(err error) *smolvmError {
@@ -459,9 +463,10 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 			}
 		}
 	}
-	sub := strings.Join(c.args[:min(2, len(c.args))], " ")
+	// sub names the call in errors: "machine exec", "--version".
+	sub := c.args[0]
 	if len(c.args) >= 2 && c.args[0] == "machine" {
-		sub = c.args[1]
+		sub = "machine " + c.args[1]
 	}
 
 	cmd := exec.CommandContext(ctx, s.path, c.args...)
@@ -484,25 +489,30 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	}
 	err := cmd.Run()
 	if out.overflow {
-		return nil, fmt.Errorf("smolvm machine %s: more than %d bytes of output", sub, smolvmMaxStdout)
+		return nil, fmt.Errorf("smolvm %s: more than %d bytes of output", sub, smolvmMaxStdout)
 	}
 	if err == nil {
 		return out.buf.Bytes(), nil
 	}
 	redacted := redact(tail.String(), secretValues)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, exec.ErrNotFound) {
+	if errors.Is(err, fs.ErrNotExist) && !fileExists(s.path) {
 		return nil, withHint(fmt.Errorf("smolvm not found at %q", s.path),
 			"install smolvm 1.9.2 or later (https://smolmachines.com) and put it on PATH")
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return nil, fmt.Errorf("smolvm machine %s: %w", sub, ctxErr)
+		return nil, fmt.Errorf("smolvm %s: %w", sub, ctxErr)
 	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {
-		return nil, fmt.Errorf("smolvm machine %s: %w", sub, err)
+		return nil, fmt.Errorf("smolvm %s: %w", sub, err)
 	}
 	code := ee.ExitCode()
 	return out.buf.Bytes(), classify(sub, code, redacted)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // classify turns a non-zero exit into a *smolvmError, or into exitStatus
@@ -517,7 +527,7 @@ func classify(sub string, code int, stderr string) error {
 	case code == 2 && strings.HasPrefix(stderr, "error: "):
 		first, _, _ := strings.Cut(stderr, "\n")
 		return &smolvmError{Sub: sub, Code: code, Msg: "rejected arguments: " + strings.TrimPrefix(first, "error: "), Tail: stderr}
-	case sub == "exec":
+	case sub == "machine exec":
 		return exitStatus(code)
 	case code < 0:
 		return &smolvmError{Sub: sub, Code: code, Msg: "killed by a signal", Tail: stderr}

@@ -125,6 +125,7 @@ func TestExecArgs(t *testing.T) {
 		{"user supported", execOpts{User: "root", Detach: true}, true, []string{"/opt/sb/gvforwarder"},
 			[]string{"machine", "exec", "--name", "m", "--user", "root", "-d", "--", "/opt/sb/gvforwarder"}},
 		{"user unsupported", execOpts{User: "root"}, false, []string{"id"}, nil},
+		{"user like a flag", execOpts{User: "--"}, true, []string{"id"}, nil},
 		{"no command", execOpts{}, false, nil, nil},
 		{"empty command", execOpts{}, false, []string{""}, nil},
 		{"detach with tty", execOpts{Detach: true, TTY: true}, false, []string{"x"}, nil},
@@ -221,13 +222,13 @@ func TestClassify(t *testing.T) {
 		status      int    // want exitStatus(status) when > 0
 		msg         string // want *smolvmError with this Msg
 	}{
-		{"exec", "", 3, 3, ""},
-		{"exec", "guest says hi\n", 1, 1, ""},
-		{"exec", "boom\nError: vm not found: m\n", 1, 0, "vm not found: m"},
-		{"exec", "error: unexpected argument '-n' found\n\nUsage: x\n", 2, 0, "rejected arguments: unexpected argument '-n' found"},
-		{"exec", "guest error: x\n", 2, 2, ""},
-		{"start", "Error: agent operation failed: start: kvm\n", 1, 0, "agent operation failed: start: kvm"},
-		{"stop", "odd\n", 1, 0, ""},
+		{"machine exec", "", 3, 3, ""},
+		{"machine exec", "guest says hi\n", 1, 1, ""},
+		{"machine exec", "boom\nError: vm not found: m\n", 1, 0, "vm not found: m"},
+		{"machine exec", "error: unexpected argument '-n' found\n\nUsage: x\n", 2, 0, "rejected arguments: unexpected argument '-n' found"},
+		{"machine exec", "guest error: x\n", 2, 2, ""},
+		{"machine start", "Error: agent operation failed: start: kvm\n", 1, 0, "agent operation failed: start: kvm"},
+		{"machine stop", "odd\n", 1, 0, ""},
 	} {
 		err := classify(tc.sub, tc.code, tc.stderr)
 		var es exitStatus
@@ -399,6 +400,15 @@ func TestSmolvmMissing(t *testing.T) {
 	if !errors.As(err, &h) {
 		t.Errorf("error %v has no hint", err)
 	}
+	f := newFakeSmolvm(t)
+	gone, err := newSmolvm(f.path, filepath.Join(t.TempDir(), "gone"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gone.version(context.Background()); err == nil || strings.Contains(err.Error(), "smolvm not found") {
+		t.Errorf("version with a missing working directory = %v", err)
+	}
+	f.driver(t, nil).version(context.Background()) // the fake must run once
 	if _, err := newSmolvm("smolvm", "/", nil); err == nil {
 		t.Error("newSmolvm accepted a relative path")
 	}
@@ -717,4 +727,36 @@ func TestFakeSmolvmRejects(t *testing.T) {
 	if _, err := f.s.status(context.Background(), "sb-rej"); err != nil {
 		t.Errorf("delete without -f deleted the machine: %v", err)
 	}
+}
+
+// FuzzExecArgs checks that whatever the options, the guest command comes
+// last, verbatim, right after "--", and the name right after --name.
+func FuzzExecArgs(f *testing.F) {
+	f.Add("m", "/w", "A", "1", "S", "u", true, false, "claude", "--name")
+	f.Add("x", "", "", "", "", "", false, true, "-t", "--")
+	f.Add("x", "/", "A", "--", "B", "--", true, false, "--", "--")
+	f.Fuzz(func(t *testing.T, name, wd, ek, ev, sec, user string, tty, det bool, c0, c1 string) {
+		o := execOpts{Workdir: wd, TTY: tty, Detach: det, User: user}
+		if ek != "" {
+			o.Env = []envVar{{ek, ev}}
+		}
+		if sec != "" {
+			o.Secrets = []string{sec}
+		}
+		cmd := []string{c0, c1}
+		args, err := execArgs(name, o, true, cmd)
+		if err != nil {
+			return
+		}
+		n := len(args)
+		if n < 7 || args[n-3] != "--" || args[n-2] != c0 || args[n-1] != c1 {
+			t.Fatalf("execArgs = %q: command not last after --", args)
+		}
+		if !slices.Equal(args[:4], []string{"machine", "exec", "--name", name}) {
+			t.Fatalf("execArgs = %q: bad head", args)
+		}
+		if i := slices.Index(args, "--"); i != n-3 {
+			t.Fatalf("execArgs = %q: an earlier -- at %d", args, i)
+		}
+	})
 }
