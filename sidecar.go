@@ -169,6 +169,9 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	if err := checkSidecarSpec(spec); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
+	}
 	// A port someone else holds now would answer our health check for the
 	// sidecar; refuse it up front. The window until the sidecar binds is
 	// caught below when it exits with "address already in use".

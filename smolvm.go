@@ -527,10 +527,10 @@ func classify(sub string, code int, stderr string) error {
 	case code == 2 && strings.HasPrefix(stderr, "error: "):
 		first, _, _ := strings.Cut(stderr, "\n")
 		return &smolvmError{Sub: sub, Code: code, Msg: "rejected arguments: " + strings.TrimPrefix(first, "error: "), Tail: stderr}
-	case sub == "machine exec":
-		return exitStatus(code)
 	case code < 0:
 		return &smolvmError{Sub: sub, Code: code, Msg: "killed by a signal", Tail: stderr}
+	case sub == "machine exec":
+		return exitStatus(code)
 	}
 	return &smolvmError{Sub: sub, Code: code, Tail: stderr}
 }

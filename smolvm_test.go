@@ -229,6 +229,7 @@ func TestClassify(t *testing.T) {
 		{"machine exec", "guest error: x\n", 2, 2, ""},
 		{"machine start", "Error: agent operation failed: start: kvm\n", 1, 0, "agent operation failed: start: kvm"},
 		{"machine stop", "odd\n", 1, 0, ""},
+		{"machine exec", "", -1, 0, "killed by a signal"},
 	} {
 		err := classify(tc.sub, tc.code, tc.stderr)
 		var es exitStatus
