@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -41,8 +40,11 @@ const (
 
 // fakeControl makes the fake misbehave on request.
 type fakeControl struct {
-	Version    string            `json:"version"`     // --version; default 1.9.2
-	ExecUser   bool              `json:"exec_user"`   // exec has --user (newer than 1.9.2)
+	// Mode picks the smolvm: "" a current one (1.14.3, with exec --user),
+	// "old" 1.9.2 (no exec --user), "nomount" one without --mount-socket,
+	// "celesto" CelestoAI's unrelated CLI of the same name. The preflight
+	// tests' fake-smolvm.mode file beside the binary sets it too.
+	Mode       string            `json:"mode"`
 	Fail       map[string]string `json:"fail"`        // subcommand -> agent error message
 	Hang       map[string]bool   `json:"hang"`        // subcommand -> never return
 	IgnoreTerm bool              `json:"ignore_term"` // a hang ignores SIGTERM
@@ -141,8 +143,28 @@ func fakeSmolvm(args []string) int {
 	dir := filepath.Dir(os.Args[0])
 	fakeLogInvocation(dir, args)
 	ctl := fakeReadControl(dir)
+	version := "1.14.3"
+	switch ctl.Mode {
+	case "old":
+		version = "1.9.2"
+	case "celesto":
+		if len(args) == 1 && args[0] == "--version" {
+			fmt.Print("smolvm, version 0.3.1\n")
+			return 0
+		}
+		fmt.Fprint(os.Stderr, "Usage: smolvm [OPTIONS] COMMAND [ARGS]...\nError: No such command 'machine'.\n")
+		return 2
+	}
 	if len(args) == 1 && (args[0] == "--version" || args[0] == "-V") {
-		fmt.Printf("smolvm %s\n", ctl.Version)
+		fmt.Printf("smolvm %s\n", version)
+		return 0
+	}
+	if len(args) == 2 && args[0] == "machine" && (args[1] == "--help" || args[1] == "-h") {
+		fmt.Print("Usage: smolvm machine <COMMAND>\n\nCommands:\n")
+		for _, c := range []string{"run", "exec", "create", "start", "fork", "fork-release", "stop", "delete",
+			"status", "egress-events", "ls", "update", "images", "prune", "shell", "cp", "monitor", "data-dir"} {
+			fmt.Printf("  %s\n", c)
+		}
 		return 0
 	}
 	if len(args) == 0 || (args[0] != "machine" && args[0] != "vm") {
@@ -166,8 +188,11 @@ func fakeSmolvm(args []string) int {
 		fmt.Fprintf(os.Stderr, "fake: smolvm machine %s is not faked\n", sub)
 		return 99
 	}
-	if sub == "exec" && ctl.ExecUser {
+	switch {
+	case sub == "exec" && ctl.Mode != "old":
 		spec = append(slices.Clone(spec), fakeFlag{"user", 'u', true})
+	case sub == "create" && ctl.Mode == "nomount":
+		spec = slices.DeleteFunc(slices.Clone(spec), func(f fakeFlag) bool { return f.long == "mount-socket" })
 	}
 	if slices.Contains(args[2:], "--help") || slices.Contains(args[2:], "-h") {
 		fakeHelp(sub, spec)
@@ -214,11 +239,14 @@ func fakeFatal(err error) {
 }
 
 func fakeReadControl(dir string) fakeControl {
-	c := fakeControl{Version: "1.9.2"}
+	var c fakeControl
 	if b, err := os.ReadFile(filepath.Join(dir, fakeSmolvmControl)); err == nil {
 		if err := json.Unmarshal(b, &c); err != nil {
 			fakeFatal(err)
 		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "fake-smolvm.mode")); err == nil {
+		c.Mode = strings.TrimSpace(string(b))
 	}
 	return c
 }
@@ -618,9 +646,9 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	}
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + fakeGuestPath(dir, name, "/root")}
 	env = append(env, m.Env...)
-	secrets := maps.Clone(m.Secrets)
-	if secrets == nil {
-		secrets = map[string]string{}
+	secrets := map[string]string{}
+	for g, h := range m.Secrets {
+		secrets[g] = h
 	}
 	for _, s := range pa.flags["secret-env"] {
 		g, h, _ := strings.Cut(s, "=")

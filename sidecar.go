@@ -53,8 +53,9 @@ type sidecarSpec struct {
 	LogDir string // absolute; its log is LogDir/Name.log
 }
 
-// sidecar is a started sidecar.
-type sidecar struct {
+// sidecarProc is a started sidecar process. (bottle.go's sidecar is the
+// plan's description of one.)
+type sidecarProc struct {
 	name    string
 	port    int
 	logPath string
@@ -165,7 +166,7 @@ func portTakenError(name string, port int) error {
 // startSidecar starts the sidecar and waits up to deadline for it to be
 // healthy. On any failure the process is stopped and the error carries
 // the tail of its log. ctx bounds only the wait: the sidecar outlives it.
-func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration) (*sidecar, error) {
+func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration) (*sidecarProc, error) {
 	if err := checkSidecarSpec(spec); err != nil {
 		return nil, err
 	}
@@ -204,7 +205,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 		}
 		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
 	}
-	s := &sidecar{name: spec.Name, port: spec.Port, logPath: logf.Name(), cmd: cmd, done: make(chan struct{})}
+	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: logf.Name(), cmd: cmd, done: make(chan struct{})}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.done)
@@ -218,7 +219,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 
 // waitHealthy polls the sidecar's port until it is healthy, the sidecar
 // exits, the deadline passes or ctx is done.
-func (s *sidecar) waitHealthy(ctx context.Context, h sidecarHealth, deadline time.Duration) error {
+func (s *sidecarProc) waitHealthy(ctx context.Context, h sidecarHealth, deadline time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	client := &http.Client{
@@ -249,7 +250,7 @@ func (s *sidecar) waitHealthy(ctx context.Context, h sidecarHealth, deadline tim
 	}
 }
 
-func (s *sidecar) healthy(ctx context.Context, client *http.Client, url string, h sidecarHealth) bool {
+func (s *sidecarProc) healthy(ctx context.Context, client *http.Client, url string, h sidecarHealth) bool {
 	if h == healthTCP {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", loopbackAddr(s.port))
@@ -282,7 +283,7 @@ func withTail(err error, tail string) error {
 }
 
 // logTail returns the last lines of the sidecar's log.
-func (s *sidecar) logTail() string {
+func (s *sidecarProc) logTail() string {
 	f, err := os.Open(s.logPath)
 	if err != nil {
 		return ""
@@ -296,10 +297,10 @@ func (s *sidecar) logTail() string {
 }
 
 // pid returns the sidecar's process id, for the bottle's state file.
-func (s *sidecar) pid() int { return s.cmd.Process.Pid }
+func (s *sidecarProc) pid() int { return s.cmd.Process.Pid }
 
 // exited reports whether the sidecar has exited, and how.
-func (s *sidecar) exited() (bool, error) {
+func (s *sidecarProc) exited() (bool, error) {
 	select {
 	case <-s.done:
 		return true, s.waitErr
@@ -311,7 +312,7 @@ func (s *sidecar) exited() (bool, error) {
 // stop sends SIGTERM to the sidecar's process group and SIGKILL after
 // grace. It can be called more than once. It reports a sidecar that had
 // to be killed.
-func (s *sidecar) stop(grace time.Duration) error {
+func (s *sidecarProc) stop(grace time.Duration) error {
 	select {
 	case <-s.done:
 		return nil

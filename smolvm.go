@@ -701,7 +701,7 @@ func parseSmolvmVersion(out string) (smolvmVersion, error) {
 	line := strings.TrimSpace(out)
 	m := versionRE.FindStringSubmatch(line)
 	if m == nil {
-		return smolvmVersion{}, fmt.Errorf("smolvm --version printed %q, not \"smolvm X.Y.Z\"", firstLine(line))
+		return smolvmVersion{}, fmt.Errorf("smolvm --version printed %q, not \"smolvm X.Y.Z\"", versionLine(line))
 	}
 	var v smolvmVersion
 	v.Major, _ = strconv.Atoi(m[1])
@@ -710,7 +710,8 @@ func parseSmolvmVersion(out string) (smolvmVersion, error) {
 	return v, nil
 }
 
-func firstLine(s string) string {
+// versionLine shortens an unexpected --version answer for an error.
+func versionLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	if len(s) > 200 {
 		s = s[:200]

@@ -260,6 +260,7 @@ const testSecret = "sk-ant-test-0123456789-very-secret"
 func newSmolvmFixture(t *testing.T) *smolvmFixture {
 	t.Helper()
 	fake := newFakeSmolvm(t)
+	fake.control(t, fakeControl{Mode: "old"}) // 1.9.2, the release the reference reads
 	stage := t.TempDir()
 	for _, d := range []string{"image", "workspace"} {
 		if err := os.Mkdir(filepath.Join(stage, d), 0o700); err != nil {
@@ -459,7 +460,7 @@ func TestSmolvmStartFails(t *testing.T) {
 	t.Parallel()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-nostart")
-	f.fake.control(t, fakeControl{Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
+	f.fake.control(t, fakeControl{Mode: "old", Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
 	err := f.s.start(context.Background(), "sb-nostart", nil)
 	want := "smolvm machine start: agent operation failed: start: krun_start_enter returned: -22 (EINVAL)"
 	if err == nil || err.Error() != want {
@@ -587,7 +588,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 		if err := f.s.start(context.Background(), "sb-hang", nil); err != nil {
 			t.Fatal(err)
 		}
-		f.fake.control(t, fakeControl{Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
+		f.fake.control(t, fakeControl{Mode: "old", Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
 		f.s.waitDelay = 300 * time.Millisecond
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		start := time.Now()
@@ -618,7 +619,7 @@ func TestSmolvmExecUser(t *testing.T) {
 	}
 
 	newer := newSmolvmFixture(t)
-	newer.fake.control(t, fakeControl{Version: "1.14.3", ExecUser: true})
+	newer.fake.control(t, fakeControl{}) // a current smolvm, with exec --user
 	newer.create(t, "sb-user")
 	if err := newer.s.start(ctx, "sb-user", nil); err != nil {
 		t.Fatal(err)
@@ -760,4 +761,30 @@ func FuzzExecArgs(f *testing.F) {
 			t.Fatalf("execArgs = %q: an earlier -- at %d", args, i)
 		}
 	})
+}
+
+// TestFakeSmolvmModes covers the smolvm builds the preflight tells apart:
+// CelestoAI's CLI of the same name, and a smolvm without --mount-socket.
+func TestFakeSmolvmModes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	celesto := newFakeSmolvm(t)
+	celesto.control(t, fakeControl{Mode: "celesto"})
+	if v, err := celesto.driver(t, nil).version(ctx); err == nil || !strings.Contains(err.Error(), `"smolvm, version 0.3.1"`) {
+		t.Errorf("version of CelestoAI's smolvm = %v, %v", v, err)
+	}
+
+	f := newSmolvmFixture(t)
+	f.fake.control(t, fakeControl{Mode: "nomount"})
+	if ok, err := f.s.hasFlag(ctx, "create", "--mount-socket"); ok || err != nil {
+		t.Errorf("hasFlag(create, --mount-socket) = %v, %v on a smolvm without it", ok, err)
+	}
+	err := f.s.create(ctx, createSpec{Name: "sb-nomount", Smolfile: f.smolfile,
+		Sockets: []socketMount{{Host: f.sock, Guest: "/run/s.sock"}}})
+	if e := smolvmErrorAs(err); e == nil || e.Code != 2 || !strings.Contains(e.Msg, "'--mount-socket'") {
+		t.Errorf("create with --mount-socket on a smolvm without it = %v", err)
+	}
+	if ok, err := f.s.hasFlag(ctx, "exec", "--user"); !ok || err != nil {
+		t.Errorf("hasFlag(exec, --user) = %v, %v on a current smolvm", ok, err)
+	}
 }
