@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +24,8 @@ import (
 // allocated loopback port, writes its output to a 0600 log under the
 // stage, gets an explicit environment without secrets or proxy variables,
 // runs in its own process group (so a stop reaches its children) and dies
-// with the supervisor (Pdeathsig on Linux).
+// with the supervisor (Pdeathsig on Linux). With -egress-proxy no pipelock
+// is started; probeEgressProxy checks the given proxy instead.
 const (
 	sidecarHealthDeadline = 20 * time.Second
 	sidecarStopGrace      = 5 * time.Second
@@ -332,38 +332,18 @@ func (s *sidecarProc) stop(grace time.Duration) error {
 	return fmt.Errorf("sidecar %s ignored SIGTERM for %v and was killed", s.name, grace)
 }
 
-// parseEgressProxy parses -egress-proxy HOST:PORT: an already-running
-// proxy used instead of pipelock. Only loopback is accepted, since the
-// relays forward the guest only to host loopback ports.
-func parseEgressProxy(s string) (netip.AddrPort, error) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return netip.AddrPort{}, usageError("-egress-proxy %q: want HOST:PORT", s)
-	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil || p == 0 || port[0] == '0' {
-		return netip.AddrPort{}, usageError("-egress-proxy %q: port must be 1-65535", s)
-	}
-	var addr netip.Addr
-	if host == "localhost" {
-		addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	} else if addr, err = netip.ParseAddr(host); err != nil {
-		return netip.AddrPort{}, usageError("-egress-proxy %q: host must be an IP address or localhost", s)
-	}
-	if addr.Zone() != "" || !addr.Unmap().IsLoopback() {
-		return netip.AddrPort{}, usageError("-egress-proxy %q: only a loopback address is allowed", s)
-	}
-	return netip.AddrPortFrom(addr.Unmap(), uint16(p)), nil
-}
-
-// probeEgressProxy checks that an HTTP proxy answers at ap: it asks for a
-// tunnel to a name that cannot exist and accepts any HTTP answer (a
-// strict proxy refuses it, which is fine). Nothing leaves the host.
-func probeEgressProxy(ctx context.Context, ap netip.AddrPort, timeout time.Duration) error {
+// probeEgressProxy checks that the -egress-proxy given instead of pipelock
+// answers as an HTTP proxy on 127.0.0.1:port (bottle.go's
+// checkEgressProxy has already held it to 127.0.0.1, the address the
+// relay dials). It asks for a tunnel to a name that cannot exist and
+// accepts any HTTP answer: a strict proxy refuses it, which is fine.
+// Nothing leaves the host.
+func probeEgressProxy(ctx context.Context, port int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	ap := loopbackAddr(port)
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", ap.String())
+	c, err := d.DialContext(ctx, "tcp", ap)
 	if err != nil {
 		return withHint(fmt.Errorf("egress proxy %s: %w", ap, err), "start the proxy first, or drop -egress-proxy to use pipelock")
 	}

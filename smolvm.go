@@ -183,7 +183,7 @@ func createArgs(spec createSpec) ([]string, error) {
 	if !filepath.IsAbs(spec.Smolfile) {
 		return nil, fmt.Errorf("smolfile path %q is not absolute", spec.Smolfile)
 	}
-	args := []string{"machine", "create", "--name", spec.Name, "-s", spec.Smolfile}
+	args := []string{"machine", "create", "--name", spec.Name, "--smolfile", spec.Smolfile}
 	seen := map[string]bool{}
 	for _, m := range spec.Sockets {
 		if err := checkSocketMount(m); err != nil {
@@ -302,7 +302,7 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 		args = append(args, "-t")
 	}
 	if o.Detach {
-		args = append(args, "-d")
+		args = append(args, "--detach")
 	}
 	args = append(args, "--")
 	return append(args, cmd...), nil

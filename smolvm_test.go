@@ -57,9 +57,9 @@ func TestCreateArgs(t *testing.T) {
 		want []string // nil: an error is expected
 	}{
 		{"minimal", createSpec{Name: "sb-x", Smolfile: "/stage/Smolfile"},
-			[]string{"machine", "create", "--name", "sb-x", "-s", "/stage/Smolfile"}},
+			[]string{"machine", "create", "--name", "sb-x", "--smolfile", "/stage/Smolfile"}},
 		{"socket", createSpec{Name: "sb-x", Smolfile: "/s/Smolfile", Sockets: []socketMount{sock}},
-			[]string{"machine", "create", "--name", "sb-x", "-s", "/s/Smolfile",
+			[]string{"machine", "create", "--name", "sb-x", "--smolfile", "/s/Smolfile",
 				"--mount-socket", "/stage/sock/gvproxy.sock:/run/smolbottle/gvproxy.sock"}},
 		{"bad name", createSpec{Name: "x--y", Smolfile: "/s"}, nil},
 		{"relative smolfile", createSpec{Name: "x", Smolfile: "Smolfile"}, nil},
@@ -123,7 +123,7 @@ func TestExecArgs(t *testing.T) {
 			[]string{"machine", "exec", "--name", "m", "-w", "/workspace", "-e", "A=1", "-e", "B=x=y",
 				"--secret-env", "ANTHROPIC_API_KEY=ANTHROPIC_API_KEY", "--timeout", "2s", "-i", "-t", "--", "claude"}},
 		{"user supported", execOpts{User: "root", Detach: true}, true, []string{"/opt/sb/gvforwarder"},
-			[]string{"machine", "exec", "--name", "m", "--user", "root", "-d", "--", "/opt/sb/gvforwarder"}},
+			[]string{"machine", "exec", "--name", "m", "--user", "root", "--detach", "--", "/opt/sb/gvforwarder"}},
 		{"user unsupported", execOpts{User: "root"}, false, []string{"id"}, nil},
 		{"user like a flag", execOpts{User: "--"}, true, []string{"id"}, nil},
 		{"no command", execOpts{}, false, nil, nil},
