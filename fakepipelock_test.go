@@ -42,6 +42,7 @@ type fakePipelockCtl struct {
 	ExitEarly  string `json:"exit_early"`  // print this and exit 1 before listening
 	Unhealthy  bool   `json:"unhealthy"`   // /health answers 503
 	IgnoreTerm bool   `json:"ignore_term"` // SIGTERM does nothing
+	SlowStart  string `json:"slow_start"`  // sleep this long before listening
 }
 
 // fakePipelockConfig is what the fake reads from the config.
@@ -118,6 +119,9 @@ func fakePipelock(args []string) int {
 		if err := json.Unmarshal(b, &hosts); err != nil {
 			fakeFatal(err)
 		}
+	}
+	if d, err := time.ParseDuration(ctl.SlowStart); err == nil {
+		time.Sleep(d)
 	}
 	ap, err := netip.ParseAddrPort(cfg.Listen)
 	if err != nil || !ap.Addr().IsLoopback() {

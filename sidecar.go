@@ -231,6 +231,9 @@ func (s *sidecarProc) waitHealthy(ctx context.Context, h sidecarHealth, deadline
 	defer tick.Stop()
 	for {
 		if s.healthy(ctx, client, url, h) {
+			if owned, known := portOwnedByGroup(s.cmd.Process.Pid, s.port); known && !owned {
+				return withTail(fmt.Errorf("%w; another program answers there", portTakenError(s.name, s.port)), s.logTail())
+			}
 			return nil
 		}
 		select {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -295,6 +296,68 @@ func TestSidecarPortTaken(t *testing.T) {
 	var h hinted
 	if !errors.As(err, &h) {
 		t.Errorf("port-taken error %v has no hint", err)
+	}
+}
+
+// TestSidecarPortIntruder has another program bind the sidecar's port
+// after the start checked it was free, and answer the health check: the
+// guest's traffic would reach it, so the start must fail.
+func TestSidecarPortIntruder(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("ownership of a port is read from /proc")
+	}
+	f := newPipelockFixture(t)
+	elsewhere, _ := allocPorts(1)
+	f.writeConfig(t, elsewhere[0]) // the sidecar itself listens elsewhere
+	f.fake.control(t, fakePipelockCtl{SlowStart: "1s"})
+	bound := make(chan net.Listener, 1)
+	go func() {
+		// The log is opened right after the free-port check.
+		for i := 0; i < 1000; i++ {
+			if _, err := os.Stat(filepath.Join(f.logs, "pipelock.log")); err == nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		ln, err := net.Listen("tcp", loopbackAddr(f.port))
+		if err != nil {
+			bound <- nil
+			return
+		}
+		bound <- ln
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "ok")
+		})}
+		srv.Serve(ln)
+	}()
+	_, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
+	ln := <-bound
+	if ln == nil {
+		t.Skip("the intruder could not bind in time")
+	}
+	defer ln.Close()
+	if !errors.Is(err, errPortTaken) || !strings.Contains(err.Error(), "another program answers there") {
+		t.Errorf("start with an intruder on the port = %v", err)
+	}
+}
+
+func TestPortOwnedByGroup(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("Linux only")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if owned, known := portOwnedByGroup(syscall.Getpgrp(), port); !owned || !known {
+		t.Errorf("own listener: owned=%v known=%v", owned, known)
+	}
+	if owned, known := portOwnedByGroup(1<<30, port); owned || !known {
+		t.Errorf("listener of another group: owned=%v known=%v", owned, known)
 	}
 }
 
