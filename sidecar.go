@@ -59,6 +59,7 @@ type sidecarProc struct {
 	name    string
 	port    int
 	logPath string
+	logFrom int64 // size of the log before this start: older runs' lines are not this one's
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the process has been reaped
 	waitErr error         // valid once done is closed
@@ -188,6 +189,10 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("sidecar %s: log: %w", spec.Name, err)
 	}
+	var logFrom int64
+	if fi, err := logf.Stat(); err == nil {
+		logFrom = fi.Size()
+	}
 	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
 	cmd.Dir = spec.Dir
 	cmd.Env = spec.Env
@@ -205,7 +210,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 		}
 		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
 	}
-	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: logf.Name(), cmd: cmd, done: make(chan struct{})}
+	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: logf.Name(), logFrom: logFrom, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.done)
@@ -242,7 +247,11 @@ func (s *sidecarProc) waitHealthy(ctx context.Context, h sidecarHealth, deadline
 			if strings.Contains(strings.ToLower(tail), "address already in use") {
 				return withTail(portTakenError(s.name, s.port), tail)
 			}
-			return withTail(fmt.Errorf("sidecar %s exited during startup: %v", s.name, s.waitErr), tail)
+			how := "exit status 0"
+			if s.waitErr != nil {
+				how = s.waitErr.Error()
+			}
+			return withTail(fmt.Errorf("sidecar %s exited during startup: %s", s.name, how), tail)
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return withTail(fmt.Errorf("sidecar %s did not become healthy on %s within %v", s.name, loopbackAddr(s.port), deadline), s.logTail())
@@ -285,15 +294,19 @@ func withTail(err error, tail string) error {
 	return fmt.Errorf("%w\n%s", err, tail)
 }
 
-// logTail returns the last lines of the sidecar's log.
+// logTail returns the end of what this start wrote to the sidecar's log.
 func (s *sidecarProc) logTail() string {
 	f, err := os.Open(s.logPath)
 	if err != nil {
 		return ""
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > sidecarTailBytes {
-		f.Seek(fi.Size()-sidecarTailBytes, io.SeekStart)
+	from := s.logFrom
+	if fi, err := f.Stat(); err == nil {
+		from = max(from, fi.Size()-sidecarTailBytes)
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return ""
 	}
 	b, _ := io.ReadAll(io.LimitReader(f, sidecarTailBytes))
 	return string(b)

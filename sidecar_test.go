@@ -255,6 +255,13 @@ func TestSidecarMissing(t *testing.T) {
 func TestSidecarExitsEarly(t *testing.T) {
 	t.Parallel()
 	f := newPipelockFixture(t)
+	// A line from an earlier run in the same log is not this start's.
+	if err := os.MkdirAll(f.logs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.logs, "pipelock.log"), []byte("bind: address already in use\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	f.fake.control(t, fakePipelockCtl{ExitEarly: "Error: loading config: strict mode needs api_allowlist"})
 	start := time.Now()
 	_, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
@@ -264,6 +271,9 @@ func TestSidecarExitsEarly(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("early exit noticed after %v", d)
+	}
+	if errors.Is(err, errPortTaken) || strings.Contains(err.Error(), "already in use") {
+		t.Errorf("an earlier run's log line was blamed: %v", err)
 	}
 }
 
