@@ -323,9 +323,10 @@ func TestSidecarPortIntruder(t *testing.T) {
 	f.fake.control(t, fakePipelockCtl{SlowStart: "1s"})
 	bound := make(chan net.Listener, 1)
 	go func() {
-		// The log is opened right after the free-port check.
-		for i := 0; i < 1000; i++ {
-			if _, err := os.Stat(filepath.Join(f.logs, "pipelock.log")); err == nil {
+		// Once the fake has run, the free-port check is behind us and the
+		// fake sleeps before it listens.
+		for i := 0; i < 5000; i++ {
+			if b, _ := os.ReadFile(filepath.Join(f.fake.dir, fakePipelockLog)); len(b) > 0 {
 				break
 			}
 			time.Sleep(time.Millisecond)
