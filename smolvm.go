@@ -259,7 +259,7 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 		return nil, errors.New("exec needs a command")
 	}
 	if o.Detach && (o.Interactive || o.TTY) {
-		return nil, errors.New("exec -d cannot be combined with -i or -t")
+		return nil, errors.New("exec --detach cannot be combined with -i or -t")
 	}
 	args := []string{"machine", "exec", "--name", name}
 	if o.Workdir != "" {
@@ -450,7 +450,8 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	for _, name := range slices.Compact(names) {
 		v, ok := s.lookup(name)
 		if !ok || v == "" {
-			return nil, fmt.Errorf("secret variable %s is not set", name)
+			return nil, withHint(fmt.Errorf("secret variable %s is not set", name),
+				"export it in the shell that runs smolbottle; smolvm reads it from there at exec time")
 		}
 		env = append(env, name+"="+v)
 		secretValues = append(secretValues, v)
