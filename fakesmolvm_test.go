@@ -63,6 +63,7 @@ type fakeMachine struct {
 	Secrets map[string]string `json:"secrets"` // guest variable -> host variable
 	Workdir string            `json:"workdir"`
 	Labels  map[string]string `json:"labels"`
+	Guests  []int             `json:"guests,omitempty"` // detached exec processes
 }
 
 type fakeState struct {
@@ -450,6 +451,7 @@ func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
 				fmt.Printf("Machine '%s' is not running (state: %s)\n", name, m.State)
 				return fakeExit{}
 			}
+			fakeKillGuests(m)
 			m.State, m.PID = "stopped", 0
 			fmt.Printf("Stopped machine: %s\n", name)
 			return fakeExit{}
@@ -467,6 +469,7 @@ func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
 					return fakeExit{}
 				}
 			}
+			fakeKillGuests(st.Machines[name])
 			delete(st.Machines, name)
 			os.RemoveAll(filepath.Join(dir, fakeSmolvmGuests, name))
 			fmt.Printf("Deleted machine: %s\n", name)
@@ -641,9 +644,6 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if ex != nil {
 		return *ex
 	}
-	if pa.has("detach") {
-		return fakeExit{99, "fake: exec -d is not faked\n"}
-	}
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + fakeGuestPath(dir, name, "/root")}
 	env = append(env, m.Env...)
 	secrets := map[string]string{}
@@ -679,6 +679,9 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if err := os.MkdirAll(cwd, 0o700); err != nil {
 		fakeFatal(err)
 	}
+	if pa.has("detach") {
+		return fakeDetach(dir, name, cwd, env, pa.trailing)
+	}
 	ctx := context.Background()
 	if t := pa.get("timeout"); t != "" {
 		d, _ := time.ParseDuration(t)
@@ -706,6 +709,41 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 		return fakeExit{code: ee.ExitCode()}
 	}
 	return fakeExit{127, fmt.Sprintf("fake: exec %s: %v\n", pa.trailing[0], err)}
+}
+
+// fakeDetach starts the command in a session of its own, records its pid
+// with the machine (stop and delete kill it, as stopping a VM ends its
+// processes) and prints the pid.
+func fakeDetach(dir, name, cwd string, env, argv []string) fakeExit {
+	out, err := os.OpenFile(filepath.Join(dir, fakeSmolvmGuests, name, "detached.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		fakeFatal(err)
+	}
+	defer out.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, cwd, out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fakeExit{127, fmt.Sprintf("fake: exec %s: %v\n", argv[0], err)}
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Release()
+	fakeLocked(dir, func(st *fakeState) fakeExit {
+		if m := st.Machines[name]; m != nil {
+			m.Guests = append(m.Guests, pid)
+		}
+		return fakeExit{}
+	})
+	fmt.Printf("%d\n", pid)
+	return fakeExit{}
+}
+
+// fakeKillGuests ends the machine's detached processes.
+func fakeKillGuests(m *fakeMachine) {
+	for _, pid := range m.Guests {
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	m.Guests = nil
 }
 
 func fakeCp(dir string, pa fakeArgs) fakeExit {

@@ -624,6 +624,31 @@ func (s *smolvm) exec(ctx context.Context, name string, o execOpts, cmd ...strin
 	return err
 }
 
+// execDetached starts cmd in the machine without waiting for it (exec
+// --detach, used for gvforwarder) and returns the guest pid smolvm prints.
+func (s *smolvm) execDetached(ctx context.Context, name string, o execOpts, cmd ...string) (int, error) {
+	o.Detach, o.Interactive, o.TTY = true, false, false
+	out := &capBuffer{max: 4 << 10}
+	o.Stdout = out
+	if err := s.exec(ctx, name, o, cmd...); err != nil {
+		return 0, err
+	}
+	return parseDetachedPID(out.buf.String())
+}
+
+// parseDetachedPID reads the pid exec --detach prints: the last field of
+// its output that is a positive integer (the exact wording around it is
+// not in the reference).
+func parseDetachedPID(out string) (int, error) {
+	f := strings.Fields(out)
+	for i := len(f) - 1; i >= 0; i-- {
+		if pid, err := strconv.Atoi(strings.Trim(f[i], "().,:")); err == nil && pid > 0 {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", versionLine(out))
+}
+
 // cp copies one regular host file to an absolute guest path.
 func (s *smolvm) cp(ctx context.Context, hostFile, name, guestPath string) error {
 	args, err := cpArgs(hostFile, name, guestPath)
@@ -711,7 +736,7 @@ func parseSmolvmVersion(out string) (smolvmVersion, error) {
 	return v, nil
 }
 
-// versionLine shortens an unexpected --version answer for an error.
+// versionLine shortens unexpected output for an error.
 func versionLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
 	if len(s) > 200 {

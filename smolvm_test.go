@@ -7,9 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -786,5 +788,46 @@ func TestFakeSmolvmModes(t *testing.T) {
 	}
 	if ok, err := f.s.hasFlag(ctx, "exec", "--user"); !ok || err != nil {
 		t.Errorf("hasFlag(exec, --user) = %v, %v on a current smolvm", ok, err)
+	}
+}
+
+func TestParseDetachedPID(t *testing.T) {
+	t.Parallel()
+	for out, want := range map[string]int{
+		"4242\n": 4242, "Started process (PID: 17)\n": 17, "pid 9": 9, "": 0, "no pid here\n": 0, "-3\n": 0,
+	} {
+		got, err := parseDetachedPID(out)
+		if got != want || (err == nil) != (want > 0) {
+			t.Errorf("parseDetachedPID(%q) = %d, %v; want %d", out, got, err, want)
+		}
+	}
+}
+
+func TestSmolvmExecDetached(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("processAlive reads /proc")
+	}
+	ctx := context.Background()
+	f := newSmolvmFixture(t)
+	f.create(t, "sb-detach")
+	if err := f.s.start(ctx, "sb-detach", nil); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := f.s.execDetached(ctx, "sb-detach", execOpts{}, "sleep", "60")
+	if err != nil {
+		t.Fatalf("execDetached: %v", err)
+	}
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	if !processAlive(pid) {
+		t.Fatalf("detached guest process %d is not running", pid)
+	}
+	if err := f.s.stop(ctx, "sb-detach"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); processAlive(pid); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("guest process %d outlived the machine's stop", pid)
+		}
 	}
 }
