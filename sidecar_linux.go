@@ -1,0 +1,102 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// sidecarSysProcAttr puts a sidecar in its own process group and has the
+// kernel kill it when the supervisor dies. Pdeathsig follows the thread
+// that started the child; Go retires a thread only when a goroutine locked
+// to it exits, which the supervisor never does around a start.
+func sidecarSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// portOwnedByGroup reports whether every socket listening on TCP port
+// belongs to a process in process group pgid. The relays send the guest's
+// traffic to 127.0.0.1:port, so a program that bound the port first and
+// answered the health check would otherwise receive it in the sidecar's
+// place. It reads /proc/net/tcp{,6} and /proc/PID/fd; known is false
+// when /proc cannot tell.
+func portOwnedByGroup(pgid, port int) (owned, known bool) {
+	listening := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		if err := listenInodes(f, port, listening); err != nil {
+			return false, false
+		}
+	}
+	if len(listening) == 0 {
+		return false, true
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return false, false
+	}
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || procGroup(pid) != pgid {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			link, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name())
+			if inode, ok := strings.CutPrefix(link, "socket:["); err == nil && ok {
+				delete(listening, strings.TrimSuffix(inode, "]"))
+			}
+		}
+	}
+	return len(listening) == 0, true
+}
+
+// listenInodes adds the inodes of the sockets in LISTEN state on port
+// from one /proc/net/tcp-format file.
+func listenInodes(path string, port int, into map[string]bool) error {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) && strings.HasSuffix(path, "6") {
+		return nil // no IPv6
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Scan() // header
+	for sc.Scan() {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || fields[3] != "0A" {
+			continue
+		}
+		_, hexPort, ok := strings.Cut(fields[1], ":")
+		if p, err := strconv.ParseUint(hexPort, 16, 16); ok && err == nil && int(p) == port {
+			into[fields[9]] = true
+		}
+	}
+	return sc.Err()
+}
+
+// procGroup returns the process group of pid, or -1.
+func procGroup(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 {
+		return -1
+	}
+	g, err := strconv.Atoi(f[2])
+	if err != nil {
+		return -1
+	}
+	return g
+}

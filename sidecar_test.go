@@ -1,0 +1,523 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func init() { fakes["sidecar-parent"] = fakeSidecarParent }
+
+// fakeSidecarParent starts the sidecar described by spec.json beside
+// itself, writes its pid to child.pid and waits to be killed: it stands in
+// for the supervisor in the Pdeathsig test.
+func fakeSidecarParent(args []string) int {
+	dir := filepath.Dir(os.Args[0])
+	b, err := os.ReadFile(filepath.Join(dir, "spec.json"))
+	if err != nil {
+		fakeFatal(err)
+	}
+	var spec sidecarSpec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		fakeFatal(err)
+	}
+	s, err := startSidecar(context.Background(), spec, 10*time.Second)
+	if err != nil {
+		fakeFatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "child.pid"), []byte(strconv.Itoa(s.pid())), 0o600); err != nil {
+		fakeFatal(err)
+	}
+	select {}
+}
+
+func TestExpandTemplate(t *testing.T) {
+	t.Parallel()
+	vars := templateVars(4321, "/stage dir/x")
+	for _, tc := range []struct {
+		tmpl, want []string
+	}{
+		{[]string{"/bin/git-gate", "-listen", "127.0.0.1:{port}", "-repo", "{stage}/repo.git"},
+			[]string{"/bin/git-gate", "-listen", "127.0.0.1:4321", "-repo", "/stage dir/x/repo.git"}},
+		{[]string{"/bin/sv", "--port={port}", "{port}{port}", "a;b $(x) {", "{}", "{PORT}"},
+			[]string{"/bin/sv", "--port=4321", "43214321", "a;b $(x) {", "{}", "{PORT}"}},
+		{[]string{"/bin/sv", "{prot}"}, nil},
+		{nil, nil},
+	} {
+		got, err := expandTemplate(tc.tmpl, vars)
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("expandTemplate(%q) = %q, want an error", tc.tmpl, got)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("expandTemplate(%q) = %q, %v; want %q", tc.tmpl, got, err, tc.want)
+		}
+	}
+}
+
+func TestSidecarEnv(t *testing.T) {
+	t.Parallel()
+	got := sidecarEnv([]string{"PATH=/bin", "HOME=/h", "ANTHROPIC_API_KEY=sk", "CLAUDE_CODE_OAUTH_TOKEN=t",
+		"HTTPS_PROXY=x", "all_proxy=y", "LC_ALL=C", "SMOLVM_DATA_DIR=/d", "TZ=UTC"})
+	want := []string{"HOME=/h", "LC_ALL=C", "PATH=/bin", "TZ=UTC"}
+	if !slices.Equal(got, want) {
+		t.Errorf("sidecarEnv = %q, want %q", got, want)
+	}
+}
+
+func TestFakeAllowed(t *testing.T) {
+	t.Parallel()
+	allow := []string{"*.anthropic.com", "example.org"}
+	for host, want := range map[string]bool{
+		"api.anthropic.com": true, "anthropic.com": true, "a.b.anthropic.com": true, "API.Anthropic.COM.": true,
+		"notanthropic.com": false, "anthropic.com.evil": false, "example.org": true, "www.example.org": false,
+	} {
+		if got := fakeAllowed(allow, host); got != want {
+			t.Errorf("fakeAllowed(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+// pipelockFixture is a fake pipelock with a rendered config, a stage and
+// a local echo server standing in for the allowed hosts.
+type pipelockFixture struct {
+	fake              *fakePipelockBin
+	stage, cfg, logs  string
+	port, metricsPort int
+	env               []string
+}
+
+func newPipelockFixture(t *testing.T) *pipelockFixture {
+	t.Helper()
+	f := &pipelockFixture{fake: newFakePipelock(t), stage: t.TempDir()}
+	f.logs = filepath.Join(f.stage, "logs")
+	ports, err := allocPorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.port, f.metricsPort = ports[0], ports[1]
+	f.writeConfig(t, f.port)
+	echo := echoServer(t)
+	hosts, _ := json.Marshal(map[string]int{
+		"api.anthropic.com": echo, "anthropic.com": echo, "notanthropic.com": echo, "evil.example": echo,
+	})
+	if err := os.WriteFile(filepath.Join(f.stage, fakePipelockHosts), hosts, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.env = append(sidecarEnv([]string{"PATH=" + os.Getenv("PATH"), "ANTHROPIC_API_KEY=" + testSecret,
+		"HTTPS_PROXY=http://127.0.0.1:9"}), "GORACE=atexit_sleep_ms=0")
+	return f
+}
+
+// writeConfig renders pipelock's config with its listener on port.
+func (f *pipelockFixture) writeConfig(t *testing.T, port int) {
+	t.Helper()
+	cfg, err := renderPipelock(pipelockSpec{Port: port, MetricsPort: f.metricsPort,
+		Allow: []string{"*.anthropic.com"}, LogFile: filepath.Join(f.logs, "pipelock-events.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg = filepath.Join(f.stage, "pipelock.yaml")
+	if err := os.WriteFile(f.cfg, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *pipelockFixture) spec() sidecarSpec {
+	return pipelockSidecar(f.fake.path, f.cfg, f.port, f.stage, f.logs, f.env)
+}
+
+// echoServer listens on a loopback port and echoes every connection.
+func echoServer(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func TestStartPipelock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newPipelockFixture(t)
+	s, err := startSidecar(ctx, f.spec(), 10*time.Second)
+	if err != nil {
+		t.Fatalf("startSidecar: %v", err)
+	}
+	defer s.stop(time.Second)
+
+	addr := loopbackAddr(f.port)
+	for target, want := range map[string]int{
+		"api.anthropic.com:443": 200, "anthropic.com:443": 200,
+		"notanthropic.com:443": 403, "evil.example:443": 403, "127.0.0.1:22": 403,
+	} {
+		code, c, err := connectThrough(ctx, addr, target)
+		if err != nil || code != want {
+			t.Errorf("CONNECT %s: %d, %v; want %d", target, code, err, want)
+			continue
+		}
+		if c == nil {
+			continue
+		}
+		io.WriteString(c, "ping\n")
+		line, err := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if err != nil || line != "ping\n" {
+			t.Errorf("tunnel to %s echoed %q, %v", target, line, err)
+		}
+	}
+	if err := probeEgressProxy(ctx, f.port, time.Second); err != nil {
+		t.Errorf("probeEgressProxy on pipelock: %v", err)
+	}
+
+	fi, err := os.Stat(filepath.Join(f.logs, "pipelock.log"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("sidecar log: %v, %v; want mode 0600", fi, err)
+	}
+	if err := s.stop(2 * time.Second); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	if done, _ := s.exited(); !done {
+		t.Error("pipelock still running after stop")
+	}
+	if err := s.stop(time.Second); err != nil {
+		t.Errorf("second stop: %v", err)
+	}
+
+	recs := f.fake.records(t)
+	if len(recs) != 1 || !slices.Equal(recs[0].Argv, []string{"run", "--config", f.cfg}) || recs[0].Dir != f.stage {
+		t.Errorf("pipelock ran as %+v", recs)
+	}
+	for _, e := range recs[0].Env {
+		k, _, _ := strings.Cut(e, "=")
+		if strings.Contains(e, testSecret) || isProxyVar(k) {
+			t.Errorf("pipelock environment has %q", e)
+		}
+	}
+	logs, _ := os.ReadFile(filepath.Join(f.logs, "pipelock.log"))
+	events, _ := os.ReadFile(filepath.Join(f.logs, "pipelock-events.log"))
+	if !strings.Contains(string(events), `{"action":"blocked","host":"evil.example"}`) {
+		t.Errorf("pipelock events log = %s", events)
+	}
+	for _, b := range [][]byte{logs, events} {
+		if strings.Contains(string(b), testSecret) {
+			t.Error("a sidecar log holds the secret value")
+		}
+	}
+}
+
+func TestSidecarMissing(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	spec := f.spec()
+	spec.Argv[0] = filepath.Join(t.TempDir(), "pipelock")
+	_, err := startSidecar(context.Background(), spec, time.Second)
+	var h hinted
+	if err == nil || !strings.Contains(err.Error(), "not found") || !errors.As(err, &h) {
+		t.Errorf("start of a missing program = %v", err)
+	}
+	spec.Argv[0] = "pipelock"
+	if _, err := startSidecar(context.Background(), spec, time.Second); err == nil {
+		t.Error("start with a relative program path succeeded")
+	}
+	// The fake was set up for this test; run it once so its check holds.
+	f.fake.control(t, fakePipelockCtl{ExitEarly: "unused"})
+	startSidecar(context.Background(), f.spec(), 10*time.Second)
+}
+
+func TestSidecarExitsEarly(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	// A line from an earlier run in the same log is not this start's.
+	if err := os.MkdirAll(f.logs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.logs, "pipelock.log"), []byte("bind: address already in use\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.fake.control(t, fakePipelockCtl{ExitEarly: "Error: loading config: strict mode needs api_allowlist"})
+	start := time.Now()
+	_, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "exited during startup") ||
+		!strings.Contains(err.Error(), "strict mode needs api_allowlist") {
+		t.Errorf("start of a sidecar that exits = %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("early exit noticed after %v", d)
+	}
+	if errors.Is(err, errPortTaken) || strings.Contains(err.Error(), "already in use") {
+		t.Errorf("an earlier run's log line was blamed: %v", err)
+	}
+}
+
+func TestSidecarPortTaken(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	// Taken before the start: the health check must not ask the intruder.
+	ln, err := net.Listen("tcp", loopbackAddr(f.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = startSidecar(context.Background(), f.spec(), 5*time.Second)
+	if !errors.Is(err, errPortTaken) {
+		t.Errorf("start on a taken port = %v", err)
+	}
+	ln.Close()
+
+	// Taken after the check, before the sidecar binds: here the config
+	// points at a port held elsewhere, so the sidecar's bind fails.
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	f.writeConfig(t, held.Addr().(*net.TCPAddr).Port)
+	_, err = startSidecar(context.Background(), f.spec(), 5*time.Second)
+	if !errors.Is(err, errPortTaken) || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("start when the bind fails = %v", err)
+	}
+	var h hinted
+	if !errors.As(err, &h) {
+		t.Errorf("port-taken error %v has no hint", err)
+	}
+}
+
+// TestSidecarPortIntruder has another program bind the sidecar's port
+// after the start checked it was free, and answer the health check: the
+// guest's traffic would reach it, so the start must fail.
+func TestSidecarPortIntruder(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("ownership of a port is read from /proc")
+	}
+	f := newPipelockFixture(t)
+	elsewhere, _ := allocPorts(1)
+	f.writeConfig(t, elsewhere[0]) // the sidecar itself listens elsewhere
+	f.fake.control(t, fakePipelockCtl{SlowStart: "1s"})
+	bound := make(chan net.Listener, 1)
+	go func() {
+		// Once the fake has run, the free-port check is behind us and the
+		// fake sleeps before it listens.
+		for i := 0; i < 5000; i++ {
+			if b, _ := os.ReadFile(filepath.Join(f.fake.dir, fakePipelockLog)); len(b) > 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		ln, err := net.Listen("tcp", loopbackAddr(f.port))
+		if err != nil {
+			bound <- nil
+			return
+		}
+		bound <- ln
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "ok")
+		})}
+		srv.Serve(ln)
+	}()
+	_, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
+	ln := <-bound
+	if ln == nil {
+		t.Skip("the intruder could not bind in time")
+	}
+	defer ln.Close()
+	if !errors.Is(err, errPortTaken) || !strings.Contains(err.Error(), "another program answers there") {
+		t.Errorf("start with an intruder on the port = %v", err)
+	}
+}
+
+func TestPortOwnedByGroup(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("Linux only")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if owned, known := portOwnedByGroup(syscall.Getpgrp(), port); !owned || !known {
+		t.Errorf("own listener: owned=%v known=%v", owned, known)
+	}
+	if owned, known := portOwnedByGroup(1<<30, port); owned || !known {
+		t.Errorf("listener of another group: owned=%v known=%v", owned, known)
+	}
+}
+
+func TestSidecarUnhealthy(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	f.fake.control(t, fakePipelockCtl{Unhealthy: true})
+	_, err := startSidecar(context.Background(), f.spec(), 2*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "did not become healthy") ||
+		!strings.Contains(err.Error(), "listening on") {
+		t.Errorf("start of an unhealthy sidecar = %v", err)
+	}
+	// Nothing left running: the port is free again.
+	ln, err := net.Listen("tcp", loopbackAddr(f.port))
+	if err != nil {
+		t.Errorf("sidecar still holds its port: %v", err)
+	} else {
+		ln.Close()
+	}
+
+	f.fake.control(t, fakePipelockCtl{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := startSidecar(ctx, f.spec(), time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("start with a cancelled context = %v", err)
+	}
+}
+
+func TestSidecarStopKills(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	f.fake.control(t, fakePipelockCtl{IgnoreTerm: true})
+	s, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.stop(200 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("stop of a sidecar ignoring SIGTERM = %v", err)
+	}
+	if done, _ := s.exited(); !done {
+		t.Error("sidecar survived stop")
+	}
+}
+
+func TestSidecarTemplate(t *testing.T) {
+	t.Parallel()
+	f := newPipelockFixture(t)
+	argv, err := expandTemplate([]string{f.fake.path, "run", "--config", "{stage}/pipelock.yaml"},
+		templateVars(f.port, f.stage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sidecarSpec{Name: "git-gate", Argv: argv, Dir: f.stage, Env: f.env, Port: f.port,
+		Health: healthTCP, LogDir: f.logs}
+	s, err := startSidecar(context.Background(), spec, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.stop(2 * time.Second); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Stat(filepath.Join(f.logs, "git-gate.log")); err != nil {
+		t.Error(err)
+	}
+	spec.Name = "../x"
+	if _, err := startSidecar(context.Background(), spec, time.Second); err == nil {
+		t.Error("sidecar name with a path was accepted")
+	}
+}
+
+func TestProbeEgressProxy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// A listener that closes without answering is not a proxy.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if err := probeEgressProxy(ctx, ln.Addr().(*net.TCPAddr).Port, time.Second); err == nil ||
+		!strings.Contains(err.Error(), "does not answer as an HTTP proxy") {
+		t.Errorf("probe of a silent listener = %v", err)
+	}
+	free, _ := allocPorts(1)
+	if err := probeEgressProxy(ctx, free[0], time.Second); err == nil {
+		t.Error("probe of a closed port succeeded")
+	}
+}
+
+// TestSidecarDiesWithSupervisor kills the process that started a sidecar
+// with SIGKILL and expects the kernel to take the sidecar with it.
+func TestSidecarDiesWithSupervisor(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("Pdeathsig is Linux only")
+	}
+	f := newPipelockFixture(t)
+	pdir := t.TempDir()
+	parent := linkAs(t, pdir, "sidecar-parent")
+	b, _ := json.Marshal(f.spec())
+	if err := os.WriteFile(filepath.Join(pdir, "spec.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(parent)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(filepath.Join(pdir, "child.pid"))
+		if pid, _ = strconv.Atoi(string(b)); pid > 0 {
+			break
+		}
+	}
+	if pid == 0 {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("the stand-in supervisor never started its sidecar")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !processAlive(pid) {
+			return
+		}
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	t.Errorf("sidecar %d outlived its supervisor", pid)
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return !strings.HasPrefix(rest, "Z")
+}

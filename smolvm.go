@@ -1,0 +1,796 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// smolvm CLI facts this driver relies on (reference/smolvm.md §1, 1.9.2):
+//   - every command error is "Error: <msg>" on stderr with exit 1; clap's
+//     argument errors are "error: …" with exit 2;
+//   - without --name a command acts on "default" (start even creates it),
+//     so --name is always passed; exec accepts only the long form;
+//   - delete without -f prompts, and on EOF prints "Cancelled" and exits 0
+//     having deleted nothing, so -f is always passed;
+//   - exec exits with the guest's exit code and never starts a machine;
+//   - start falls back to the host's proxy variables for the in-guest image
+//     pull, so they are scrubbed from smolvm's environment;
+//   - cp splits its first argument at the first ':', so a host path holding
+//     ':' is misread as a machine path; it copies single regular files only;
+//   - create -e values are stored in the machine record and shown by ls -v,
+//     so secrets travel only as from_env references, resolved from smolvm's
+//     environment when they are used.
+const (
+	smolvmWaitDelay   = 10 * time.Second // after SIGTERM on cancel, before SIGKILL
+	smolvmTailBytes   = 4 << 10          // stderr kept for error messages
+	smolvmMaxStdout   = 4 << 20          // ls --json, status --json, --help
+	smolvmMaxName     = 128
+	smolvmMaxCopy     = 4 << 30 // per-transfer cap of machine cp
+	smolvmNotRunning  = "is not running. Use 'smolvm machine start"
+	smolvmExists      = "already exists or is being created"
+	smolvmNotFoundPfx = "vm not found: "
+)
+
+// smolvm runs one smolvm binary with a pinned working directory (volume
+// host paths are resolved against it) and an explicit environment.
+type smolvm struct {
+	path string   // absolute, resolved once in preflight
+	dir  string   // absolute working directory of every call
+	env  []string // allow-listed subset of the parent environment, sorted
+	// lookup reads the parent environment; it is used only for the secret
+	// variables a call names, never copied wholesale.
+	lookup func(string) (string, bool)
+	// secrets names the host variables the machine's Smolfile [secrets]
+	// refer to; smolvm resolves them from its environment on create and
+	// on every exec, so only those calls get them.
+	secrets   []string
+	waitDelay time.Duration
+
+	mu    sync.Mutex
+	helps map[string]string // machine subcommand -> its --help text
+}
+
+// newSmolvm returns a driver for the smolvm binary at path. parent is the
+// environment smolbottle itself received (os.Environ()); secrets names the
+// variables of parent the machine's from_env references use.
+func newSmolvm(path, dir string, parent []string, secrets ...string) (*smolvm, error) {
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("smolvm path %q is not absolute", path)
+	}
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("smolvm working directory %q is not absolute", dir)
+	}
+	for _, name := range secrets {
+		if !envNameRE.MatchString(name) || isProxyVar(name) {
+			return nil, fmt.Errorf("secret variable name %q is not valid", name)
+		}
+	}
+	all := envMap(parent)
+	return &smolvm{
+		secrets:   slices.Clone(secrets),
+		path:      path,
+		dir:       dir,
+		env:       smolvmEnv(parent),
+		lookup:    func(k string) (string, bool) { v, ok := all[k]; return v, ok },
+		waitDelay: smolvmWaitDelay,
+		helps:     map[string]string{},
+	}, nil
+}
+
+// envMap turns KEY=VALUE entries into a map; later entries win, as in
+// os/exec.
+func envMap(env []string) map[string]string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// isProxyVar reports whether name is a proxy variable in any case.
+func isProxyVar(name string) bool {
+	switch strings.ToUpper(name) {
+	case "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY":
+		return true
+	}
+	return false
+}
+
+// smolvmEnvKeep is the allow-list of smolvm's environment: where it keeps
+// its data, its logging, the locale, and nothing that changes its network.
+func smolvmEnvKeep(name string) bool {
+	switch name {
+	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "RUST_LOG", "LANG":
+		return true
+	}
+	return strings.HasPrefix(name, "XDG_") || strings.HasPrefix(name, "SMOLVM_") || strings.HasPrefix(name, "LC_")
+}
+
+// smolvmEnv returns the allow-listed part of parent, proxy variables
+// removed, sorted by name.
+func smolvmEnv(parent []string) []string { return filterEnv(parent, smolvmEnvKeep) }
+
+// filterEnv returns the entries of env whose names keep accepts and that
+// are not proxy variables, one per name (the last wins), sorted.
+func filterEnv(env []string, keep func(string) bool) []string {
+	m := envMap(env)
+	var out []string
+	for k, v := range m {
+		if keep(k) && !isProxyVar(k) {
+			out = append(out, k+"="+v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+var (
+	envNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	machineNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+	guestUserRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
+)
+
+// validMachineName applies smolvm's name rules (src/data/mod.rs:55-103).
+func validMachineName(name string) error {
+	switch {
+	case name == "" || len(name) > smolvmMaxName:
+		return fmt.Errorf("machine name %q must be 1 to %d characters", name, smolvmMaxName)
+	case !machineNameRE.MatchString(name):
+		return fmt.Errorf("machine name %q must start with a letter or digit and hold only letters, digits, _ and -", name)
+	case strings.HasSuffix(name, "-") || strings.Contains(name, "--"):
+		return fmt.Errorf("machine name %q must not end in - or hold --", name)
+	}
+	return nil
+}
+
+// socketMount is one --mount-socket HOST_PATH:GUEST_PATH bridge.
+type socketMount struct {
+	Host  string // absolute host path of a unix socket
+	Guest string // absolute guest path
+}
+
+// createSpec is everything machine create is given. The image, volumes,
+// env and from_env secret references are in the Smolfile; the machine gets
+// no network device (no --net, -p or egress flag ever appears).
+type createSpec struct {
+	Name     string
+	Smolfile string        // absolute path
+	Sockets  []socketMount // host unix sockets bridged into the guest
+}
+
+// createArgs returns the argv (after the binary) of machine create.
+func createArgs(spec createSpec) ([]string, error) {
+	if err := validMachineName(spec.Name); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(spec.Smolfile) {
+		return nil, fmt.Errorf("smolfile path %q is not absolute", spec.Smolfile)
+	}
+	args := []string{"machine", "create", "--name", spec.Name, "--smolfile", spec.Smolfile}
+	seen := map[string]bool{}
+	for _, m := range spec.Sockets {
+		if err := checkSocketMount(m); err != nil {
+			return nil, err
+		}
+		if seen[m.Guest] {
+			return nil, fmt.Errorf("guest socket path %q is mounted twice", m.Guest)
+		}
+		seen[m.Guest] = true
+		args = append(args, "--mount-socket", m.Host+":"+m.Guest)
+	}
+	return args, nil
+}
+
+// checkSocketMount applies the --mount-socket rules (smolvm.md addendum):
+// the argument is split at the first ':', the guest path must be absolute
+// and free of ';' and '|'.
+func checkSocketMount(m socketMount) error {
+	switch {
+	case !filepath.IsAbs(m.Host):
+		return fmt.Errorf("host socket path %q is not absolute", m.Host)
+	case strings.Contains(m.Host, ":"):
+		return fmt.Errorf("host socket path %q holds ':', which smolvm would split", m.Host)
+	case !strings.HasPrefix(m.Guest, "/"):
+		return fmt.Errorf("guest socket path %q is not absolute", m.Guest)
+	case strings.ContainsAny(m.Guest, ";|\n"):
+		return fmt.Errorf("guest socket path %q holds ';', '|' or a newline", m.Guest)
+	}
+	return nil
+}
+
+// nameArgs returns the argv of the machine subcommands that take only a
+// name: start, stop, status --json, delete -f.
+func nameArgs(sub, name string) ([]string, error) {
+	if err := validMachineName(name); err != nil {
+		return nil, err
+	}
+	args := []string{"machine", sub, "--name", name}
+	switch sub {
+	case "start", "stop":
+	case "status":
+		args = append(args, "--json")
+	case "delete":
+		args = append(args, "-f")
+	default:
+		return nil, fmt.Errorf("machine %s is not a name-only subcommand", sub)
+	}
+	return args, nil
+}
+
+// execOpts are the options of one machine exec.
+type execOpts struct {
+	Workdir     string        // guest directory; "" for the machine's default
+	Env         []envVar      // non-secret guest variables, passed as -e K=V
+	Secrets     []string      // host variables passed as --secret-env NAME=NAME
+	User        string        // needs a smolvm with exec --user (not 1.9.2)
+	Interactive bool          // -i: keep stdin open
+	TTY         bool          // -t: allocate a pseudo-terminal
+	Detach      bool          // -d: print the guest pid and return
+	Timeout     time.Duration // --timeout; 0 for none
+
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// execArgs returns the argv of machine exec. user says whether the
+// installed smolvm has exec --user.
+func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, error) {
+	if err := validMachineName(name); err != nil {
+		return nil, err
+	}
+	if len(cmd) == 0 || cmd[0] == "" {
+		return nil, errors.New("exec needs a command")
+	}
+	if o.Detach && (o.Interactive || o.TTY) {
+		return nil, errors.New("exec --detach cannot be combined with -i or -t")
+	}
+	args := []string{"machine", "exec", "--name", name}
+	if o.Workdir != "" {
+		if !strings.HasPrefix(o.Workdir, "/") {
+			return nil, fmt.Errorf("guest workdir %q is not absolute", o.Workdir)
+		}
+		args = append(args, "-w", o.Workdir)
+	}
+	for _, e := range o.Env {
+		// A KEY without '=' would forward smolbottle's own value, and a
+		// malformed entry is silently dropped: both are refused here.
+		if !envNameRE.MatchString(e.Name) {
+			return nil, fmt.Errorf("guest variable name %q is not valid", e.Name)
+		}
+		args = append(args, "-e", e.Name+"="+e.Value)
+	}
+	for _, s := range o.Secrets {
+		if !envNameRE.MatchString(s) {
+			return nil, fmt.Errorf("secret variable name %q is not valid", s)
+		}
+		args = append(args, "--secret-env", s+"="+s)
+	}
+	if o.User != "" {
+		if !hasUser {
+			return nil, withHint(errors.New("this smolvm has no exec --user"),
+				"smolvm 1.9.2 runs exec as the image's USER; --user arrived in a later release")
+		}
+		if !guestUserRE.MatchString(o.User) {
+			return nil, fmt.Errorf("guest user %q is not valid", o.User)
+		}
+		args = append(args, "--user", o.User)
+	}
+	if o.Timeout > 0 {
+		args = append(args, "--timeout", strconv.FormatInt(int64((o.Timeout+time.Second-1)/time.Second), 10)+"s")
+	}
+	if o.Interactive {
+		args = append(args, "-i")
+	}
+	if o.TTY {
+		args = append(args, "-t")
+	}
+	if o.Detach {
+		args = append(args, "--detach")
+	}
+	args = append(args, "--")
+	return append(args, cmd...), nil
+}
+
+// cpArgs returns the argv of machine cp for copying hostFile into the
+// machine, after checking the things smolvm would get wrong or refuse.
+func cpArgs(hostFile, name, guestPath string) ([]string, error) {
+	if err := validMachineName(name); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(hostFile) {
+		return nil, fmt.Errorf("host path %q is not absolute", hostFile)
+	}
+	if strings.Contains(hostFile, ":") {
+		return nil, withHint(fmt.Errorf("host path %q holds ':', which smolvm cp reads as machine:path", hostFile),
+			"copy or link the file to a path without ':' first")
+	}
+	if !strings.HasPrefix(guestPath, "/") {
+		return nil, fmt.Errorf("guest path %q is not absolute", guestPath)
+	}
+	if strings.HasSuffix(guestPath, "/") {
+		return nil, fmt.Errorf("guest path %q names a directory; give the file's full path", guestPath)
+	}
+	return []string{"machine", "cp", hostFile, name + ":" + guestPath}, nil
+}
+
+// checkCopySource refuses what machine cp cannot copy: it opens a single
+// regular file (following symlinks, as smolvm's File::open does), up to
+// 4 GiB.
+func checkCopySource(hostFile string) error {
+	fi, err := os.Stat(hostFile)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fi.IsDir():
+		return withHint(fmt.Errorf("%q is a directory; smolvm cp copies single regular files only", hostFile),
+			"put trees in the workspace volume, or pipe a tar archive through exec -i")
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%q is not a regular file", hostFile)
+	case fi.Size() > smolvmMaxCopy:
+		return fmt.Errorf("%q is %d bytes; smolvm cp copies at most 4 GiB", hostFile, fi.Size())
+	}
+	return nil
+}
+
+// smolvmError is a failure smolvm itself reported ("Error: …", exit 1) or
+// an argument smolvm rejected (clap's "error: …", exit 2).
+type smolvmError struct {
+	Sub  string // the call, e.g. "machine exec"
+	Code int
+	Msg  string // smolvm's message without "Error: "
+	Tail string // stderr tail, secret values redacted
+}
+
+func (e *smolvmError) Error() string {
+	if e.Msg != "" {
+		return "smolvm " + e.Sub + ": " + e.Msg
+	}
+	return fmt.Sprintf("smolvm %s: exit status %d\n%s", e.Sub, e.Code, strings.TrimSpace(e.Tail))
+}
+
+func smolvmErrorAs(err error) *smolvmError {
+	var e *smolvmError
+	if errors.As(err, &e) {
+		return e
+	}
+	return nil
+}
+
+// isNotFound reports whether err says the machine does not exist (the
+// status --json form included).
+func isNotFound(err error) bool {
+	e := smolvmErrorAs(err)
+	return e != nil && (strings.HasPrefix(e.Msg, smolvmNotFoundPfx) ||
+		strings.HasPrefix(e.Msg, "config operation failed: machine status: ") && strings.HasSuffix(e.Msg, "' not found"))
+}
+
+// isNotRunning reports whether err says the machine is not running.
+func isNotRunning(err error) bool {
+	e := smolvmErrorAs(err)
+	return e != nil && strings.Contains(e.Msg, smolvmNotRunning)
+}
+
+// isAlreadyExists reports whether err says create found the name taken.
+func isAlreadyExists(err error) bool {
+	e := smolvmErrorAs(err)
+	return e != nil && strings.Contains(e.Msg, smolvmExists)
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(t.buf) }
+
+// capBuffer keeps the first max bytes and notes whether more came.
+type capBuffer struct {
+	max      int
+	buf      bytes.Buffer
+	overflow bool
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	room := c.max - c.buf.Len()
+	if len(p) > room {
+		c.overflow = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.buf.Write(p)
+}
+
+// smolvmCall is one invocation.
+type smolvmCall struct {
+	args    []string
+	secrets bool     // the call resolves from_env secrets (create, exec)
+	extra   []string // further secret variables this call names
+	stdin   io.Reader
+	stdout  io.Writer // nil: captured and returned
+	stderr  io.Writer // receives stderr too when set
+}
+
+// call runs smolvm and classifies its failure. It returns the captured
+// stdout when call.stdout is nil.
+func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
+	env := slices.Clone(s.env)
+	var secretValues []string
+	var names []string
+	if c.secrets {
+		names = slices.Concat(s.secrets, c.extra)
+	}
+	slices.Sort(names)
+	for _, name := range slices.Compact(names) {
+		v, ok := s.lookup(name)
+		if !ok || v == "" {
+			return nil, withHint(fmt.Errorf("secret variable %s is not set", name),
+				"export it in the shell that runs smolbottle; smolvm reads it from there at exec time")
+		}
+		env = append(env, name+"="+v)
+		secretValues = append(secretValues, v)
+	}
+	for _, a := range c.args {
+		for _, v := range secretValues {
+			if strings.Contains(a, v) {
+				// A value in argv would show in ps and in smolvm's record.
+				return nil, errors.New("refusing to pass a secret value in smolvm's arguments")
+			}
+		}
+	}
+	// sub names the call in errors: "machine exec", "--version".
+	sub := c.args[0]
+	if len(c.args) >= 2 && c.args[0] == "machine" {
+		sub = "machine " + c.args[1]
+	}
+
+	cmd := exec.CommandContext(ctx, s.path, c.args...)
+	cmd.Dir = s.dir
+	cmd.Env = env
+	cmd.Stdin = c.stdin
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = s.waitDelay
+	out := &capBuffer{max: smolvmMaxStdout}
+	if c.stdout != nil {
+		cmd.Stdout = c.stdout
+	} else {
+		cmd.Stdout = out
+	}
+	tail := &tailBuffer{max: smolvmTailBytes}
+	if c.stderr != nil {
+		cmd.Stderr = io.MultiWriter(c.stderr, tail)
+	} else {
+		cmd.Stderr = tail
+	}
+	err := cmd.Run()
+	if out.overflow {
+		return nil, fmt.Errorf("smolvm %s: more than %d bytes of output", sub, smolvmMaxStdout)
+	}
+	if err == nil {
+		return out.buf.Bytes(), nil
+	}
+	redacted := redact(tail.String(), secretValues)
+	if errors.Is(err, fs.ErrNotExist) && !fileExists(s.path) {
+		return nil, withHint(fmt.Errorf("smolvm not found at %q", s.path),
+			"install smolvm 1.9.2 or later (https://smolmachines.com) and put it on PATH")
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return nil, fmt.Errorf("smolvm %s: %w", sub, ctxErr)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return nil, fmt.Errorf("smolvm %s: %w", sub, err)
+	}
+	code := ee.ExitCode()
+	return out.buf.Bytes(), classify(sub, code, redacted)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// classify turns a non-zero exit into a *smolvmError, or into exitStatus
+// when it came from the guest. smolvm prints its own error last, after any
+// buffered guest output, so the last line decides; exit 2 is clap's only
+// when stderr opens with "error: " (nothing ran in the guest then).
+func classify(sub string, code int, stderr string) error {
+	last := lastLine(stderr)
+	switch {
+	case code == 1 && strings.HasPrefix(last, "Error: "):
+		return &smolvmError{Sub: sub, Code: code, Msg: strings.TrimPrefix(last, "Error: "), Tail: stderr}
+	case code == 2 && strings.HasPrefix(stderr, "error: "):
+		first, _, _ := strings.Cut(stderr, "\n")
+		return &smolvmError{Sub: sub, Code: code, Msg: "rejected arguments: " + strings.TrimPrefix(first, "error: "), Tail: stderr}
+	case code < 0:
+		return &smolvmError{Sub: sub, Code: code, Msg: "killed by a signal", Tail: stderr}
+	case sub == "machine exec":
+		return exitStatus(code)
+	}
+	return &smolvmError{Sub: sub, Code: code, Tail: stderr}
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\r\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return strings.TrimRight(s, "\r")
+}
+
+// redact replaces every secret value in s.
+func redact(s string, values []string) string {
+	for _, v := range values {
+		if v != "" {
+			s = strings.ReplaceAll(s, v, "[redacted]")
+		}
+	}
+	return s
+}
+
+// create creates the machine; an existing name is an error that
+// isAlreadyExists recognises. The named secrets are in smolvm's
+// environment for this call only.
+func (s *smolvm) create(ctx context.Context, spec createSpec) error {
+	args, err := createArgs(spec)
+	if err != nil {
+		return err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args, secrets: true})
+	return err
+}
+
+// start boots a created or stopped machine; an already running one is
+// fine. progress, when set, receives smolvm's stderr as it comes.
+func (s *smolvm) start(ctx context.Context, name string, progress io.Writer) error {
+	args, err := nameArgs("start", name)
+	if err != nil {
+		return err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args, stderr: progress})
+	return err
+}
+
+// stop stops the machine; a stopped one is fine, an unknown one is an
+// error isNotFound recognises.
+func (s *smolvm) stop(ctx context.Context, name string) error {
+	args, err := nameArgs("stop", name)
+	if err != nil {
+		return err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args})
+	return err
+}
+
+// delete stops and deletes the machine. A machine that does not exist is
+// already deleted, so teardown can be repeated.
+func (s *smolvm) delete(ctx context.Context, name string) error {
+	args, err := nameArgs("delete", name)
+	if err != nil {
+		return err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args})
+	if isNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// exec runs cmd in the machine. A non-zero guest exit comes back as
+// exitStatus; smolvm's own failures as *smolvmError.
+func (s *smolvm) exec(ctx context.Context, name string, o execOpts, cmd ...string) error {
+	hasUser := false
+	if o.User != "" {
+		var err error
+		if hasUser, err = s.hasFlag(ctx, "exec", "--user"); err != nil {
+			return err
+		}
+	}
+	args, err := execArgs(name, o, hasUser, cmd)
+	if err != nil {
+		return err
+	}
+	stdout := o.Stdout
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	_, err = s.call(ctx, smolvmCall{args: args, secrets: true, extra: o.Secrets, stdin: o.Stdin, stdout: stdout, stderr: o.Stderr})
+	return err
+}
+
+// execDetached starts cmd in the machine without waiting for it (exec
+// --detach, used for gvforwarder) and returns the guest pid smolvm prints.
+func (s *smolvm) execDetached(ctx context.Context, name string, o execOpts, cmd ...string) (int, error) {
+	o.Detach, o.Interactive, o.TTY = true, false, false
+	out := &capBuffer{max: 4 << 10}
+	o.Stdout = out
+	if err := s.exec(ctx, name, o, cmd...); err != nil {
+		return 0, err
+	}
+	return parseDetachedPID(out.buf.String())
+}
+
+// parseDetachedPID reads the pid exec --detach prints: the last field of
+// its output that is a positive integer (the exact wording around it is
+// not in the reference).
+func parseDetachedPID(out string) (int, error) {
+	f := strings.Fields(out)
+	for i := len(f) - 1; i >= 0; i-- {
+		if pid, err := strconv.Atoi(strings.Trim(f[i], "().,:")); err == nil && pid > 0 {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", versionLine(out))
+}
+
+// cp copies one regular host file to an absolute guest path.
+func (s *smolvm) cp(ctx context.Context, hostFile, name, guestPath string) error {
+	args, err := cpArgs(hostFile, name, guestPath)
+	if err != nil {
+		return err
+	}
+	if err := checkCopySource(hostFile); err != nil {
+		return err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args})
+	return err
+}
+
+// machineStatus is the part of a status --json object (and of an ls --json
+// element) smolbottle reads.
+type machineStatus struct {
+	Name    string            `json:"name"`
+	State   string            `json:"state"` // created|running|stopped|failed|unreachable|frozen
+	PID     *int              `json:"pid"`
+	Image   *string           `json:"image"`
+	Network bool              `json:"network"`
+	Mounts  int               `json:"mounts"`
+	Ports   int               `json:"ports"`
+	Labels  map[string]string `json:"labels"`
+}
+
+// status returns the machine's state; an unknown machine is an error
+// isNotFound recognises.
+func (s *smolvm) status(ctx context.Context, name string) (machineStatus, error) {
+	args, err := nameArgs("status", name)
+	if err != nil {
+		return machineStatus{}, err
+	}
+	out, err := s.call(ctx, smolvmCall{args: args})
+	if err != nil {
+		return machineStatus{}, err
+	}
+	var st machineStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		return machineStatus{}, fmt.Errorf("smolvm machine status: %w", err)
+	}
+	if st.Name != name || st.State == "" {
+		return machineStatus{}, fmt.Errorf("smolvm machine status: answer for %q has name %q and state %q", name, st.Name, st.State)
+	}
+	return st, nil
+}
+
+// list returns every machine smolvm knows.
+func (s *smolvm) list(ctx context.Context) ([]machineStatus, error) {
+	out, err := s.call(ctx, smolvmCall{args: []string{"machine", "ls", "--json"}})
+	if err != nil {
+		return nil, err
+	}
+	var all []machineStatus
+	if err := json.Unmarshal(out, &all); err != nil {
+		return nil, fmt.Errorf("smolvm machine ls: %w", err)
+	}
+	return all, nil
+}
+
+// smolvmVersion is a parsed `smolvm --version`.
+type smolvmVersion struct{ Major, Minor, Patch int }
+
+func (v smolvmVersion) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch) }
+
+// less reports whether v is older than w.
+func (v smolvmVersion) less(w smolvmVersion) bool {
+	return slices.Compare([]int{v.Major, v.Minor, v.Patch}, []int{w.Major, w.Minor, w.Patch}) < 0
+}
+
+var versionRE = regexp.MustCompile(`^smolvm (\d{1,6})\.(\d{1,6})\.(\d{1,6})(?:[-+][0-9A-Za-z.+-]*)?$`)
+
+// parseSmolvmVersion parses clap's "smolvm X.Y.Z" line. Anything else
+// (CelestoAI's unrelated "smolvm" prints no such line) is an error.
+func parseSmolvmVersion(out string) (smolvmVersion, error) {
+	line := strings.TrimSpace(out)
+	m := versionRE.FindStringSubmatch(line)
+	if m == nil {
+		return smolvmVersion{}, fmt.Errorf("smolvm --version printed %q, not \"smolvm X.Y.Z\"", versionLine(line))
+	}
+	var v smolvmVersion
+	v.Major, _ = strconv.Atoi(m[1])
+	v.Minor, _ = strconv.Atoi(m[2])
+	v.Patch, _ = strconv.Atoi(m[3])
+	return v, nil
+}
+
+// versionLine shortens unexpected output for an error.
+func versionLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return s
+}
+
+// version runs smolvm --version.
+func (s *smolvm) version(ctx context.Context) (smolvmVersion, error) {
+	out, err := s.call(ctx, smolvmCall{args: []string{"--version"}})
+	if err != nil {
+		return smolvmVersion{}, err
+	}
+	return parseSmolvmVersion(string(out))
+}
+
+// hasFlag reports whether `smolvm machine SUB --help` lists flag. The
+// help text is read once per subcommand.
+func (s *smolvm) hasFlag(ctx context.Context, sub, flag string) (bool, error) {
+	s.mu.Lock()
+	help, ok := s.helps[sub]
+	s.mu.Unlock()
+	if !ok {
+		out, err := s.call(ctx, smolvmCall{args: []string{"machine", sub, "--help"}})
+		if err != nil {
+			return false, err
+		}
+		help = string(out)
+		s.mu.Lock()
+		s.helps[sub] = help
+		s.mu.Unlock()
+	}
+	return helpHasFlag(help, flag), nil
+}
+
+// helpHasFlag reports whether clap help text lists flag as an option, as
+// in "  -n, --name <NAME>" or "      --user <USER>".
+func helpHasFlag(help, flag string) bool {
+	for line := range strings.Lines(help) {
+		fields := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' || r == ',' || r == '\n' || r == '\r' })
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], "-") {
+			continue // flags open their help line; descriptions do not count
+		}
+		for _, f := range fields {
+			if !strings.HasPrefix(f, "-") {
+				break
+			}
+			f, _, _ = strings.Cut(f, "=")
+			f, _, _ = strings.Cut(f, "[")
+			if f == flag {
+				return true
+			}
+		}
+	}
+	return false
+}
