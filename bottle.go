@@ -502,38 +502,67 @@ func (smolmachines) preflight(ctx context.Context, env preflightEnv) ([]check, t
 // upCommands lists, in order, what up runs: the supervisor (confined
 // gvproxy, relays, sidecars), then the machine without any smolvm network
 // and with gvproxy's socket bridged in, then the guest network and the
-// egress self-test from the read-only guest binaries.
+// egress self-test from the read-only guest binaries. The smolvm argv come
+// from the same builders up calls, so the plan prints what runs.
 func (smolmachines) upCommands(p *plan) [][]string {
 	t := p.Tools
-	name := p.Machine
-	sock := filepath.Join(p.Stage, sockDir, gvproxySock)
 	cmds := [][]string{
-		{"smolbottle", "_supervise", p.Stage},
+		{"smolbottle", supervisorCmd, p.Stage},
 		{t.Gvproxy, "-config", filepath.Join(p.Stage, gvproxyFile)},
 	}
 	if !p.Sidecars[0].External {
-		cmds = append(cmds, []string{t.Pipelock, "run", "--config", filepath.Join(p.Stage, pipelockFile)})
+		cmds = append(cmds, pipelockSidecar(t.Pipelock, filepath.Join(p.Stage, pipelockFile), p.Sidecars[0].Port, p.Stage, "", nil).Argv)
 	}
-	asRoot := []string{}
-	if t.SmolvmExecUser {
-		asRoot = []string{"--user", "root"}
+	for _, step := range machineSteps(p) {
+		args, err := step.args(t.SmolvmExecUser)
+		if err != nil {
+			args = []string{"# cannot build: " + err.Error()}
+		} else {
+			args = append([]string{t.Smolvm}, args...)
+		}
+		cmds = append(cmds, args)
 	}
-	exec := func(args ...string) []string {
-		c := append([]string{t.Smolvm, "machine", "exec", "--name", name}, asRoot...)
-		return append(append(c, "--"), args...)
-	}
-	fwd := exec(guestBinDir+"/gvforwarder", "-url", "unix://"+guestSocket, "-iface", guestTap,
-		"-preexisting", "-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", "")
-	fwd = slices.Insert(fwd, slices.Index(fwd, "--"), "--detach")
-	cmds = append(cmds,
-		[]string{t.Smolvm, "machine", "create", "--name", name, "--smolfile", filepath.Join(p.Stage, smolfileName),
-			"--mount-socket", sock + ":" + guestSocket},
-		[]string{t.Smolvm, "machine", "start", "--name", name},
-		fwd,
-		exec(guestBinDir+"/smolbottle", "_guestnet", "-subnet", strconv.Itoa(p.Net.N)),
-		exec(guestBinDir+"/smolbottle", "_probe", "-subnet", strconv.Itoa(p.Net.N), "-ports", sidecarPorts(p.Sidecars)),
-	)
 	return cmds
+}
+
+// machineStep is one smolvm call of up.
+type machineStep struct {
+	sub    string // create, start or exec
+	create createSpec
+	exec   execOpts
+	cmd    []string
+}
+
+func (s machineStep) args(hasUser bool) ([]string, error) {
+	switch s.sub {
+	case "create":
+		return createArgs(s.create)
+	case "exec":
+		return execArgs(s.create.Name, s.exec, hasUser, s.cmd)
+	}
+	return nameArgs(s.sub, s.create.Name)
+}
+
+// machineSteps are the smolvm calls up makes, in order.
+func machineSteps(p *plan) []machineStep {
+	spec := createSpec{
+		Name:     p.Machine,
+		Smolfile: filepath.Join(p.Stage, smolfileName),
+		Sockets:  []socketMount{{Host: filepath.Join(p.Stage, sockDir, gvproxySock), Guest: guestSocket}},
+	}
+	root := execOpts{User: "root"}
+	detached := execOpts{User: "root", Detach: true}
+	subnet := strconv.Itoa(p.Net.N)
+	return []machineStep{
+		{sub: "create", create: spec},
+		{sub: "start", create: spec},
+		{sub: "exec", create: spec, exec: detached, cmd: []string{guestBinDir + "/gvforwarder",
+			"-url", "unix://" + guestSocket, "-iface", guestTap, "-preexisting",
+			"-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", ""}},
+		{sub: "exec", create: spec, exec: root, cmd: []string{guestBinDir + "/smolbottle", "_guestnet", "-subnet", subnet}},
+		{sub: "exec", create: spec, exec: execOpts{}, cmd: []string{guestBinDir + "/smolbottle", "_probe",
+			"-subnet", subnet, "-ports", sidecarPorts(p.Sidecars)}},
+	}
 }
 
 func sidecarPorts(s []sidecar) string {
@@ -557,7 +586,7 @@ func (smolmachines) cleanup(p *plan) cleanupPlan {
 	}
 	c := cleanupPlan{
 		Stop:   []string{"the supervisor and what it owns: " + strings.Join(owned, ", ")},
-		Delete: [][]string{{p.Tools.Smolvm, "machine", "delete", "--name", p.Machine, "-f"}},
+		Delete: [][]string{append([]string{p.Tools.Smolvm}, mustArgs(nameArgs("delete", p.Machine))...)},
 		Keep:   []string{filepath.Join(p.Stage, logsDir)},
 	}
 	for _, f := range p.Files {
@@ -568,3 +597,14 @@ func (smolmachines) cleanup(p *plan) cleanupPlan {
 	c.Remove = append(c.Remove, filepath.Join(p.Stage, stateFile))
 	return c
 }
+
+// mustArgs is for argv built from names validated when the plan was made.
+func mustArgs(args []string, err error) []string {
+	if err != nil {
+		return []string{"# cannot build: " + err.Error()}
+	}
+	return args
+}
+
+// supervisorCmd is the hidden subcommand up starts the supervisor with.
+const supervisorCmd = "_supervise"

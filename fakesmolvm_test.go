@@ -536,7 +536,7 @@ func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
 	if name == "" {
 		name = fmt.Sprintf("vm-%d", len(st.Machines)+1) // smolvm auto-generates vm-<id>
 	}
-	if err := validMachineName(name); err != nil {
+	if err := checkMachineName(name); err != nil {
 		return smolError("fake: invalid machine name: %v", err)
 	}
 	if st.Machines[name] != nil {

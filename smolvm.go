@@ -142,23 +142,9 @@ func filterEnv(env []string, keep func(string) bool) []string {
 }
 
 var (
-	envNameRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	machineNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
-	guestUserRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
+	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	guestUserRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
 )
-
-// validMachineName applies smolvm's name rules (src/data/mod.rs:55-103).
-func validMachineName(name string) error {
-	switch {
-	case name == "" || len(name) > smolvmMaxName:
-		return fmt.Errorf("machine name %q must be 1 to %d characters", name, smolvmMaxName)
-	case !machineNameRE.MatchString(name):
-		return fmt.Errorf("machine name %q must start with a letter or digit and hold only letters, digits, _ and -", name)
-	case strings.HasSuffix(name, "-") || strings.Contains(name, "--"):
-		return fmt.Errorf("machine name %q must not end in - or hold --", name)
-	}
-	return nil
-}
 
 // socketMount is one --mount-socket HOST_PATH:GUEST_PATH bridge.
 type socketMount struct {
@@ -177,7 +163,7 @@ type createSpec struct {
 
 // createArgs returns the argv (after the binary) of machine create.
 func createArgs(spec createSpec) ([]string, error) {
-	if err := validMachineName(spec.Name); err != nil {
+	if err := checkMachineName(spec.Name); err != nil {
 		return nil, err
 	}
 	if !filepath.IsAbs(spec.Smolfile) {
@@ -218,7 +204,7 @@ func checkSocketMount(m socketMount) error {
 // nameArgs returns the argv of the machine subcommands that take only a
 // name: start, stop, status --json, delete -f.
 func nameArgs(sub, name string) ([]string, error) {
-	if err := validMachineName(name); err != nil {
+	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	args := []string{"machine", sub, "--name", name}
@@ -252,7 +238,7 @@ type execOpts struct {
 // execArgs returns the argv of machine exec. user says whether the
 // installed smolvm has exec --user.
 func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, error) {
-	if err := validMachineName(name); err != nil {
+	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	if len(cmd) == 0 || cmd[0] == "" {
@@ -311,7 +297,7 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 // cpArgs returns the argv of machine cp for copying hostFile into the
 // machine, after checking the things smolvm would get wrong or refuse.
 func cpArgs(hostFile, name, guestPath string) ([]string, error) {
-	if err := validMachineName(name); err != nil {
+	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	if !filepath.IsAbs(hostFile) {

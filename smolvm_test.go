@@ -44,8 +44,8 @@ func TestValidMachineName(t *testing.T) {
 		{"", false}, {strings.Repeat("a", 129), false}, {"-a", false}, {"_a", false},
 		{"a-", false}, {"a--b", false}, {"a.b", false}, {"a b", false}, {"a/b", false},
 	} {
-		if err := validMachineName(tc.name); (err == nil) != tc.ok {
-			t.Errorf("validMachineName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
+		if err := checkMachineName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("checkMachineName(%q) = %v, want ok=%v", tc.name, err, tc.ok)
 		}
 	}
 }
