@@ -91,7 +91,7 @@ func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer
 // selftestOptions are the flags of selftest.
 type selftestOptions struct {
 	gvproxy, gvforwarder string
-	verbose              bool
+	verbose, unconfined  bool
 }
 
 func parseSelftestFlags(fs *flag.FlagSet, args []string) (selftestOptions, error) {
@@ -99,6 +99,7 @@ func parseSelftestFlags(fs *flag.FlagSet, args []string) (selftestOptions, error
 	fs.StringVar(&o.gvproxy, "gvproxy", "", "gvproxy v0.8.9, statically linked (default: bin/gvproxy, then $PATH)")
 	fs.StringVar(&o.gvforwarder, "gvforwarder", "", "gvforwarder v0.8.9 (default: bin/gvforwarder, then $PATH)")
 	fs.BoolVar(&o.verbose, "v", false, "print gvproxy's and gvforwarder's logs")
+	fs.BoolVar(&o.unconfined, "unconfined", false, "run the matrix against stock, unconfined gvproxy (rows are expected to FAIL: it shows what the confinement prevents)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -147,6 +148,9 @@ func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return usageError("%v", err)
 	}
+	if o.unconfined {
+		fmt.Fprintln(stderr, "smolbottle: warning: -unconfined: gvproxy runs without its jail; the guest can reach the sandbox's whole network")
+	}
 	return runSandbox(ctx, "matrix", o, stdout, stderr)
 }
 
@@ -163,6 +167,14 @@ func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, std
 	}
 	if err := checkStatic(gvproxy); err != nil {
 		return err
+	}
+	// gvforwarder opens /dev/net/tun as the caller's own uid: a user
+	// namespace grants no access to a device node the caller cannot open.
+	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
+		return withHint(fmt.Errorf("selftest: the guest stand-in needs /dev/net/tun: %v", err),
+			"most distributions ship it mode 0666; here: chmod 0666 /dev/net/tun, or run the selftest as root")
+	} else {
+		f.Close()
 	}
 	// The sandbox creates its veth pairs with iproute2; found here, on the
 	// caller's PATH, because children get an empty environment.
@@ -182,7 +194,8 @@ func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, std
 	ctx, cancel := context.WithTimeout(ctx, selftestTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, self, selftestHostCmd, "-mode", mode, "-stage", stage,
-		"-gvproxy", gvproxy, "-gvforwarder", gvforwarder, "-ip", ip, "-v="+strconv.FormatBool(o.verbose))
+		"-gvproxy", gvproxy, "-gvforwarder", gvforwarder, "-ip", ip, "-v="+strconv.FormatBool(o.verbose),
+		"-unconfined="+strconv.FormatBool(o.unconfined))
 	cmd.Args[0] = "smolbottle"
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -228,6 +241,7 @@ func (c *counter) list() []string {
 // sandbox holds what _selftest-host set up.
 type sandbox struct {
 	stage, gvproxy, gvforwarder, ip string
+	unconfined                      bool
 	log                             io.Writer
 	closers                         []func()
 	upstream, listeners             counter
@@ -250,6 +264,7 @@ func runSelftestHost(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.StringVar(&s.gvforwarder, "gvforwarder", "", "")
 	fs.StringVar(&s.ip, "ip", "", "")
 	verbose := fs.Bool("v", false, "")
+	fs.BoolVar(&s.unconfined, "unconfined", false, "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -553,7 +568,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	}
 
 	netStage := filepath.Join(s.stage, "net")
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort}, Log: s.log})
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort}, Log: s.log, Unconfined: s.unconfined})
 	if err != nil {
 		return err
 	}
@@ -627,7 +642,11 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		}
 	}
 	results = append(results, s.hostRows(cn)...)
-	return printMatrix(stdout, n, sidecarPort, results)
+	mode := "confined"
+	if s.unconfined {
+		mode = "UNCONFINED"
+	}
+	return printMatrix(stdout, mode, n, sidecarPort, results)
 }
 
 // mustNotListen reports whether every address refuses a connection.
@@ -697,8 +716,8 @@ func procInterfaces(pid int) ([]string, error) {
 }
 
 // printMatrix prints one row per probe and the verdict.
-func printMatrix(w io.Writer, n bottleNet, sidecarPort int, rows []probeResult) error {
-	fmt.Fprintf(w, "smolbottle selftest: confined gvproxy, guest %s via gvforwarder, sidecar 127.0.0.1:%d\n\n", n.Guest, sidecarPort)
+func printMatrix(w io.Writer, mode string, n bottleNet, sidecarPort int, rows []probeResult) error {
+	fmt.Fprintf(w, "smolbottle selftest: %s gvproxy, guest %s via gvforwarder, sidecar 127.0.0.1:%d\n\n", mode, n.Guest, sidecarPort)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	failed := 0
 	for _, r := range rows {
