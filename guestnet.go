@@ -69,8 +69,11 @@ func netForSubnet(s string) (bottleNet, error) {
 	if err != nil {
 		return bottleNet{}, fmt.Errorf("subnet %q: %v", s, err)
 	}
+	if !p.Addr().Is4() {
+		return bottleNet{}, fmt.Errorf("subnet %q: want IPv4", s)
+	}
 	a := p.Addr().As4()
-	if !p.Addr().Is4() || p.Bits() != 24 || a[0] != 192 || a[1] != 168 || a[3] != 0 || a[2] == 0 || a[2] == 255 {
+	if p.Bits() != 24 || a[0] != 192 || a[1] != 168 || a[3] != 0 || a[2] == 0 || a[2] == 255 {
 		return bottleNet{}, fmt.Errorf("subnet %q: want 192.168.N.0/24 with N in 1..254", s)
 	}
 	return netFor(int(a[2])), nil

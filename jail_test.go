@@ -382,3 +382,56 @@ func maps(m map[string]string) map[string]string {
 	}
 	return out
 }
+
+func init() { fakes["userns-denied"] = usernsDenied }
+
+// usernsDenied runs in a user namespace of its own, forbids further user
+// namespaces there (user.max_user_namespaces is per user namespace), and
+// tries to start a confined network. It prints the error and the hints.
+// argv: GVPROXY STAGE.
+func usernsDenied(args []string) int {
+	if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0\n"), 0); err != nil {
+		fmt.Println("setup:", err)
+		return 2
+	}
+	cn, err := startConfined(context.Background(), confineSpec{Gvproxy: args[0], Net: netFor(205), Stage: args[1], Ports: []int{9}})
+	if err == nil {
+		cn.Close()
+		fmt.Println("started without user namespaces")
+		return 1
+	}
+	fmt.Println(err)
+	var h hinted
+	if errors.As(err, &h) {
+		fmt.Println(strings.Join(h.hints, "\n"))
+	}
+	return 0
+}
+
+// TestConfineFailsClosedWithoutUserNamespaces: with user namespaces
+// forbidden, nothing starts and the error names the step and the sysctl.
+func TestConfineFailsClosedWithoutUserNamespaces(t *testing.T) {
+	gvproxy, _ := netTools(t)
+	stage := t.TempDir()
+	cmd := exec.Command(linkAs(t, t.TempDir(), "userns-denied"), gvproxy, stage)
+	cmd.Env, cmd.Dir = []string{}, "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+	}
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("got %v", err)
+	}
+	for _, want := range []string{"confine gvproxy: create the user, network and mount namespaces", "user.max_user_namespaces"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output does not mention %q", want)
+		}
+	}
+	_, relayDir, _, _ := stagePaths(stage)
+	if entries, _ := os.ReadDir(relayDir); len(entries) != 0 {
+		t.Errorf("relay sockets left: %v", entries)
+	}
+}
