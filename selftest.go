@@ -16,10 +16,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -609,7 +609,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		{Name: "32 dials to black hole " + blackHole + " do not stall the sidecar", Kind: probeBurst, Addr: vip(sidecarPort), Want: blackHole, Count: 32},
 		{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
 	}}
-	out, err := s.runGuest(ctx, cn.SocketPath, n, "matrix", plan)
+	out, err := s.runGuest(ctx, []string{cn.SocketPath}, []bottleNet{n}, "matrix", plan)
 	if err != nil {
 		return err
 	}
@@ -745,9 +745,9 @@ func oneLine(s string) string {
 	return s
 }
 
-// runGuest starts the guest namespace with gvforwarder on sock, runs the
-// job there and returns what it printed.
-func (s *sandbox) runGuest(ctx context.Context, sock string, n bottleNet, mode string, plan probePlan) ([]byte, error) {
+// runGuest starts the guest namespace with one gvforwarder per gvproxy
+// socket, runs the job there and returns what it printed.
+func (s *sandbox) runGuest(ctx context.Context, socks []string, nets []bottleNet, mode string, plan probePlan) ([]byte, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -756,8 +756,12 @@ func (s *sandbox) runGuest(ctx context.Context, sock string, n bottleNet, mode s
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, self, selftestGuestCmd, "-socket", sock, "-gvforwarder", s.gvforwarder,
-		"-subnet", n.Subnet.String(), "-mode", mode, "-plan", string(planJSON))
+	subnets := make([]string, len(nets))
+	for i, n := range nets {
+		subnets[i] = n.Subnet.String()
+	}
+	cmd := exec.CommandContext(ctx, self, selftestGuestCmd, "-socket", strings.Join(socks, ","), "-gvforwarder", s.gvforwarder,
+		"-subnet", strings.Join(subnets, ","), "-mode", mode, "-plan", string(planJSON))
 	cmd.Args[0] = "smolbottle"
 	var out bytes.Buffer
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", &out, s.log
@@ -771,20 +775,23 @@ func (s *sandbox) runGuest(ctx context.Context, sock string, n bottleNet, mode s
 
 // runSelftestGuest is the VM stand-in: gvforwarder on gvproxy's socket, the
 // guest network configured by guestnet.go, then the probes or the benchmark.
+// The benchmark attaches to two gvproxies at once (tap0, tap1) so that the
+// confined and the unconfined path are measured in alternation, under the
+// same load.
 func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(selftestGuestCmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	sock := fs.String("socket", "", "")
+	socks := fs.String("socket", "", "")
 	gvforwarder := fs.String("gvforwarder", "", "")
-	subnet := fs.String("subnet", "", "")
+	subnets := fs.String("subnet", "", "")
 	mode := fs.String("mode", "matrix", "")
 	planJSON := fs.String("plan", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	n, err := netForSubnet(*subnet)
-	if err != nil {
-		return err
+	sockList, subnetList := strings.Split(*socks, ","), strings.Split(*subnets, ",")
+	if len(sockList) != len(subnetList) || len(sockList) > 2 {
+		return errors.New("guest: want one or two -socket and -subnet values")
 	}
 	var plan probePlan
 	if err := json.Unmarshal([]byte(*planJSON), &plan); err != nil {
@@ -795,31 +802,55 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	fwd := exec.CommandContext(ctx, *gvforwarder, "-url", "unix://"+*sock, "-iface", guestIface, "-preexisting",
-		"-mtu", strconv.Itoa(gvproxyMTU), "-mac", guestMAC, "-stop-if-exist", "")
-	fwd.Env, fwd.Dir, fwd.Stdout, fwd.Stderr = []string{}, "/", stderr, stderr
-	fwd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	setStop(fwd)
-	if err := fwd.Start(); err != nil {
-		return fmt.Errorf("guest: start gvforwarder: %w", err)
+	macs := []string{guestMAC, "5a:94:ef:e4:0c:ef"}
+	for i, sock := range sockList {
+		n, err := netForSubnet(subnetList[i])
+		if err != nil {
+			return err
+		}
+		iface := "tap" + strconv.Itoa(i)
+		fwd := exec.CommandContext(ctx, *gvforwarder, "-url", "unix://"+sock, "-iface", iface, "-preexisting",
+			"-mtu", strconv.Itoa(gvproxyMTU), "-mac", macs[i], "-stop-if-exist", "")
+		fwd.Env, fwd.Dir, fwd.Stdout, fwd.Stderr = []string{}, "/", stderr, stderr
+		fwd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		setStop(fwd)
+		if err := fwd.Start(); err != nil {
+			return fmt.Errorf("guest: start gvforwarder: %w", err)
+		}
+		defer fwd.Wait()
+		if err := waitLink(ctx, iface, 10*time.Second); err != nil {
+			return fmt.Errorf("guest: %w", err)
+		}
+		if i == 0 {
+			err = configureGuest(iface, n, gvproxyMTU)
+		} else {
+			// The host virtual IP is on-link: no route needed.
+			err = setLinkMTU(iface, gvproxyMTU)
+			if err == nil {
+				err = setLinkAddr(iface, netip.PrefixFrom(n.Guest, n.Subnet.Bits()))
+			}
+			if err == nil {
+				err = setLinkUp(iface)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("guest: %w", err)
+		}
+		if err := waitGateway(ctx, n, 10*time.Second); err != nil {
+			return fmt.Errorf("guest: %w", err)
+		}
 	}
-	defer fwd.Wait()
 	defer cancel()
-	if err := waitLink(ctx, guestIface, 10*time.Second); err != nil {
-		return fmt.Errorf("guest: %w", err)
-	}
-	if err := configureGuest(guestIface, n, gvproxyMTU); err != nil {
-		return fmt.Errorf("guest: %w", err)
-	}
-	if err := waitGateway(ctx, n, 10*time.Second); err != nil {
-		return fmt.Errorf("guest: %w", err)
-	}
 	var result any
 	switch *mode {
 	case "matrix":
 		result = runProbes(ctx, plan)
 	case "bench":
-		b, err := measurePath(ctx, plan.Probes[0].Addr)
+		addrs := make([]string, len(plan.Probes))
+		for i, p := range plan.Probes {
+			addrs[i] = p.Addr
+		}
+		b, err := measurePaths(ctx, addrs)
 		if err != nil {
 			return fmt.Errorf("guest: %w", err)
 		}
@@ -892,44 +923,54 @@ type benchResult struct {
 }
 
 const (
-	benchBytes   = 64 << 20
-	benchConns   = 200
-	benchRepeats = 3
+	benchBytes  = 32 << 20
+	benchConns  = 100
+	benchRounds = 5
 )
 
-// measurePath measures throughput (echo, both ways at once) and the time
-// to connect and get one byte back, best of benchRepeats.
-func measurePath(ctx context.Context, addr string) (benchResult, error) {
-	var best benchResult
-	for range benchRepeats {
-		start := time.Now()
-		if _, err := echoCheck(ctx, addr, benchBytes, time.Minute); err != nil {
-			return best, err
-		}
-		mibps := float64(benchBytes) / (1 << 20) / time.Since(start).Seconds()
-		best.MiBps = max(best.MiBps, mibps)
-		start = time.Now()
-		buf := make([]byte, 1)
-		for range benchConns {
-			c, err := net.DialTimeout("tcp4", addr, probeDialTimeout)
-			if err != nil {
-				return best, err
+// measurePaths measures each address in turn, benchRounds times, and
+// returns the median per address: throughput (echo, both directions at
+// once) and the time to connect and get one byte back.
+func measurePaths(ctx context.Context, addrs []string) ([]benchResult, error) {
+	mibps := make([][]float64, len(addrs))
+	us := make([][]float64, len(addrs))
+	buf := make([]byte, 1)
+	for range benchRounds {
+		for i, addr := range addrs {
+			start := time.Now()
+			if _, err := echoCheck(ctx, addr, benchBytes, time.Minute); err != nil {
+				return nil, err
 			}
-			_, err = c.Write(buf)
-			if err == nil {
-				_, err = io.ReadFull(c, buf)
+			mibps[i] = append(mibps[i], float64(benchBytes)/(1<<20)/time.Since(start).Seconds())
+			start = time.Now()
+			for range benchConns {
+				c, err := net.DialTimeout("tcp4", addr, probeDialTimeout)
+				if err != nil {
+					return nil, err
+				}
+				_, err = c.Write(buf)
+				if err == nil {
+					_, err = io.ReadFull(c, buf)
+				}
+				c.Close()
+				if err != nil {
+					return nil, err
+				}
 			}
-			c.Close()
-			if err != nil {
-				return best, err
-			}
-		}
-		us := float64(time.Since(start).Microseconds()) / benchConns
-		if best.ConnectMicros == 0 || us < best.ConnectMicros {
-			best.ConnectMicros = us
+			us[i] = append(us[i], float64(time.Since(start).Microseconds())/benchConns)
 		}
 	}
-	return best, nil
+	res := make([]benchResult, len(addrs))
+	for i := range addrs {
+		res[i] = benchResult{MiBps: median(mibps[i]), ConnectMicros: median(us[i])}
+	}
+	return res, nil
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 // netBench is the outcome of the benchmark mode.
@@ -956,30 +997,30 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 			go echoServe(c)
 		}
 	}()
-	var res netBench
-	var seq atomic.Int32
-	for _, unconfined := range []bool{false, true} {
-		n := netFor(200 + int(seq.Add(1)))
+	// Index 0 confined, 1 unconfined; both run at once, in alternation.
+	var socks []string
+	var nets []bottleNet
+	var plan probePlan
+	for i, unconfined := range []bool{false, true} {
+		n := netFor(201 + i)
 		stage := filepath.Join(s.stage, "bench"+strconv.Itoa(n.N))
 		cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log, Unconfined: unconfined})
 		if err != nil {
 			return err
 		}
-		plan := probePlan{Gateway: n.Gateway.String(), Probes: []probe{{Addr: netip.AddrPortFrom(n.HostVIP, uint16(port)).String()}}}
-		out, err := s.runGuest(ctx, cn.SocketPath, n, "bench", plan)
-		cn.Close()
-		if err != nil {
-			return err
-		}
-		var r benchResult
-		if err := json.Unmarshal(out, &r); err != nil {
-			return fmt.Errorf("bench: guest output: %v", err)
-		}
-		if unconfined {
-			res.Unconfined = r
-		} else {
-			res.Confined = r
-		}
+		s.closers = append(s.closers, func() { cn.Close() })
+		socks, nets = append(socks, cn.SocketPath), append(nets, n)
+		plan.Probes = append(plan.Probes, probe{Addr: netip.AddrPortFrom(n.HostVIP, uint16(port)).String()})
 	}
+	plan.Gateway = nets[0].Gateway.String()
+	out, err := s.runGuest(ctx, socks, nets, "bench", plan)
+	if err != nil {
+		return err
+	}
+	var rs []benchResult
+	if err := json.Unmarshal(out, &rs); err != nil || len(rs) != 2 {
+		return fmt.Errorf("bench: guest output %q: %v", out, err)
+	}
+	res := netBench{Confined: rs[0], Unconfined: rs[1]}
 	return json.NewEncoder(stdout).Encode(res)
 }
