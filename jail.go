@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"debug/elf"
 	"errors"
@@ -39,8 +38,10 @@ import (
 //
 // Process tree (each child dies with its parent through Pdeathsig):
 //
-//	owner (startConfined; outer relays: <stage>/relay/P.sock -> 127.0.0.1:P)
-//	 └─ smolbottle _confine   new user+net+mount ns; lo; inner relays; jail
+//	owner (startConfined; relays: accept on 127.0.0.1:P of the confined
+//	 │     namespace -> dial 127.0.0.1:P in the host namespace)
+//	 └─ smolbottle _confine   new user+net+mount ns; lo; opens the relay
+//	     │                    listeners and hands them to the owner; jail
 //	     └─ smolbottle _dropexec -> gvproxy   chroot, caps dropped, no_new_privs
 //
 // _confine and _dropexec are internal subcommands: argv is built here only.
@@ -89,12 +90,8 @@ type confinedNet struct {
 }
 
 // stagePaths are the fixed places of a stage used here.
-func stagePaths(stage string) (sockDir, relayDir, jailDir, config string) {
-	return filepath.Join(stage, "sock"), filepath.Join(stage, "relay"), filepath.Join(stage, "jail"), filepath.Join(stage, "gvproxy.yaml")
-}
-
-func relaySocket(relayDir string, port int) string {
-	return filepath.Join(relayDir, strconv.Itoa(port)+".sock")
+func stagePaths(stage string) (sockDir, jailDir, config string) {
+	return filepath.Join(stage, "sock"), filepath.Join(stage, "jail"), filepath.Join(stage, "gvproxy.yaml")
 }
 
 // startConfined starts gvproxy confined and the relays for spec.Ports, and
@@ -111,12 +108,12 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 		logw = io.Discard
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(logw, "smolbottle: net: "+format+"\n", args...) }
-	sockDir, relayDir, jailDir, configPath := stagePaths(spec.Stage)
+	sockDir, jailDir, configPath := stagePaths(spec.Stage)
 	c := &confinedNet{SocketPath: filepath.Join(sockDir, "gvproxy.sock"), done: make(chan struct{})}
 	if len(c.SocketPath) > maxSocketPath {
 		return nil, withHint(fmt.Errorf("socket path %q is %d bytes, over the %d-byte limit", c.SocketPath, len(c.SocketPath), maxSocketPath), "use a shorter stage directory")
 	}
-	dirs := []string{sockDir, relayDir}
+	dirs := []string{sockDir}
 	if !spec.Unconfined {
 		dirs = append(dirs, jailDir)
 	}
@@ -127,16 +124,10 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	}
 	// A previous owner killed with SIGKILL leaves dead sockets behind; gvproxy
 	// refuses to start on an existing path.
-	stale := []string{c.SocketPath}
-	for _, p := range spec.Ports {
-		stale = append(stale, relaySocket(relayDir, p))
+	if err := os.Remove(c.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, setupStepError("prepare the stage", err)
 	}
-	for _, p := range stale {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, setupStepError("prepare the stage", err)
-		}
-	}
-	c.files = append(stale, configPath)
+	c.files = []string{c.SocketPath, configPath}
 	config, err := renderGvproxy(gvproxySpec{Net: spec.Net, SocketPath: c.SocketPath})
 	if err != nil {
 		return nil, setupStepError("render the gvproxy config", err)
@@ -163,16 +154,7 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 		c.cmd, c.GvproxyPID = cmd, cmd.Process.Pid
 		go c.wait()
 	} else {
-		// Outer relays first: the inner side dials them as soon as a guest
-		// connects.
-		for _, p := range spec.Ports {
-			ln, err := net.Listen("unix", relaySocket(relayDir, p))
-			if err != nil {
-				return fail(setupStepError("listen on the relay socket", err))
-			}
-			c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(p)), logf))
-		}
-		if err := c.startInner(runCtx, spec, logw); err != nil {
+		if err := c.startInner(runCtx, spec, logw, logf); err != nil {
 			return fail(err)
 		}
 	}
@@ -237,28 +219,41 @@ func setStop(cmd *exec.Cmd) {
 	cmd.WaitDelay = stopGrace
 }
 
-// startInner starts _confine in new namespaces and reads its status line.
-func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.Writer) error {
+// startInner starts _confine in new namespaces. It answers on a unix
+// socket pair with one status message; "ok" carries, as SCM_RIGHTS, the
+// listening sockets it opened on 127.0.0.1:P inside the new network
+// namespace. The relays here accept on them directly: a socket stays in the
+// namespace it was created in, so gvproxy's dials to 127.0.0.1:P land in
+// this process, which dials the sidecar in the host namespace. One hop, no
+// relay socket file on disk.
+func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.Writer, logf func(string, ...any)) error {
 	self, err := os.Executable()
 	if err != nil {
 		return setupStepError("find the smolbottle executable", err)
 	}
-	sockDir, relayDir, jailDir, configPath := stagePaths(spec.Stage)
+	sockDir, jailDir, configPath := stagePaths(spec.Stage)
 	ports := make([]string, len(spec.Ports))
 	for i, p := range spec.Ports {
 		ports[i] = strconv.Itoa(p)
 	}
-	statusR, statusW, err := os.Pipe()
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return setupStepError("start the confined side", err)
 	}
-	defer statusR.Close()
+	ours, theirs := os.NewFile(uintptr(pair[0]), "status"), os.NewFile(uintptr(pair[1]), "status")
+	status, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return setupStepError("start the confined side", err)
+	}
+	defer status.Close()
 	cmd := exec.CommandContext(ctx, self, confineCmd,
 		"-gvproxy", spec.Gvproxy, "-config", configPath, "-socket-dir", sockDir,
-		"-relay-dir", relayDir, "-jail", jailDir, "-ports", strings.Join(ports, ","))
+		"-jail", jailDir, "-ports", strings.Join(ports, ","))
 	cmd.Args[0] = "smolbottle"
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
-	cmd.ExtraFiles = []*os.File{statusW} // fd 3
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// A user namespace even as root: the capabilities held inside are
 		// then worth nothing outside, and the same code runs unprivileged.
@@ -269,18 +264,42 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	}
 	setStop(cmd)
 	err = cmd.Start()
-	statusW.Close()
+	theirs.Close()
 	if err != nil {
 		return withHint(setupStepError("create the user, network and mount namespaces", err), userNSHints(procSys)...)
 	}
 	c.cmd, c.InnerPID = cmd, cmd.Process.Pid
 	go c.wait()
 
-	line, err := readStatus(ctx, statusR, confineReadyTimeout)
+	line, fds, err := readStatus(ctx, status.(*net.UnixConn), len(spec.Ports), confineReadyTimeout)
 	if err != nil {
 		return setupStepError("start the confined side", fmt.Errorf("%v (%v)", err, c.exitReason()))
 	}
-	return c.parseStatus(line)
+	if err := c.parseStatus(line); err != nil {
+		closeFDs(fds)
+		return err
+	}
+	if len(fds) != len(spec.Ports) {
+		closeFDs(fds)
+		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
+	}
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "relay")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			closeFDs(fds[i+1:])
+			return setupStepError("take over the relay listeners", err)
+		}
+		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf))
+	}
+	return nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
 }
 
 // parseStatus reads "ok <gvproxy pid>" or "fail <step>\t<error>".
@@ -304,27 +323,42 @@ func (c *confinedNet) parseStatus(line string) error {
 	return setupStepError("start the confined side", fmt.Errorf("bad status %q", line))
 }
 
-func readStatus(ctx context.Context, r *os.File, limit time.Duration) (string, error) {
-	type result struct {
-		line string
-		err  error
+// readStatus reads the one status message and the descriptors sent with it.
+func readStatus(ctx context.Context, conn *net.UnixConn, maxFDs int, limit time.Duration) (string, []int, error) {
+	conn.SetReadDeadline(time.Now().Add(limit))
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	buf := make([]byte, 4096)
+	oob := make([]byte, syscall.CmsgSpace(4*maxFDs))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	switch {
+	case errors.Is(err, io.EOF):
+		return "", nil, errors.New("it exited before reporting")
+	case err != nil && ctx.Err() != nil:
+		return "", nil, ctx.Err()
+	case err != nil:
+		return "", nil, fmt.Errorf("no report within %v: %v", limit, err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		line, err := bufio.NewReader(io.LimitReader(r, 4096)).ReadString('\n')
-		ch <- result{strings.TrimSuffix(line, "\n"), err}
-	}()
-	select {
-	case res := <-ch:
-		if res.err != nil {
-			return "", errors.New("it exited before reporting")
+	var fds []int
+	if oobn > 0 {
+		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return "", nil, err
 		}
-		return res.line, nil
-	case <-ctx.Done():
-		return "", ctx.Err()
-	case <-time.After(limit):
-		return "", fmt.Errorf("no report within %v", limit)
+		for _, m := range msgs {
+			got, err := syscall.ParseUnixRights(&m)
+			if err != nil {
+				closeFDs(fds)
+				return "", nil, err
+			}
+			fds = append(fds, got...)
+		}
 	}
+	if n == 0 {
+		closeFDs(fds)
+		return "", nil, errors.New("it exited before reporting")
+	}
+	return strings.TrimSuffix(string(buf[:n]), "\n"), fds, nil
 }
 
 func (c *confinedNet) wait() {
@@ -440,16 +474,26 @@ func userNSHints(dir string) []string {
 
 // innerConfig is the parsed argv of _confine.
 type innerConfig struct {
-	gvproxy, config, sockDir, relayDir, jail string
-	ports                                    []int
+	gvproxy, config, sockDir, jail string
+	ports                          []int
 }
 
-// runConfine is the inner side, already in its own namespaces. It reports
-// one status line on fd 3 and then lives as long as gvproxy does.
+// runConfine is the inner side, already in its own namespaces. It sends
+// one status message on fd 3 (with the relay listeners when all went well)
+// and then lives as long as gvproxy does.
 func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
-	status := os.NewFile(3, "status")
-	if status == nil {
-		return errors.New("internal command: no status pipe")
+	// fd 3 came without close-on-exec: gvproxy must not inherit it.
+	syscall.CloseOnExec(3)
+	statusFile := os.NewFile(3, "status")
+	conn, err := net.FileConn(statusFile)
+	statusFile.Close()
+	if err != nil {
+		return fmt.Errorf("internal command: no status socket: %v", err)
+	}
+	status, ok := conn.(*net.UnixConn)
+	if !ok {
+		conn.Close()
+		return errors.New("internal command: status is not a unix socket")
 	}
 	defer status.Close()
 	report := func(step string, err error) error {
@@ -463,7 +507,6 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&ic.gvproxy, "gvproxy", "", "")
 	fs.StringVar(&ic.config, "config", "", "")
 	fs.StringVar(&ic.sockDir, "socket-dir", "", "")
-	fs.StringVar(&ic.relayDir, "relay-dir", "", "")
 	fs.StringVar(&ic.jail, "jail", "", "")
 	fs.StringVar(&ports, "ports", "", "")
 	if err := fs.Parse(args); err != nil {
@@ -480,13 +523,24 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := setLinkUp("lo"); err != nil {
 		return report("bring up lo in the new network namespace", err)
 	}
-	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "smolbottle: net: "+format+"\n", args...) }
+	// The listeners are handed to the owner; this process never accepts.
+	var listeners []*os.File
+	defer func() {
+		for _, f := range listeners {
+			f.Close()
+		}
+	}()
 	for _, p := range ic.ports {
-		ln, err := net.Listen("tcp", loopbackAddr(p))
+		ln, err := net.Listen("tcp4", loopbackAddr(p))
 		if err != nil {
 			return report("listen on the relay port inside the namespace", err)
 		}
-		defer startRelay(ln, unixDialer(relaySocket(ic.relayDir, p)), logf).Close()
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			return report("listen on the relay port inside the namespace", err)
+		}
+		listeners = append(listeners, f)
 	}
 	if err := buildJail(ic); err != nil {
 		return report("build the read-only jail", err)
@@ -502,8 +556,20 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cmd.Start(); err != nil {
 		return report("start gvproxy", err)
 	}
-	fmt.Fprintf(status, "ok %d\n", cmd.Process.Pid)
+	fds := make([]int, len(listeners))
+	for i, f := range listeners {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := status.WriteMsgUnix([]byte(fmt.Sprintf("ok %d\n", cmd.Process.Pid)), syscall.UnixRights(fds...), nil); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return fmt.Errorf("report to the owner: %v", err)
+	}
 	status.Close()
+	for _, f := range listeners {
+		f.Close()
+	}
+	listeners = nil
 
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()

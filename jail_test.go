@@ -57,8 +57,8 @@ func footprintOf(t *testing.T, inner, gvproxy int, stage string, port int) footp
 		}
 		f.nss = append(f.nss, l)
 	}
-	sockDir, relayDir, _, config := stagePaths(stage)
-	f.files = []string{filepath.Join(sockDir, "gvproxy.sock"), relaySocket(relayDir, port), config}
+	sockDir, _, config := stagePaths(stage)
+	f.files = []string{filepath.Join(sockDir, "gvproxy.sock"), config}
 	for _, p := range f.files {
 		if _, err := os.Lstat(p); err != nil {
 			t.Fatalf("while running: %v", err)
@@ -148,7 +148,7 @@ func TestConfinedCloseLeavesNothing(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	sockDir, _, _, _ := stagePaths(stage)
+	sockDir, _, _ := stagePaths(stage)
 	first := strings.Split(strings.TrimPrefix(sockDir, "/"), "/")[0]
 	want := []string{"gvproxy", "gvproxy.yaml", first}
 	slices.Sort(want)
@@ -231,9 +231,9 @@ func TestConfinedRestartAfterKill(t *testing.T) {
 	gvproxy, _ := netTools(t)
 	port := startEcho(t)
 	stage := t.TempDir()
-	sockDir, relayDir, _, _ := stagePaths(stage)
-	// What a SIGKILLed owner leaves: dead socket files.
-	for _, p := range []string{filepath.Join(sockDir, "gvproxy.sock"), relaySocket(relayDir, port)} {
+	sockDir, _, _ := stagePaths(stage)
+	// What a SIGKILLed owner leaves: a dead socket file.
+	for _, p := range []string{filepath.Join(sockDir, "gvproxy.sock")} {
 		os.MkdirAll(filepath.Dir(p), 0o700)
 		ln, err := net.Listen("unix", p)
 		if err != nil {
@@ -297,9 +297,9 @@ func TestStartConfinedFailsClosed(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("got %q, want it to contain %q", err, tt.wantErr)
 			}
-			_, relayDir, _, _ := stagePaths(stage)
-			if _, err := os.Lstat(relaySocket(relayDir, port)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("relay socket left after a failed start: %v", err)
+			sockDir, _, _ := stagePaths(stage)
+			if _, err := os.Lstat(filepath.Join(sockDir, "gvproxy.sock")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("gvproxy socket left after a failed start: %v", err)
 			}
 		})
 	}
@@ -430,8 +430,8 @@ func TestConfineFailsClosedWithoutUserNamespaces(t *testing.T) {
 			t.Errorf("output does not mention %q", want)
 		}
 	}
-	_, relayDir, _, _ := stagePaths(stage)
-	if entries, _ := os.ReadDir(relayDir); len(entries) != 0 {
-		t.Errorf("relay sockets left: %v", entries)
+	sockDir, _, _ := stagePaths(stage)
+	if entries, _ := os.ReadDir(sockDir); len(entries) != 0 {
+		t.Errorf("sockets left: %v", entries)
 	}
 }

@@ -9,15 +9,14 @@ import (
 	"time"
 )
 
-// A relay carries TCP byte streams across the boundary of the confined
-// network namespace. Each sidecar port P has two halves:
-//
-//	inside the namespace:  127.0.0.1:P (TCP)  -> <stage>/relay/P.sock (unix)
-//	in the host namespace: <stage>/relay/P.sock -> 127.0.0.1:P (TCP)
-//
-// The unix socket is the only thing both namespaces share, and it lives in a
-// 0700 directory that the gvproxy jail does not contain. Only TCP is relayed:
-// a guest has no UDP path to the host at all.
+// A relay carries TCP byte streams from the confined network namespace to
+// a sidecar. For each sidecar port P, the confined side opens a listening
+// socket on 127.0.0.1:P inside its namespace (where gvproxy's NAT sends the
+// guest's connections to proxy.internal:P) and passes it to the owner; the
+// owner accepts on it and dials 127.0.0.1:P in the host namespace. A socket
+// stays in the namespace it was made in, so this crosses the boundary with
+// one hop and without any file the jail or the guest could reach. Only TCP
+// is relayed: a guest has no UDP path to the host at all.
 const relayDialTimeout = 5 * time.Second
 
 // relay accepts connections on one listener and joins each to a fresh
@@ -42,15 +41,10 @@ func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error
 	return r
 }
 
-// tcpDialer and unixDialer return the dial halves used on each side.
+// tcpDialer dials the sidecar on the host side.
 func tcpDialer(addr string) func(ctx context.Context) (net.Conn, error) {
 	d := net.Dialer{Timeout: relayDialTimeout}
 	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
-}
-
-func unixDialer(path string) func(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: relayDialTimeout}
-	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
 }
 
 func (r *relay) serve() {

@@ -573,8 +573,11 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		return err
 	}
 	s.closers = append(s.closers, func() { cn.Close() })
-	_, relayDir, _, _ := stagePaths(netStage)
-	relaySock := relaySocket(relayDir, sidecarPort)
+	_, _, configPath := stagePaths(netStage)
+	configData, err := os.ReadFile(configPath)
+	if err != nil {
+		return err
+	}
 
 	vip := func(port int) string { return netip.AddrPortFrom(n.HostVIP, uint16(port)).String() }
 	at := func(p netip.Prefix, port int) string { return netip.AddrPortFrom(p.Addr(), uint16(port)).String() }
@@ -583,7 +586,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	plan := probePlan{Gateway: n.Gateway.String(), Probes: []probe{
 		{Name: "API: expose 0.0.0.0:7071 on the host", Kind: probeAPI, Body: exposeJSON(map[string]string{"local": "0.0.0.0:" + strconv.Itoa(exposePort), "remote": netip.AddrPortFrom(n.Guest, 22).String()})},
 		{Name: "API: replace a host file with a socket", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": victim, "remote": guestTCP})},
-		{Name: "API: replace the relay socket", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": relaySock, "remote": guestTCP})},
+		{Name: "API: replace gvproxy's config in the stage", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": configPath, "remote": guestTCP})},
 		{Name: proxyName + " resolves to " + n.HostVIP.String(), Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()},
 		{Name: fmt.Sprintf("sidecar %s echoes 1 MiB both ways", vip(sidecarPort)), Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
 		{Name: "other host loopback port (TCP, listening)", Kind: probeNoTCP, Addr: vip(otherPort)},
@@ -633,11 +636,11 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 				r.Detail = fmt.Sprintf("host file changed: %v", err)
 			}
 		case plan.Probes[2].Name:
-			fi, err := os.Lstat(relaySock)
-			r.Pass = err == nil && fi.Mode()&os.ModeSocket != 0
-			r.Detail += "; host: relay socket intact"
+			got, err := os.ReadFile(configPath)
+			r.Pass = err == nil && bytes.Equal(got, configData)
+			r.Detail += "; host: config intact"
 			if !r.Pass {
-				r.Detail = fmt.Sprintf("relay socket changed: %v", err)
+				r.Detail = fmt.Sprintf("config changed: %v", err)
 			}
 		}
 	}
