@@ -680,6 +680,12 @@ func runDropExec(args []string, stderr io.Writer) error {
 		return errors.New("internal command: want -root DIR -- PROGRAM ARGS")
 	}
 	runtime.LockOSThread()
+	// Go starts children with only the descriptors it is given, but it does
+	// not close what this process itself inherited without close-on-exec
+	// (a shell's or a supervisor's); none of that may reach gvproxy.
+	if err := closeInheritedFDs(); err != nil {
+		return setupStepError("close inherited descriptors", err)
+	}
 	if err := syscall.Chroot(*root); err != nil {
 		return setupStepError("chroot into the jail", err)
 	}
@@ -691,6 +697,20 @@ func runDropExec(args []string, stderr io.Writer) error {
 	}
 	err := syscall.Exec(argv[0], argv, []string{})
 	return setupStepError("exec gvproxy", err)
+}
+
+// closeInheritedFDs marks every descriptor above stderr close-on-exec.
+func closeInheritedFDs() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 const (

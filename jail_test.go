@@ -158,6 +158,20 @@ func TestConfinedCloseLeavesNothing(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "x"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("writing into the jail: got %v, want EROFS", err)
 	}
+	// gvproxy holds only stdio and its own sockets: nothing inherited.
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cn.GvproxyPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range fds {
+		if fd, _ := strconv.Atoi(e.Name()); fd <= 2 {
+			continue
+		}
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", cn.GvproxyPID, e.Name()))
+		if !strings.HasPrefix(l, "socket:") && !strings.HasPrefix(l, "anon_inode:") {
+			t.Errorf("gvproxy holds fd %s -> %s", e.Name(), l)
+		}
+	}
 	st, err := procStatusCaps(cn.GvproxyPID)
 	if err != nil || !capsDropped(st) {
 		t.Errorf("gvproxy capabilities: %v %v", st, err)
