@@ -231,7 +231,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	if err != nil {
 		return setupStepError("find the smolbottle executable", err)
 	}
-	sockDir, jailDir, configPath := stagePaths(spec.Stage)
+	_, jailDir, configPath := stagePaths(spec.Stage)
 	ports := make([]string, len(spec.Ports))
 	for i, p := range spec.Ports {
 		ports[i] = strconv.Itoa(p)
@@ -249,7 +249,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	}
 	defer status.Close()
 	cmd := exec.CommandContext(ctx, self, confineCmd,
-		"-gvproxy", spec.Gvproxy, "-config", configPath, "-socket-dir", sockDir,
+		"-gvproxy", spec.Gvproxy, "-config", configPath, "-socket", c.SocketPath,
 		"-jail", jailDir, "-ports", strings.Join(ports, ","))
 	cmd.Args[0] = "smolbottle"
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
@@ -474,8 +474,8 @@ func userNSHints(dir string) []string {
 
 // innerConfig is the parsed argv of _confine.
 type innerConfig struct {
-	gvproxy, config, sockDir, jail string
-	ports                          []int
+	gvproxy, config, socket, sockDir, jail string
+	ports                                  []int
 }
 
 // runConfine is the inner side, already in its own namespaces. It sends
@@ -506,12 +506,13 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	var ports string
 	fs.StringVar(&ic.gvproxy, "gvproxy", "", "")
 	fs.StringVar(&ic.config, "config", "", "")
-	fs.StringVar(&ic.sockDir, "socket-dir", "", "")
+	fs.StringVar(&ic.socket, "socket", "", "")
 	fs.StringVar(&ic.jail, "jail", "", "")
 	fs.StringVar(&ports, "ports", "", "")
 	if err := fs.Parse(args); err != nil {
 		return report("parse arguments", err)
 	}
+	ic.sockDir = filepath.Dir(ic.socket)
 	for f := range strings.SplitSeq(ports, ",") {
 		p, err := strconv.Atoi(f)
 		if err != nil || p < 1 || p > 65535 {
@@ -556,13 +557,31 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cmd.Start(); err != nil {
 		return report("start gvproxy", err)
 	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	kill := func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+	// Once gvproxy has created its socket, nothing in the jail needs to be
+	// writable: seal the socket directory too, so the guest's API calls
+	// cannot replace gvproxy's own socket or create any file. Connecting to
+	// an existing socket on a read-only mount still works.
+	if err := waitForSocket(ic.socket, exited, confineReadyTimeout); err != nil {
+		kill()
+		return report("start gvproxy", err)
+	}
+	if err := remount(ic.jail+ic.sockDir, true); err != nil {
+		kill()
+		return report("seal the socket directory", err)
+	}
 	fds := make([]int, len(listeners))
 	for i, f := range listeners {
 		fds[i] = int(f.Fd())
 	}
 	if _, _, err := status.WriteMsgUnix([]byte(fmt.Sprintf("ok %d\n", cmd.Process.Pid)), syscall.UnixRights(fds...), nil); err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
+		kill()
 		return fmt.Errorf("report to the owner: %v", err)
 	}
 	status.Close()
@@ -571,14 +590,12 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	listeners = nil
 
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sig)
 	select {
-	case err := <-exited:
-		return fmt.Errorf("gvproxy exited: %v", err)
+	case <-exited:
+		return fmt.Errorf("gvproxy exited: %v", waitErr)
 	case <-sig:
 	case <-ctx.Done():
 	}
@@ -637,6 +654,12 @@ func bindMount(src, dst string, readOnly bool) error {
 	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %q: %w", src, err)
 	}
+	return remount(dst, readOnly)
+}
+
+// remount sets nosuid, nodev and read-only (or noexec) on the bind mount
+// at dst, keeping the flags locked on its source.
+func remount(dst string, readOnly bool) error {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dst, &st); err != nil {
 		return err
@@ -662,6 +685,24 @@ func bindMount(src, dst string, readOnly bool) error {
 		return fmt.Errorf("remount %q: %w", dst, err)
 	}
 	return nil
+}
+
+// waitForSocket waits until gvproxy has created its socket file.
+func waitForSocket(path string, exited <-chan struct{}, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("gvproxy exited before creating %q; its log has the reason", path)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gvproxy did not create %q within %v", path, limit)
+		}
+	}
 }
 
 // runDropExec chroots, drops every capability, sets no_new_privs and execs

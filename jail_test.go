@@ -155,8 +155,10 @@ func TestConfinedCloseLeavesNothing(t *testing.T) {
 	if !slices.Equal(names, want) {
 		t.Errorf("jail holds %v, want %v", names, want)
 	}
-	if err := os.WriteFile(filepath.Join(root, "x"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
-		t.Errorf("writing into the jail: got %v, want EROFS", err)
+	for _, dir := range []string{root, filepath.Join(root, sockDir)} {
+		if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("writing into %s: got %v, want EROFS", dir, err)
+		}
 	}
 	// gvproxy holds only stdio and its own sockets: nothing inherited.
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cn.GvproxyPID))

@@ -586,6 +586,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	plan := probePlan{Gateway: n.Gateway.String(), Probes: []probe{
 		{Name: "API: expose 0.0.0.0:7071 on the host", Kind: probeAPI, Body: exposeJSON(map[string]string{"local": "0.0.0.0:" + strconv.Itoa(exposePort), "remote": netip.AddrPortFrom(n.Guest, 22).String()})},
 		{Name: "API: replace a host file with a socket", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": victim, "remote": guestTCP})},
+		{Name: "API: replace gvproxy's own API socket", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": cn.SocketPath, "remote": guestTCP})},
 		{Name: "API: replace gvproxy's config in the stage", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": configPath, "remote": guestTCP})},
 		{Name: proxyName + " resolves to " + n.HostVIP.String(), Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()},
 		{Name: fmt.Sprintf("sidecar %s echoes 1 MiB both ways", vip(sidecarPort)), Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
@@ -636,6 +637,13 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 				r.Detail = fmt.Sprintf("host file changed: %v", err)
 			}
 		case plan.Probes[2].Name:
+			err := waitGvproxyReady(ctx, cn.SocketPath, nil, time.Second)
+			r.Pass = err == nil
+			r.Detail += "; host: the socket is still gvproxy's API"
+			if !r.Pass {
+				r.Detail = fmt.Sprintf("the socket no longer answers as gvproxy: %v", err)
+			}
+		case plan.Probes[3].Name:
 			got, err := os.ReadFile(configPath)
 			r.Pass = err == nil && bytes.Equal(got, configData)
 			r.Detail += "; host: config intact"

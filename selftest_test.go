@@ -97,6 +97,8 @@ func TestSelftestDetectsLeaks(t *testing.T) {
 	for _, name := range []string{
 		"API: expose 0.0.0.0:7071 on the host",
 		"API: replace a host file with a socket",
+		"API: replace gvproxy's own API socket",
+		"API: replace gvproxy's config in the stage",
 		"other host loopback port (TCP, listening)",
 		"other host loopback port (UDP, echoing)",
 		"host's own address 10.98.0.1 (TCP)",
