@@ -27,6 +27,8 @@ type relay struct {
 	dial func(ctx context.Context) (net.Conn, error)
 	logf func(format string, args ...any)
 
+	ctx    context.Context // cancelled by Close: cuts dials in flight
+	cancel context.CancelFunc
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
@@ -36,6 +38,7 @@ type relay struct {
 // startRelay serves ln in the background.
 func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), logf func(string, ...any)) *relay {
 	r := &relay{ln: ln, dial: dial, logf: logf, conns: map[net.Conn]struct{}{}}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.serve()
 	return r
@@ -65,7 +68,7 @@ func (r *relay) serve() {
 		go func() {
 			defer r.wg.Done()
 			defer r.untrack(c)
-			d, err := r.dial(context.Background())
+			d, err := r.dial(r.ctx)
 			if err != nil {
 				r.logf("relay %s: %v", r.ln.Addr(), err)
 				c.Close()
@@ -100,6 +103,7 @@ func (r *relay) untrack(c net.Conn) {
 
 // Close stops the listener, cuts every stream and waits for the goroutines.
 func (r *relay) Close() error {
+	r.cancel()
 	r.mu.Lock()
 	r.closed = true
 	err := r.ln.Close()
