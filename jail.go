@@ -65,7 +65,7 @@ const (
 type confineSpec struct {
 	Gvproxy string    // absolute path of a statically linked gvproxy v0.8.9
 	Net     bottleNet // the bottle's address plan
-	Stage   string    // absolute stage directory (0700); sock/, relay/, jail/ are made in it
+	Stage   string    // absolute stage directory (0700); sock/, jail/ and gvproxy.yaml are made in it
 	Ports   []int     // sidecar ports on the host's 127.0.0.1, relayed to the guest
 	Log     io.Writer // gvproxy's and the inner side's stderr; nil discards
 	// Unconfined runs gvproxy directly in the caller's namespaces. It exists
