@@ -48,12 +48,19 @@ bench:
 # recorded in go.mod.
 tools: $(BIN)/gvproxy $(BIN)/gvforwarder
 
+# Static (CGO_ENABLED=0): the jail holds the binary and nothing else, no
+# loader or libc.
 $(BIN)/gvproxy:
-	GOBIN=$(BIN) go install $(GVMOD)/cmd/gvproxy@$(GVTAG)
+	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/gvproxy@$(GVTAG)
 
 $(BIN)/gvforwarder:
 	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/vm@$(GVTAG)
 	mv $(BIN)/vm $(BIN)/gvforwarder
+
+# The README's main-job command: the reachability matrix of a confined
+# gvproxy with the real guest agent, in namespaces it creates.
+demo: build tools
+	./smolbottle selftest
 
 install:
 	go install .

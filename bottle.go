@@ -410,7 +410,7 @@ func (p *plan) writeStage() (err error) {
 			}
 			data = append(data, '\n')
 		}
-		if err := writeFileAtomic(f.Path, data); err != nil {
+		if err := writeFileAtomic(f.Path, data, 0o600); err != nil {
 			return fmt.Errorf("write %q: %w", f.Path, err)
 		}
 	}

@@ -139,6 +139,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdLs(ctx, args[1:], stdout, stderr)
 	case nsCheckCmd:
 		return runNSCheck()
+	case "selftest":
+		return runSelftest(ctx, args[1:], stdout, stderr)
+	case confineCmd, dropExecCmd, guestNetCmd, probeCmd, selftestHostCmd, selftestPeerCmd, selftestGuestCmd:
+		return runNetInternal(ctx, args, stdout, stderr) // internal: argv built by the network code only
 	default:
 		return usageError("unknown subcommand %q", args[0])
 	}

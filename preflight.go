@@ -150,7 +150,7 @@ func writePreflightCache(dir, key string, c preflightCache) {
 		return
 	}
 	if b, err := json.Marshal(c); err == nil {
-		writeFileAtomic(filepath.Join(dir, preflightCacheFile), b)
+		writeFileAtomic(filepath.Join(dir, preflightCacheFile), b, 0o600)
 	}
 }
 
@@ -162,10 +162,10 @@ func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, erro
 	checks = append(checks, c...)
 	t.Smolvm = smolvmPath
 
-	gv := checkGvisorTool(ctx, env, "gvproxy", hintGvproxy, false)
+	gv := checkGvisorTool(ctx, env, "gvproxy", hintGvproxy)
 	t.Gvproxy = gv.Path
 	checks = append(checks, gv)
-	gf := checkGvisorTool(ctx, env, "gvforwarder", hintGvforwarder, true)
+	gf := checkGvisorTool(ctx, env, "gvforwarder", hintGvforwarder)
 	t.Gvforwarder = gf.Path
 	checks = append(checks, gf)
 	if env.Pipelock {
@@ -220,10 +220,10 @@ func findProgram(name string, env preflightEnv) (string, error) {
 	return "", fmt.Errorf("%s not found on PATH", name)
 }
 
-// probe runs a program with a minimal environment and a bounded time and
+// probeProgram runs a program with a minimal environment and a bounded time and
 // returns its combined output. Probes never see our environment: a secret
 // in it is not theirs to read.
-func probe(ctx context.Context, path string, args ...string) (string, error) {
+func probeProgram(ctx context.Context, path string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
@@ -255,11 +255,11 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 		return []check{c}, ""
 	}
 	c.Path = p
-	if out, err := probe(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
+	if out, err := probeProgram(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
 		c.Detail = []string{p + " has no `machine` subcommand: it is not smol-machines' smolvm"}
 		return []check{c}, ""
 	}
-	out, err := probe(ctx, p, "--version")
+	out, err := probeProgram(ctx, p, "--version")
 	m := smolvmVersionRE.FindStringSubmatch(out)
 	if err != nil || m == nil {
 		c.Detail = []string{"`smolvm --version` did not print `smolvm X.Y.Z`: " + firstLine(out, err)}
@@ -275,7 +275,7 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 	}
 	for _, f := range flags {
 		fc := check{Name: "smolvm machine " + f.sub + " " + f.flag, Path: p, OK: true, Detail: []string{f.why}}
-		out, err := probe(ctx, p, "machine", f.sub, "--help")
+		out, err := probeProgram(ctx, p, "machine", f.sub, "--help")
 		if err != nil || !strings.Contains(out, f.flag) {
 			fc.OK = false
 			fc.Hint = "upgrade smolvm to a release whose `machine " + f.sub + " --help` lists " + f.flag
@@ -291,10 +291,11 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 	return checks, p
 }
 
-// checkGvisorTool finds gvproxy or gvforwarder and checks its version. The
-// guest agent must also be a static Linux executable for this machine's
-// architecture: it runs inside whatever image the user brings.
-func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string, guest bool) check {
+// checkGvisorTool finds gvproxy or gvforwarder and checks its version.
+// Both must be static Linux executables for this machine's architecture:
+// gvproxy runs in a jail that holds no libraries, and gvforwarder inside
+// whatever image the user brings.
+func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string) check {
 	c := check{Name: name, Hint: hint}
 	p, err := findProgram(name, env)
 	if err != nil {
@@ -302,7 +303,7 @@ func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string, g
 		return c
 	}
 	c.Path = p
-	out, err := probe(ctx, p, "-version")
+	out, err := probeProgram(ctx, p, "-version")
 	m := gvisorVersionRE.FindStringSubmatch(out)
 	if err != nil || m == nil || m[1] != name {
 		c.Detail = []string{"`" + name + " -version` did not print `" + name + " version vX.Y.Z`: " + firstLine(out, err)}
@@ -314,14 +315,12 @@ func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string, g
 		c.Path = ""
 		return c
 	}
-	if guest {
-		if err := checkStaticELF(p); err != nil {
-			c.Detail = []string{err.Error()}
-			c.Path = ""
-			return c
-		}
-		c.Detail = []string{"static linux/" + runtime.GOARCH + " executable"}
+	if err := checkStaticELF(p); err != nil {
+		c.Detail = []string{err.Error()}
+		c.Path = ""
+		return c
 	}
+	c.Detail = []string{"static linux/" + runtime.GOARCH + " executable"}
 	c.OK = true
 	return c
 }
@@ -355,7 +354,7 @@ func checkPipelock(ctx context.Context, env preflightEnv) check {
 		return c
 	}
 	c.Path = p
-	out, err := probe(ctx, p, "version")
+	out, err := probeProgram(ctx, p, "version")
 	m := pipelockVerRE.FindStringSubmatch(out)
 	if err != nil || m == nil {
 		c.Detail = []string{"`pipelock version` did not print `pipelock version X`: " + firstLine(out, err)}

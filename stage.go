@@ -183,11 +183,12 @@ func liveSubnets(root, slug string) map[int]bool {
 	return held
 }
 
-// writeFileAtomic writes data to path with mode 0600 through a temporary
-// file in the same directory and a rename, so readers see the old file or
+// writeFileAtomic writes data to path with the given mode (0600 for
+// everything in a stage) through a temporary file in the same directory
+// and a rename, so readers see the old file or
 // the new one, never a torn one, and a planted symlink at path is replaced,
 // not followed.
-func writeFileAtomic(path string, data []byte) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -200,7 +201,7 @@ func writeFileAtomic(path string, data []byte) error {
 			os.Remove(tmp)
 		}
 	}()
-	if err := f.Chmod(0o600); err != nil {
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if _, err := f.Write(data); err != nil {

@@ -1,0 +1,816 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// The confined gvproxy (DESIGN.md §2). Stock gvproxy dials whatever the guest
+// asks for and its guest-reachable API replaces host files with sockets
+// (reference/gvproxy.md §1.5-1.6); no option turns that off. So gvproxy runs
+//
+//   - in a new user+network+mount namespace whose only interface is lo: every
+//     dial it makes fails, except to the relay listeners on 127.0.0.1:P;
+//   - chrooted into a read-only tmpfs holding only its binary, its config and
+//     the socket directory (read-write, at the same absolute path, because
+//     gvproxy names the socket by path): the API can touch no host file;
+//   - with every capability dropped and no_new_privs set: it is uid 0 of its
+//     user namespace, which would otherwise hold a full capability set there.
+//
+// Process tree (each child dies with its parent through Pdeathsig):
+//
+//	owner (startConfined; relays: accept on 127.0.0.1:P of the confined
+//	 │     namespace -> dial 127.0.0.1:P in the host namespace)
+//	 └─ smolbottle _confine   new user+net+mount ns; lo; opens the relay
+//	     │                    listeners and hands them to the owner; jail
+//	     └─ smolbottle _dropexec -> gvproxy   chroot, caps dropped, no_new_privs
+//
+// _confine and _dropexec are internal subcommands: argv is built here only.
+const (
+	confineCmd  = "_confine"
+	dropExecCmd = "_dropexec"
+
+	// confineReadyTimeout bounds setup plus gvproxy's first answer.
+	confineReadyTimeout = 15 * time.Second
+	// stopGrace is how long a SIGTERM gets before SIGKILL.
+	stopGrace = 3 * time.Second
+
+	jailBinary = "/gvproxy"
+	jailConfig = "/gvproxy.yaml"
+)
+
+// confineSpec is what the launch side passes to startConfined.
+type confineSpec struct {
+	Gvproxy string    // absolute path of a statically linked gvproxy v0.8.9
+	Net     bottleNet // the bottle's address plan
+	Stage   string    // absolute stage directory (0700); sock/, jail/ and gvproxy.yaml are made in it
+	Ports   []int     // sidecar ports on the host's 127.0.0.1, relayed to the guest
+	Log     io.Writer // gvproxy's and the inner side's stderr; nil discards
+	// Unconfined runs gvproxy directly in the caller's namespaces. It exists
+	// for measurements and experiments only; the guest can then reach
+	// everything the caller can.
+	Unconfined bool
+}
+
+// confinedNet is a running confined gvproxy with its relays.
+type confinedNet struct {
+	SocketPath string // gvproxy's listen socket: gvforwarder connects here
+	InnerPID   int    // the _confine process (0 when unconfined)
+	GvproxyPID int
+
+	cmd    *exec.Cmd
+	relays []*relay
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // set before done is closed
+	once   sync.Once
+	files  []string // removed on Close
+}
+
+// stagePaths are the fixed places of a stage used here.
+func stagePaths(stage string) (sockDir, jailDir, config string) {
+	return filepath.Join(stage, "sock"), filepath.Join(stage, "jail"), filepath.Join(stage, "gvproxy.yaml")
+}
+
+// startConfined starts gvproxy confined and the relays for spec.Ports, and
+// returns once gvproxy's socket accepts and its API answers. Any failed step
+// stops everything already started and returns an error naming the step and
+// what to change. ctx bounds the whole life of the network: cancelling it is
+// the same as Close.
+func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) {
+	if err := validateConfineSpec(spec); err != nil {
+		return nil, err
+	}
+	logw := spec.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(logw, "smolbottle: net: "+format+"\n", args...) }
+	sockDir, jailDir, configPath := stagePaths(spec.Stage)
+	c := &confinedNet{SocketPath: filepath.Join(sockDir, "gvproxy.sock"), done: make(chan struct{})}
+	if len(c.SocketPath) > maxSocketPath {
+		return nil, withHint(fmt.Errorf("socket path %q is %d bytes, over the %d-byte limit", c.SocketPath, len(c.SocketPath), maxSocketPath), "use a shorter stage directory")
+	}
+	dirs := []string{sockDir}
+	if !spec.Unconfined {
+		dirs = append(dirs, jailDir)
+	}
+	for _, d := range dirs {
+		if err := mkdirAllPrivate(d); err != nil {
+			return nil, setupStepError("prepare the stage", err)
+		}
+	}
+	// A previous owner killed with SIGKILL leaves dead sockets behind; gvproxy
+	// refuses to start on an existing path.
+	if err := os.Remove(c.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, setupStepError("prepare the stage", err)
+	}
+	c.files = []string{c.SocketPath, configPath}
+	config, err := renderGvproxy(gvproxySpec{Net: spec.Net, SocketPath: c.SocketPath})
+	if err != nil {
+		return nil, setupStepError("render the gvproxy config", err)
+	}
+	if err := writeFileAtomic(configPath, config, 0o600); err != nil {
+		return nil, setupStepError("write the gvproxy config", err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	c.cancel = cancel
+	fail := func(err error) (*confinedNet, error) {
+		c.Close()
+		return nil, err
+	}
+
+	if spec.Unconfined {
+		cmd := exec.CommandContext(runCtx, spec.Gvproxy, "-config", configPath)
+		cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		setStop(cmd)
+		if err := cmd.Start(); err != nil {
+			return fail(setupStepError("start gvproxy", err))
+		}
+		c.cmd, c.GvproxyPID = cmd, cmd.Process.Pid
+		go c.wait()
+	} else {
+		if err := c.startInner(runCtx, spec, logw, logf); err != nil {
+			return fail(err)
+		}
+	}
+	if err := waitGvproxyReady(runCtx, c.SocketPath, c.done, confineReadyTimeout); err != nil {
+		return fail(err)
+	}
+	context.AfterFunc(runCtx, func() { c.Close() })
+	return c, nil
+}
+
+func validateConfineSpec(spec confineSpec) error {
+	if !filepath.IsAbs(spec.Gvproxy) {
+		return fmt.Errorf("gvproxy path %q is not absolute", spec.Gvproxy)
+	}
+	if !filepath.IsAbs(spec.Stage) {
+		return fmt.Errorf("stage directory %q is not absolute", spec.Stage)
+	}
+	if len(spec.Ports) == 0 {
+		return errors.New("no sidecar ports to relay")
+	}
+	for _, p := range spec.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("sidecar port %d out of range 1..65535", p)
+		}
+	}
+	if !spec.Unconfined {
+		// The jail holds the binary and nothing else: no loader, no libc.
+		if err := checkStatic(spec.Gvproxy); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkStatic fails for a dynamically linked gvproxy, which cannot run in
+// the jail: it holds no libraries.
+func checkStatic(path string) error {
+	if err := checkStaticELF(path); err != nil {
+		return withHint(err, "build it static: CGO_ENABLED=0 go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@"+gvisorTag+" (make tools does)")
+	}
+	return nil
+}
+
+func mkdirAllPrivate(d string) error {
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return err
+	}
+	return os.Chmod(d, 0o700)
+}
+
+// setStop makes cancellation a SIGTERM with a bounded grace period.
+func setStop(cmd *exec.Cmd) {
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = stopGrace
+}
+
+// startInner starts _confine in new namespaces. It answers on a unix
+// socket pair with one status message; "ok" carries, as SCM_RIGHTS, the
+// listening sockets it opened on 127.0.0.1:P inside the new network
+// namespace. The relays here accept on them directly: a socket stays in the
+// namespace it was created in, so gvproxy's dials to 127.0.0.1:P land in
+// this process, which dials the sidecar in the host namespace. One hop, no
+// relay socket file on disk.
+func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.Writer, logf func(string, ...any)) error {
+	self, err := os.Executable()
+	if err != nil {
+		return setupStepError("find the smolbottle executable", err)
+	}
+	_, jailDir, configPath := stagePaths(spec.Stage)
+	ports := make([]string, len(spec.Ports))
+	for i, p := range spec.Ports {
+		ports[i] = strconv.Itoa(p)
+	}
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return setupStepError("start the confined side", err)
+	}
+	ours, theirs := os.NewFile(uintptr(pair[0]), "status"), os.NewFile(uintptr(pair[1]), "status")
+	status, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return setupStepError("start the confined side", err)
+	}
+	defer status.Close()
+	cmd := exec.CommandContext(ctx, self, confineCmd,
+		"-gvproxy", spec.Gvproxy, "-config", configPath, "-socket", c.SocketPath,
+		"-jail", jailDir, "-ports", strings.Join(ports, ","))
+	cmd.Args[0] = "smolbottle"
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// A user namespace even as root: the capabilities held inside are
+		// then worth nothing outside, and the same code runs unprivileged.
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	setStop(cmd)
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		return withHint(setupStepError("create the user, network and mount namespaces", err), userNSHints(procSys)...)
+	}
+	c.cmd, c.InnerPID = cmd, cmd.Process.Pid
+	go c.wait()
+
+	line, fds, err := readStatus(ctx, status.(*net.UnixConn), len(spec.Ports), confineReadyTimeout)
+	if err != nil {
+		return setupStepError("start the confined side", fmt.Errorf("%v (%v)", err, c.exitReason()))
+	}
+	if err := c.parseStatus(line); err != nil {
+		closeFDs(fds)
+		return err
+	}
+	if len(fds) != len(spec.Ports) {
+		closeFDs(fds)
+		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
+	}
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "relay")
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			closeFDs(fds[i+1:])
+			return setupStepError("take over the relay listeners", err)
+		}
+		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf))
+	}
+	return nil
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+}
+
+// parseStatus reads "ok <gvproxy pid>" or "fail <step>\t<error>".
+func (c *confinedNet) parseStatus(line string) error {
+	if rest, ok := strings.CutPrefix(line, "ok "); ok {
+		pid, err := strconv.Atoi(rest)
+		if err != nil {
+			return setupStepError("start the confined side", fmt.Errorf("bad status %q", line))
+		}
+		c.GvproxyPID = pid
+		return nil
+	}
+	if rest, ok := strings.CutPrefix(line, "fail "); ok {
+		step, msg, _ := strings.Cut(rest, "\t")
+		err := setupStepError(step, errors.New(msg))
+		if strings.Contains(msg, "operation not permitted") || strings.Contains(msg, "permission denied") {
+			return withHint(err, userNSHints(procSys)...)
+		}
+		return err
+	}
+	return setupStepError("start the confined side", fmt.Errorf("bad status %q", line))
+}
+
+// readStatus reads the one status message and the descriptors sent with it.
+func readStatus(ctx context.Context, conn *net.UnixConn, maxFDs int, limit time.Duration) (string, []int, error) {
+	conn.SetReadDeadline(time.Now().Add(limit))
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	buf := make([]byte, 4096)
+	oob := make([]byte, syscall.CmsgSpace(4*maxFDs))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	switch {
+	case errors.Is(err, io.EOF):
+		return "", nil, errors.New("it exited before reporting")
+	case err != nil && ctx.Err() != nil:
+		return "", nil, ctx.Err()
+	case err != nil:
+		return "", nil, fmt.Errorf("no report within %v: %v", limit, err)
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return "", nil, err
+		}
+		for _, m := range msgs {
+			got, err := syscall.ParseUnixRights(&m)
+			if err != nil {
+				closeFDs(fds)
+				return "", nil, err
+			}
+			fds = append(fds, got...)
+		}
+	}
+	if n == 0 {
+		closeFDs(fds)
+		return "", nil, errors.New("it exited before reporting")
+	}
+	return strings.TrimSuffix(string(buf[:n]), "\n"), fds, nil
+}
+
+func (c *confinedNet) wait() {
+	c.err = c.cmd.Wait()
+	close(c.done)
+}
+
+func (c *confinedNet) exitReason() string {
+	select {
+	case <-c.done:
+		if c.err == nil {
+			return "it exited"
+		}
+		return c.err.Error()
+	case <-time.After(stopGrace):
+		return "it is still running"
+	}
+}
+
+// Done is closed when gvproxy (or the confined side) has exited.
+func (c *confinedNet) Done() <-chan struct{} { return c.done }
+
+// Close stops gvproxy, the inner side and the relays, and removes the
+// sockets and the config. It is safe to call more than once.
+func (c *confinedNet) Close() error {
+	c.once.Do(func() {
+		if c.cancel != nil {
+			c.cancel()
+		}
+		if c.cmd != nil {
+			<-c.done
+		}
+		for _, r := range c.relays {
+			r.Close()
+		}
+		for _, f := range c.files {
+			os.Remove(f)
+		}
+	})
+	return nil
+}
+
+// waitGvproxyReady polls until gvproxy's socket accepts and its API
+// answers. gvproxy's exit status says nothing (it always exits 0), so its
+// socket is the only readiness signal.
+func waitGvproxyReady(ctx context.Context, sock string, exited <-chan struct{}, limit time.Duration) error {
+	client := &http.Client{
+		Timeout: time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(limit)
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://gvproxy/services/forwarder/all", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("API answered %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-exited:
+			return setupStepError("start gvproxy", errors.New("gvproxy exited before its socket answered; its log has the reason"))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return setupStepError("start gvproxy", fmt.Errorf("socket %q did not answer within %v: %v", sock, limit, last))
+		}
+	}
+}
+
+// setupStepError names the step of the confinement that failed.
+func setupStepError(step string, err error) error {
+	return fmt.Errorf("confine gvproxy: %s: %w", step, err)
+}
+
+const procSys = "/proc/sys"
+
+// userNSHints reads the sysctls that forbid unprivileged user namespaces and
+// says which one to change. dir is /proc/sys (a test passes a fake tree).
+func userNSHints(dir string) []string {
+	read := func(name string) (string, bool) {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+		if err != nil {
+			return "", false
+		}
+		return strings.TrimSpace(string(b)), true
+	}
+	var hints []string
+	if v, ok := read("kernel/unprivileged_userns_clone"); ok && v == "0" {
+		hints = append(hints, "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1")
+	}
+	if v, ok := read("user/max_user_namespaces"); ok && v == "0" {
+		hints = append(hints, "user namespaces are limited to 0: sysctl -w user.max_user_namespaces=15000")
+	}
+	if v, ok := read("kernel/apparmor_restrict_unprivileged_userns"); ok && v == "1" {
+		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+	}
+	if len(hints) == 0 {
+		hints = append(hints, "gvproxy runs only confined; it needs user, network and mount namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
+	}
+	return hints
+}
+
+// innerConfig is the parsed argv of _confine.
+type innerConfig struct {
+	gvproxy, config, socket, sockDir, jail string
+	ports                                  []int
+}
+
+// runConfine is the inner side, already in its own namespaces. It sends
+// one status message on fd 3 (with the relay listeners when all went well)
+// and then lives as long as gvproxy does.
+func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
+	// fd 3 came without close-on-exec: gvproxy must not inherit it.
+	syscall.CloseOnExec(3)
+	statusFile := os.NewFile(3, "status")
+	conn, err := net.FileConn(statusFile)
+	statusFile.Close()
+	if err != nil {
+		return fmt.Errorf("internal command: no status socket: %v", err)
+	}
+	status, ok := conn.(*net.UnixConn)
+	if !ok {
+		conn.Close()
+		return errors.New("internal command: status is not a unix socket")
+	}
+	defer status.Close()
+	report := func(step string, err error) error {
+		fmt.Fprintf(status, "fail %s\t%s\n", step, strings.ReplaceAll(err.Error(), "\n", " "))
+		return setupStepError(step, err)
+	}
+	fs := flag.NewFlagSet(confineCmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var ic innerConfig
+	var ports string
+	fs.StringVar(&ic.gvproxy, "gvproxy", "", "")
+	fs.StringVar(&ic.config, "config", "", "")
+	fs.StringVar(&ic.socket, "socket", "", "")
+	fs.StringVar(&ic.jail, "jail", "", "")
+	fs.StringVar(&ports, "ports", "", "")
+	if err := fs.Parse(args); err != nil {
+		return report("parse arguments", err)
+	}
+	ic.sockDir = filepath.Dir(ic.socket)
+	for f := range strings.SplitSeq(ports, ",") {
+		p, err := strconv.Atoi(f)
+		if err != nil || p < 1 || p > 65535 {
+			return report("parse arguments", fmt.Errorf("port %q", f))
+		}
+		ic.ports = append(ic.ports, p)
+	}
+
+	if err := setLinkUp("lo"); err != nil {
+		return report("bring up lo in the new network namespace", err)
+	}
+	// The listeners are handed to the owner; this process never accepts.
+	var listeners []*os.File
+	defer func() {
+		for _, f := range listeners {
+			f.Close()
+		}
+	}()
+	for _, p := range ic.ports {
+		ln, err := net.Listen("tcp4", loopbackAddr(p))
+		if err != nil {
+			return report("listen on the relay port inside the namespace", err)
+		}
+		f, err := ln.(*net.TCPListener).File()
+		ln.Close()
+		if err != nil {
+			return report("listen on the relay port inside the namespace", err)
+		}
+		listeners = append(listeners, f)
+	}
+	if err := buildJail(ic); err != nil {
+		return report("build the read-only jail", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return report("start gvproxy", err)
+	}
+	cmd := exec.Command(self, dropExecCmd, "-root", ic.jail, "--", jailBinary, "-config", jailConfig)
+	cmd.Args[0] = "smolbottle"
+	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", stderr, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return report("start gvproxy", err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	kill := func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+	// Once gvproxy has created its socket, nothing in the jail needs to be
+	// writable: seal the socket directory too, so the guest's API calls
+	// cannot replace gvproxy's own socket or create any file. Connecting to
+	// an existing socket on a read-only mount still works.
+	if err := waitForSocket(ic.socket, exited, confineReadyTimeout); err != nil {
+		kill()
+		return report("start gvproxy", err)
+	}
+	if err := remount(ic.jail+ic.sockDir, true); err != nil {
+		kill()
+		return report("seal the socket directory", err)
+	}
+	fds := make([]int, len(listeners))
+	for i, f := range listeners {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := status.WriteMsgUnix([]byte(fmt.Sprintf("ok %d\n", cmd.Process.Pid)), syscall.UnixRights(fds...), nil); err != nil {
+		kill()
+		return fmt.Errorf("report to the owner: %v", err)
+	}
+	status.Close()
+	for _, f := range listeners {
+		f.Close()
+	}
+	listeners = nil
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	select {
+	case <-exited:
+		return fmt.Errorf("gvproxy exited: %v", waitErr)
+	case <-sig:
+	case <-ctx.Done():
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(stopGrace):
+		cmd.Process.Kill()
+		<-exited
+	}
+	return nil
+}
+
+// buildJail mounts the chroot for gvproxy: a tmpfs holding the binary (bind,
+// read-only), the config (a copy) and the socket directory (bind,
+// read-write, same absolute path), then remounts the tmpfs read-only. It
+// runs in the private mount namespace, so the host sees none of it.
+func buildJail(ic innerConfig) error {
+	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	j := ic.jail
+	if err := syscall.Mount("tmpfs", j, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("mount tmpfs on %q: %w", j, err)
+	}
+	config, err := os.ReadFile(ic.config)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(j+jailConfig, config, 0o400); err != nil {
+		return err
+	}
+	if err := os.WriteFile(j+jailBinary, nil, 0o500); err != nil {
+		return err
+	}
+	if err := bindMount(ic.gvproxy, j+jailBinary, true); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(j+ic.sockDir, 0o700); err != nil {
+		return err
+	}
+	if err := bindMount(ic.sockDir, j+ic.sockDir, false); err != nil {
+		return err
+	}
+	if err := syscall.Mount("", j, "", syscall.MS_REMOUNT|syscall.MS_RDONLY|syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("remount the jail read-only: %w", err)
+	}
+	return nil
+}
+
+// bindMount binds src on dst, then remounts it with nosuid and nodev (and
+// read-only, or noexec for the writable socket directory). A remount inside
+// a user namespace must repeat the flags locked on the source mount, or the
+// kernel refuses it.
+func bindMount(src, dst string, readOnly bool) error {
+	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %q: %w", src, err)
+	}
+	return remount(dst, readOnly)
+}
+
+// remount sets nosuid, nodev and read-only (or noexec) on the bind mount
+// at dst, keeping the flags locked on its source.
+func remount(dst string, readOnly bool) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dst, &st); err != nil {
+		return err
+	}
+	flags := uintptr(syscall.MS_REMOUNT | syscall.MS_BIND | syscall.MS_NOSUID | syscall.MS_NODEV)
+	locked := map[int64]uintptr{
+		0x8:    syscall.MS_NOEXEC,
+		0x400:  syscall.MS_NOATIME,
+		0x800:  syscall.MS_NODIRATIME,
+		0x1000: syscall.MS_RELATIME,
+	}
+	for bit, ms := range locked {
+		if st.Flags&bit != 0 {
+			flags |= ms
+		}
+	}
+	if readOnly {
+		flags |= syscall.MS_RDONLY
+	} else {
+		flags |= syscall.MS_NOEXEC
+	}
+	if err := syscall.Mount("", dst, "", flags, ""); err != nil {
+		return fmt.Errorf("remount %q: %w", dst, err)
+	}
+	return nil
+}
+
+// waitForSocket waits until gvproxy has created its socket file.
+func waitForSocket(path string, exited <-chan struct{}, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("gvproxy exited before creating %q; its log has the reason", path)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gvproxy did not create %q within %v", path, limit)
+		}
+	}
+}
+
+// runDropExec chroots, drops every capability, sets no_new_privs and execs
+// argv. It is the last step before gvproxy and runs single-threaded in
+// effect: the calling thread is locked, and execve takes that thread's
+// credentials.
+func runDropExec(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet(dropExecCmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	root := fs.String("root", "", "")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	argv := fs.Args()
+	if *root == "" || len(argv) == 0 {
+		return errors.New("internal command: want -root DIR -- PROGRAM ARGS")
+	}
+	runtime.LockOSThread()
+	// Go starts children with only the descriptors it is given, but it does
+	// not close what this process itself inherited without close-on-exec
+	// (a shell's or a supervisor's); none of that may reach gvproxy.
+	if err := closeInheritedFDs(); err != nil {
+		return setupStepError("close inherited descriptors", err)
+	}
+	if err := syscall.Chroot(*root); err != nil {
+		return setupStepError("chroot into the jail", err)
+	}
+	if err := syscall.Chdir("/"); err != nil {
+		return setupStepError("chroot into the jail", err)
+	}
+	if err := dropCapabilities(); err != nil {
+		return setupStepError("drop capabilities", err)
+	}
+	err := syscall.Exec(argv[0], argv, []string{})
+	return setupStepError("exec gvproxy", err)
+}
+
+// closeInheritedFDs marks every descriptor above stderr close-on-exec.
+func closeInheritedFDs() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
+}
+
+const (
+	prCapbsetDrop       = 24
+	prSetSecurebits     = 28
+	prSetNoNewPrivs     = 38
+	prCapAmbient        = 47
+	prCapAmbientClear   = 4
+	linuxCapabilityV3   = 0x20080522
+	secbitsLockedNoRoot = 0x2f // NOROOT, NOROOT_LOCKED, NO_SETUID_FIXUP(+_LOCKED), KEEP_CAPS_LOCKED
+)
+
+// dropCapabilities empties the bounding, ambient, inheritable, permitted
+// and effective sets of the calling thread, sets securebits so that uid 0
+// regains nothing on execve, and sets no_new_privs.
+func dropCapabilities() error {
+	prctl := func(op, arg uintptr) error {
+		if _, _, e := syscall.RawSyscall6(syscall.SYS_PRCTL, op, arg, 0, 0, 0, 0); e != 0 {
+			return e
+		}
+		return nil
+	}
+	for c := uintptr(0); c < 64; c++ {
+		if err := prctl(prCapbsetDrop, c); err != nil && err != syscall.EINVAL {
+			return fmt.Errorf("bounding set, capability %d: %w", c, err)
+		}
+	}
+	if err := prctl(prCapAmbient, prCapAmbientClear); err != nil && err != syscall.EINVAL {
+		return fmt.Errorf("ambient set: %w", err)
+	}
+	if err := prctl(prSetSecurebits, secbitsLockedNoRoot); err != nil {
+		return fmt.Errorf("securebits: %w", err)
+	}
+	if err := prctl(prSetNoNewPrivs, 1); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	hdr := struct {
+		version uint32
+		pid     int32
+	}{linuxCapabilityV3, 0}
+	var data [2]struct{ effective, permitted, inheritable uint32 }
+	if _, _, e := syscall.RawSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return fmt.Errorf("capset: %w", e)
+	}
+	return nil
+}
+
+// procStatusCaps returns the capability and no_new_privs lines of a process,
+// for tests and the selftest matrix.
+func procStatusCaps(pid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (strings.HasPrefix(k, "Cap") || k == "NoNewPrivs") {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out, nil
+}
+
+// capsDropped reports whether a /proc status says no capability and
+// no_new_privs.
+func capsDropped(st map[string]string) bool {
+	for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"} {
+		if v, ok := st[k]; !ok || strings.Trim(v, "0") != "" {
+			return false
+		}
+	}
+	return st["NoNewPrivs"] == "1"
+}

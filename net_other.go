@@ -1,0 +1,34 @@
+//go:build !linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// The confinement, the guest setup and the selftest use Linux namespaces.
+// Elsewhere these commands fail closed; macOS gets the sandbox-exec profile
+// of seatbelt.go instead, which is unverified.
+const (
+	confineCmd       = "_confine"
+	dropExecCmd      = "_dropexec"
+	guestNetCmd      = "_guestnet"
+	selftestHostCmd  = "_selftest-host"
+	selftestPeerCmd  = "_selftest-peer"
+	selftestGuestCmd = "_selftest-guest"
+)
+
+var errNeedsLinux = errors.New("this needs Linux namespaces; nothing was started")
+
+func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return withHint(errNeedsLinux, "run the selftest on Linux; the macOS profile is unverified (docs-net.md)")
+}
+
+func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if args[0] == probeCmd {
+		return runProbeCmd(ctx, args[1:], stdout, stderr)
+	}
+	return errNeedsLinux
+}

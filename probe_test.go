@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+)
+
+// The probes must be able to fail: each "must not" probe is run here
+// against a loopback listener that does answer.
+
+func loopbackTCP(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serve(c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func echoConn(c net.Conn) {
+	defer c.Close()
+	io.Copy(c, c)
+	c.(*net.TCPConn).CloseWrite()
+}
+
+func TestProbeEcho(t *testing.T) {
+	addr := loopbackTCP(t, echoConn)
+	if _, err := echoCheck(context.Background(), addr, 1<<20, probeEchoTimeout); err != nil {
+		t.Errorf("echo: %v", err)
+	}
+	// A server that drops a byte is caught.
+	short := loopbackTCP(t, func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 1)
+		c.Read(buf)
+		io.Copy(c, c)
+	})
+	if _, err := echoCheck(context.Background(), short, 4096, probeEchoTimeout); err == nil {
+		t.Error("a short echo passed")
+	}
+}
+
+func TestProbeNoTCP(t *testing.T) {
+	addr := loopbackTCP(t, func(c net.Conn) { c.Close() })
+	if pass, detail := mustNotConnect(context.Background(), "tcp4", addr); pass {
+		t.Errorf("listening port: got pass (%s)", detail)
+	}
+	ln, _ := net.Listen("tcp4", "127.0.0.1:0")
+	closed := ln.Addr().String()
+	ln.Close()
+	if pass, detail := mustNotConnect(context.Background(), "tcp4", closed); !pass {
+		t.Errorf("closed port: got fail (%s)", detail)
+	}
+}
+
+func TestProbeNoUDP(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	if pass, detail := mustNotAnswerUDP(context.Background(), pc.LocalAddr().String()); pass {
+		t.Errorf("echoing UDP port: got pass (%s)", detail)
+	}
+	silent, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	if pass, detail := mustNotAnswerUDP(context.Background(), silent.LocalAddr().String()); !pass {
+		t.Errorf("silent UDP port: got fail (%s)", detail)
+	}
+}
+
+func TestProbeUnknownKind(t *testing.T) {
+	res := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "x", Kind: "nonsense"}}})
+	if len(res) != 1 || res[0].Pass {
+		t.Errorf("unknown kind: got %+v, want one failing row", res)
+	}
+}
