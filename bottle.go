@@ -50,18 +50,22 @@ func backendNames() []string { return slices.Sorted(maps.Keys(backends)) }
 
 // planOptions are the user's choices, as parsed from flags.
 type planOptions struct {
-	Slug        string
-	Image       string
-	Workspace   string
-	Allow       []string
-	GitGate     bool
-	Supervise   bool
-	CPUs        int
-	MemMiB      int
-	Stage       string
-	Backend     string
-	EgressProxy string // HOST:PORT of a running proxy used instead of pipelock
-	JSON        bool
+	Slug         string
+	Image        string
+	Workspace    string
+	Allow        []string
+	GitGate      bool
+	Supervise    bool
+	CPUs         int
+	MemMiB       int
+	Stage        string
+	Backend      string
+	EgressProxy  string // HOST:PORT of a running proxy used instead of pipelock
+	GitGateCmd   string // argument template of git-gate, split at spaces
+	SuperviseCmd string // argument template of supervise, split at spaces
+	JSON         bool
+
+	gitGate, supervise []string // the templates, checked
 }
 
 // sidecar is one host service the guest may reach at proxy.internal:Port.
@@ -71,6 +75,9 @@ type sidecar struct {
 	GuestURL string `json:"guest_url"`
 	EnvVar   string `json:"env_var,omitempty"`
 	External bool   `json:"external,omitempty"` // already running; not started by up
+	// Command is the argument template git-gate and supervise start from:
+	// {port} and {stage} are substituted, and no shell ever sees it.
+	Command []string `json:"command,omitempty"`
 }
 
 // plannedFile is one file or directory the plan writes.
@@ -143,6 +150,12 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		return nil, err
 	}
 	if p.Allow, err = checkAllowList(opts.Allow); err != nil {
+		return nil, err
+	}
+	if opts.gitGate, err = checkCommandTemplate("-git-gate-cmd", opts.GitGateCmd, opts.GitGate, env.Preflight); err != nil {
+		return nil, err
+	}
+	if opts.supervise, err = checkCommandTemplate("-supervise-cmd", opts.SuperviseCmd, opts.Supervise, env.Preflight); err != nil {
 		return nil, err
 	}
 	egressPort := 0
@@ -236,6 +249,35 @@ func checkEgressProxy(v string) (int, error) {
 	return int(ap.Port()), nil
 }
 
+// checkCommandTemplate validates a sidecar's argument template and resolves
+// its program to an absolute path. The template is split at spaces (no
+// quoting: no shell ever sees it); {port} and {stage} are substituted when
+// the sidecar starts. A template without its sidecar enabled is refused
+// rather than ignored.
+func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) ([]string, error) {
+	if tmpl == "" {
+		return nil, nil
+	}
+	if !enabled {
+		return nil, usageError("%s given without -%s", flagName, strings.TrimSuffix(strings.TrimPrefix(flagName, "-"), "-cmd"))
+	}
+	if err := checkText(flagName, tmpl); err != nil {
+		return nil, err
+	}
+	argv := strings.Fields(tmpl)
+	if _, err := expandTemplate(argv, templateVars(1, "/")); err != nil {
+		return nil, usageError("%s: %v", flagName, err)
+	}
+	if !filepath.IsAbs(argv[0]) {
+		path, err := findProgram(argv[0], pe)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flagName, err)
+		}
+		argv[0] = path
+	}
+	return argv, nil
+}
+
 // stageFor returns the stage directory: -stage, or the slug's directory
 // under the state root.
 func stageFor(opts planOptions, getenv func(string) string) (string, error) {
@@ -281,10 +323,10 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int) error {
 		p.Sidecars = append(p.Sidecars, sidecar{Name: "egress-proxy", Port: egressPort, External: true})
 	}
 	if opts.GitGate {
-		p.Sidecars = append(p.Sidecars, sidecar{Name: "git-gate", Port: next(), EnvVar: "SMOLBOTTLE_GIT_GATE_URL"})
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "git-gate", Port: next(), EnvVar: "SMOLBOTTLE_GIT_GATE_URL", Command: opts.gitGate})
 	}
 	if opts.Supervise {
-		p.Sidecars = append(p.Sidecars, sidecar{Name: "supervise", Port: next(), EnvVar: "SMOLBOTTLE_SUPERVISE_URL"})
+		p.Sidecars = append(p.Sidecars, sidecar{Name: "supervise", Port: next(), EnvVar: "SMOLBOTTLE_SUPERVISE_URL", Command: opts.supervise})
 	}
 	for i := range p.Sidecars {
 		p.Sidecars[i].GuestURL = "http://" + proxyName + ":" + strconv.Itoa(p.Sidecars[i].Port)
@@ -594,7 +636,7 @@ func (smolmachines) cleanup(p *plan) cleanupPlan {
 			c.Remove = append(c.Remove, f.Path)
 		}
 	}
-	c.Remove = append(c.Remove, filepath.Join(p.Stage, stateFile))
+	c.Remove = append(c.Remove, filepath.Join(p.Stage, "jail"), filepath.Join(p.Stage, stateFile))
 	return c
 }
 

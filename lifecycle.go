@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,10 +9,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"text/tabwriter"
+	"time"
 )
 
 // bottleInfo is one line of smolbottle ls.
@@ -109,4 +114,421 @@ func cmdLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Slug, b.State, b.Machine, b.Subnet, b.Stage)
 	}
 	return tw.Flush()
+}
+
+// progress prints long steps on stderr with the time since up began; -q
+// silences it.
+type progress struct {
+	w     io.Writer
+	start time.Time
+}
+
+func (p *progress) step(format string, args ...any) {
+	if p.w == nil {
+		return
+	}
+	fmt.Fprintf(p.w, "smolbottle: [%5.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// testOnlyGuestSelf replaces the smolbottle binary copied into the guest;
+// tests point it at a static build, since the test binary is not one.
+var testOnlyGuestSelf string
+
+// upOptions are up's flags beyond the plan's.
+type upOptions struct {
+	planOptions
+	Quiet bool
+}
+
+// bottleUp plans the bottle, starts its supervisor, creates and starts the
+// machine, brings up the guest network and runs the egress self-test. Any
+// failure, or ctx ending (SIGINT), tears down whatever was started and
+// leaves only the logs.
+func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, err error) {
+	prog := &progress{w: stderr, start: time.Now()}
+	if opts.Quiet {
+		prog.w = nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	p, err = resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
+	if err != nil {
+		return nil, err
+	}
+	if err := p.writeStage(); err != nil {
+		return nil, err
+	}
+	created := false // only a machine this up created is deleted on failure
+	defer func() {
+		if err != nil {
+			prog.step("tearing down after: %v", err)
+			if derr := teardown(context.WithoutCancel(ctx), p, created); derr != nil {
+				err = fmt.Errorf("%w (and teardown: %v)", err, derr)
+			}
+		}
+	}()
+	if err := fillGuestDir(p, self); err != nil {
+		return p, err
+	}
+	prog.step("starting the supervisor: confined gvproxy, relays, sidecars")
+	st, err := startSupervisor(ctx, self, p)
+	if err != nil {
+		return p, err
+	}
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ(), p.Secrets...)
+	if err != nil {
+		return p, err
+	}
+	steps := machineSteps(p)
+	prog.step("creating machine %s (image import may take a while)", p.Machine)
+	if err := sv.create(ctx, steps[0].create); err != nil {
+		if isAlreadyExists(err) {
+			return p, withHint(fmt.Errorf("machine %s already exists: %w", p.Machine, err),
+				"another bottle or a crashed one holds it; smolbottle down "+p.Slug+" deletes it")
+		}
+		return p, err
+	}
+	created = true
+	prog.step("starting machine %s (first boot)", p.Machine)
+	if err := sv.start(ctx, p.Machine, nil); err != nil {
+		return p, err
+	}
+	prog.step("starting gvforwarder in the guest")
+	if _, err := sv.execDetached(ctx, p.Machine, steps[2].exec, steps[2].cmd...); err != nil {
+		return p, fmt.Errorf("start gvforwarder in the guest: %w", err)
+	}
+	prog.step("configuring the guest network")
+	var out bytes.Buffer
+	o := steps[3].exec
+	o.Stderr = &out
+	if err := sv.exec(ctx, p.Machine, o, steps[3].cmd...); err != nil {
+		return p, withTail(fmt.Errorf("the guest network did not come up: %w", err), out.String())
+	}
+	prog.step("egress self-test from inside the guest")
+	if err := egressSelfTest(ctx, sv, p, st); err != nil {
+		return p, err
+	}
+	prog.step("ready: %s", p.Machine)
+	return p, nil
+}
+
+// fillGuestDir copies the binaries the guest runs into the read-only
+// guest directory: gvforwarder, and smolbottle itself for the guest
+// network and the self-test. Both must be static, since they run inside
+// whatever image the user brings.
+func fillGuestDir(p *plan, self string) error {
+	if testOnlyGuestSelf != "" {
+		self = testOnlyGuestSelf
+	}
+	if err := checkStaticELF(self); err != nil {
+		return withHint(fmt.Errorf("smolbottle itself cannot run in the guest: %w", err),
+			"reinstall it static: CGO_ENABLED=0 go install github.com/smolbottle/smolbottle@latest")
+	}
+	dir := filepath.Join(p.Stage, guestDir)
+	for name, src := range map[string]string{"gvforwarder": p.Tools.Gvforwarder, "smolbottle": self} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(filepath.Join(dir, name), data, 0o500); err != nil {
+			return fmt.Errorf("copy %s into the guest directory: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// egressSelfTest runs the probes from inside the guest: proxy.internal
+// resolves and every sidecar answers; other names, a direct address, the
+// supervisor's canary on host loopback, the metadata address and IPv6 all
+// fail. A forbidden probe that succeeds stops the bottle.
+func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) error {
+	pl := guestProbePlan(p, st.Canary)
+	planJSON, err := json.Marshal(pl)
+	if err != nil {
+		return err
+	}
+	var out, errb bytes.Buffer
+	o := execOpts{Stdout: &out, Stderr: &errb}
+	if err := sv.exec(ctx, p.Machine, o, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON)); err != nil {
+		return withTail(fmt.Errorf("egress self-test did not run: %w", err), errb.String())
+	}
+	var res []probeResult
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		return fmt.Errorf("egress self-test output: %w", err)
+	}
+	var failed []string
+	for _, r := range res {
+		if !r.Pass {
+			failed = append(failed, r.Name+" ("+r.Detail+")")
+		}
+	}
+	if len(res) != len(pl.Probes) {
+		failed = append(failed, fmt.Sprintf("%d results for %d probes", len(res), len(pl.Probes)))
+	}
+	if len(failed) > 0 {
+		return withHint(fmt.Errorf("egress self-test failed: %s", strings.Join(failed, "; ")),
+			"the bottle was stopped; logs are in "+filepath.Join(p.Stage, logsDir))
+	}
+	return nil
+}
+
+// guestProbePlan is the matrix up checks from inside the guest. The
+// addresses it must not reach are documentation ranges (RFC 5737, RFC 3849)
+// and the metadata address: a probe that fails never leaves gvproxy's empty
+// namespace, and one that succeeded would be the finding.
+func guestProbePlan(p *plan, canary int) probePlan {
+	vip := p.Net.HostVIP.String()
+	pl := probePlan{Gateway: p.Net.Gateway.String()}
+	add := func(pr probe) { pl.Probes = append(pl.Probes, pr) }
+	add(probe{Name: proxyName + " resolves", Kind: probeResolve, Host: proxyName, Want: vip})
+	for _, s := range p.Sidecars {
+		add(probe{Name: s.Name + " answers", Kind: probeTCP, Addr: net.JoinHostPort(vip, strconv.Itoa(s.Port))})
+	}
+	add(probe{Name: "host loopback canary", Kind: probeNoTCP, Addr: net.JoinHostPort(vip, strconv.Itoa(canary))})
+	add(probe{Name: "direct address", Kind: probeNoTCP, Addr: "203.0.113.10:443"})
+	add(probe{Name: "metadata address", Kind: probeNoTCP, Addr: "169.254.169.254:80"})
+	add(probe{Name: "IPv6", Kind: probeNoTCP6, Addr: "[2001:db8::1]:443"})
+	add(probe{Name: "other name A", Kind: probeNoDNS, Host: "example.com", Type: "A"})
+	add(probe{Name: "other name TXT", Kind: probeNoDNS, Host: "example.com", Type: "TXT"})
+	add(probe{Name: "proxy.internal TXT", Kind: probeNoDNS, Host: "PROXY.internal", Type: "TXT"})
+	return pl
+}
+
+// bottleDown stops and deletes everything of a bottle but its logs. It
+// is idempotent: each step tolerates what is already gone.
+func bottleDown(ctx context.Context, p *plan, stderr io.Writer) error {
+	return teardown(ctx, p, true)
+}
+
+// teardown stops the supervisor, deletes the machine when deleteMachine is
+// set, and removes the stage but its logs.
+func teardown(ctx context.Context, p *plan, deleteMachine bool) error {
+	var errs []error
+	if st, ok, err := readState(p.Stage); err != nil {
+		errs = append(errs, err)
+	} else if ok {
+		if err := stopSupervisor(st.Supervisor); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if deleteMachine && p.Tools.Smolvm != "" {
+		sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
+		if err == nil {
+			err = sv.delete(ctx, p.Machine)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("delete machine %s: %w", p.Machine, err))
+		}
+	}
+	if len(errs) > 0 {
+		// Keep the stage: its state file is what the next down needs.
+		return errors.Join(errs...)
+	}
+	for _, path := range p.Cleanup.Remove {
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// bottleFlags are the flags of the commands that act on an existing
+// bottle: down, exec, cp.
+func bottleFlags(fs *flag.FlagSet) *string {
+	return fs.String("stage", "", "")
+}
+
+// openBottle finds the plan of slug's bottle.
+func openBottle(slug, stage string) (*plan, error) {
+	if err := checkSlug(slug); err != nil {
+		return nil, usageError("%v", err)
+	}
+	var err error
+	if stage, err = stageFor(planOptions{Slug: slug, Stage: stage}, os.Getenv); err != nil {
+		return nil, err
+	}
+	p, err := readPlan(stage)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNoBottle{slug, stage}
+	}
+	return p, err
+}
+
+// errNoBottle says a slug has no stage.
+type errNoBottle struct{ slug, stage string }
+
+func (e errNoBottle) Error() string {
+	return fmt.Sprintf("no bottle %q (no plan in %q)", e.slug, e.stage)
+}
+
+// splitCommand splits argv at the first "--".
+func splitCommand(args []string) (before, cmd []string) {
+	for i, a := range args {
+		if a == "--" {
+			return args[:i], args[i+1:]
+		}
+	}
+	return args, nil
+}
+
+// cmdUp implements smolbottle up.
+func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("up", stderr)
+	quiet := fs.Bool("q", false, "")
+	opts, err := parsePlanFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bottle %s is up: machine %s, subnet %s; smolbottle exec %s -- CMD, smolbottle down %s\n",
+		p.Slug, p.Machine, p.Net.Subnet, p.Slug, p.Slug)
+	return nil
+}
+
+// cmdDown implements smolbottle down.
+func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("down", stderr)
+	stage := bottleFlags(fs)
+	dry := fs.Bool("n", false, "")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return flagError(err)
+	}
+	if len(pos) != 1 {
+		return usageError("down takes one SLUG")
+	}
+	p, err := openBottle(pos[0], *stage)
+	var none errNoBottle
+	if errors.As(err, &none) {
+		fmt.Fprintf(stdout, "nothing to do: %v\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if *dry {
+		p.Cleanup.writeText(stdout)
+		return nil
+	}
+	if err := bottleDown(ctx, p, stderr); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
+	return nil
+}
+
+// cmdExec implements smolbottle exec SLUG -- CMD [ARG...]. The guest's
+// exit status becomes smolbottle's.
+func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("exec", stderr)
+	stage := bottleFlags(fs)
+	tty := fs.Bool("t", false, "")
+	workdir := fs.String("w", guestWorkspace, "")
+	flags, command := splitCommand(args)
+	pos, err := parseInterleaved(fs, flags)
+	if err != nil {
+		return flagError(err)
+	}
+	if len(pos) != 1 || len(command) == 0 {
+		return usageError("exec takes SLUG -- CMD [ARG...]")
+	}
+	p, err := openBottle(pos[0], *stage)
+	if err != nil {
+		return err
+	}
+	return guestExec(ctx, p, *workdir, *tty, command, stdout, stderr)
+}
+
+// guestExec runs command in the bottle's machine with the secrets passed
+// as references; the guest's exit status passes through as exitStatus.
+func guestExec(ctx context.Context, p *plan, workdir string, tty bool, command []string, stdout, stderr io.Writer) error {
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ(), p.Secrets...)
+	if err != nil {
+		return err
+	}
+	o := execOpts{Workdir: workdir, Secrets: p.Secrets, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
+		Interactive: tty, TTY: tty}
+	return sv.exec(ctx, p.Machine, o, command...)
+}
+
+// cmdCp implements smolbottle cp SLUG HOST_FILE GUEST_PATH.
+func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cp", stderr)
+	stage := bottleFlags(fs)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return flagError(err)
+	}
+	if len(pos) != 3 {
+		return usageError("cp takes SLUG HOST_FILE GUEST_PATH")
+	}
+	p, err := openBottle(pos[0], *stage)
+	if err != nil {
+		return err
+	}
+	host, err := checkHostPath("host file", pos[1])
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(host); err != nil {
+		return fmt.Errorf("host file %q: %w", host, err)
+	} else if fi.IsDir() {
+		return withHint(fmt.Errorf("%q is a directory; smolvm copies single files", host),
+			"put the directory in the workspace, which the guest sees at "+guestWorkspace)
+	}
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
+	if err != nil {
+		return err
+	}
+	return sv.cp(ctx, host, p.Machine, pos[2])
+}
+
+// cmdRun implements smolbottle run: up, the agent with a TTY in the
+// workspace, then down unless -keep. The agent's exit status passes
+// through.
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", stderr)
+	quiet := fs.Bool("q", false, "")
+	keep := fs.Bool("keep", false, "")
+	flags, command := splitCommand(args)
+	opts, err := parsePlanFlags(fs, flags)
+	if err != nil {
+		return err
+	}
+	if len(command) == 0 {
+		command = []string{"claude"}
+	}
+	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
+	if err != nil {
+		return err
+	}
+	runErr := guestExec(ctx, p, guestWorkspace, isTerminal(os.Stdin), command, stdout, stderr)
+	if *keep {
+		return runErr
+	}
+	if err := bottleDown(context.WithoutCancel(ctx), p, stderr); err != nil {
+		return errors.Join(runErr, err)
+	}
+	return runErr
+}
+
+// isTerminal reports whether f looks like a terminal: a character device
+// (a pipe or a file gets no -t; smolvm itself puts only a real TTY in raw
+// mode).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && fi.Name() != os.DevNull
+}
+
+// flagError turns a flag parse error into a usage error (-h stays help).
+func flagError(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return usageError("%v", err)
 }

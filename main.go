@@ -137,6 +137,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDoctor(ctx, args[1:], stdout, stderr)
 	case "ls":
 		return cmdLs(ctx, args[1:], stdout, stderr)
+	case "up":
+		return cmdUp(ctx, args[1:], stdout, stderr)
+	case "down":
+		return cmdDown(ctx, args[1:], stdout, stderr)
+	case "exec":
+		return cmdExec(ctx, args[1:], stdout, stderr)
+	case "cp":
+		return cmdCp(ctx, args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(ctx, args[1:], stdout, stderr)
+	case supervisorCmd:
+		return runSupervise(ctx, args[1:])
 	case nsCheckCmd:
 		return runNSCheck()
 	case "selftest":
@@ -228,6 +240,8 @@ func parsePlanFlags(fs *flag.FlagSet, args []string) (planOptions, error) {
 	fs.Var(&allow, "allow", "")
 	fs.BoolVar(&opts.GitGate, "git-gate", false, "")
 	fs.BoolVar(&opts.Supervise, "supervise", false, "")
+	fs.StringVar(&opts.GitGateCmd, "git-gate-cmd", "", "")
+	fs.StringVar(&opts.SuperviseCmd, "supervise-cmd", "", "")
 	fs.StringVar(&opts.EgressProxy, "egress-proxy", "", "")
 	fs.IntVar(&opts.CPUs, "cpus", defaultCPUs, "")
 	fs.IntVar(&opts.MemMiB, "mem", defaultMemMiB, "")

@@ -32,3 +32,23 @@ func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	return errNeedsLinux
 }
+
+// confineSpec mirrors jail.go's so that the supervisor builds everywhere;
+// off Linux startConfined fails closed.
+type confineSpec struct {
+	Gvproxy    string
+	Net        bottleNet
+	Stage      string
+	Ports      []int
+	Log        io.Writer
+	Unconfined bool
+}
+
+type confinedNet struct{}
+
+func (c *confinedNet) Close() error          { return nil }
+func (c *confinedNet) Done() <-chan struct{} { return nil }
+
+func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) {
+	return nil, withHint(errNeedsLinux, "the macOS sandbox-exec confinement is rendered but not wired in or verified yet")
+}

@@ -395,17 +395,6 @@ func checkNamespaces(ctx context.Context, self string) check {
 // nsCheckCmd is the hidden subcommand the namespace check re-executes.
 const nsCheckCmd = "_nscheck"
 
-// nsAttr asks for new user, network and mount namespaces in which the
-// caller's uid and gid map to root.
-func nsAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		Pdeathsig:   syscall.SIGKILL,
-	}
-}
-
 // runNSCheck runs inside the new namespaces: it succeeds when the network
 // namespace is empty, which is what confinement relies on.
 func runNSCheck() error {

@@ -43,6 +43,7 @@ const (
 const (
 	probeResolve = "resolve" // Host (A) must resolve to exactly Want
 	probeEcho    = "echo"    // Addr must echo Bytes bytes back intact
+	probeTCP     = "tcp"     // a TCP connection to Addr must open (a sidecar answers)
 	probeNoTCP   = "no-tcp"  // a TCP connection to Addr must fail
 	probeNoTCP6  = "no-tcp6" // the same over IPv6
 	probeNoUDP   = "no-udp"  // a datagram to Addr must get no reply
@@ -136,6 +137,14 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 			return false, err.Error()
 		}
 		return true, fmt.Sprintf("%d bytes each way", n)
+	case probeTCP:
+		d := net.Dialer{Timeout: probeDialTimeout}
+		c, err := d.DialContext(ctx, "tcp4", p.Addr)
+		if err != nil {
+			return false, shortErr(err)
+		}
+		c.Close()
+		return true, "connected to " + p.Addr
 	case probeNoTCP, probeNoTCP6:
 		network := "tcp4"
 		if p.Kind == probeNoTCP6 {

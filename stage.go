@@ -78,6 +78,7 @@ type bottleState struct {
 	Machine    string    `json:"machine"`
 	Subnet     int       `json:"subnet"`
 	Supervisor procIdent `json:"supervisor"`
+	Canary     int       `json:"canary"` // host loopback port the guest must not reach
 }
 
 // procIdent names a process across pid reuse: the pid plus its start time

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The supervisor is the one host process that owns a running bottle's
+// network: the sidecars, the confined gvproxy and its relays, and a canary
+// listener on a host loopback port that the guest must not reach (the
+// self-test probes it). up starts it detached, in a session of its own, so
+// it outlives up; its children die with it (Pdeathsig). It records itself
+// in <stage>/state.json, so down finds it after a crash and the next up
+// finds a stale bottle instead of reusing it.
+//
+//	smolbottle _supervise STAGE
+//
+// It tells up it is ready by writing "ready CANARY_PORT" to file
+// descriptor 3, or why it failed, and then closing it.
+
+const (
+	supervisorReadyTimeout = 60 * time.Second
+	supervisorStopGrace    = 10 * time.Second
+	supervisorLog          = "supervisor.log"
+	gvproxyLog             = "gvproxy.log"
+)
+
+// runSupervise is the _supervise subcommand.
+func runSupervise(ctx context.Context, args []string) error {
+	if len(args) != 1 || !filepath.IsAbs(args[0]) {
+		return usageError("%s STAGE: want one absolute stage directory", supervisorCmd)
+	}
+	ready := os.NewFile(3, "ready")
+	report := func(msg string) {
+		if ready != nil {
+			io.WriteString(ready, msg+"\n")
+			ready.Close()
+			ready = nil
+		}
+	}
+	err := supervise(ctx, args[0], func(canary int) { report("ready " + strconv.Itoa(canary)) })
+	if err != nil {
+		report("error " + strings.ReplaceAll(err.Error(), "\n", " "))
+	}
+	return err
+}
+
+// supervise starts everything, reports readiness and then holds it all
+// until ctx ends or any part dies, and tears it all down either way.
+func supervise(ctx context.Context, stage string, ready func(canary int)) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	p, err := readPlan(stage)
+	if err != nil {
+		return err
+	}
+	logs := filepath.Join(stage, logsDir)
+
+	// The canary: a live listener on host loopback that no relay reaches.
+	canary, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("canary listener: %w", err)
+	}
+	defer canary.Close()
+	go func() {
+		for {
+			c, err := canary.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("CANARY: the guest reached a host port it must not reach\n"))
+			c.Close()
+		}
+	}()
+
+	var procs []*sidecarProc
+	defer func() {
+		for _, s := range procs {
+			s.stop(sidecarStopGrace)
+		}
+	}()
+	died := make(chan error, len(p.Sidecars)+1)
+	env := sidecarEnv(os.Environ())
+	for _, sc := range p.Sidecars {
+		if sc.External {
+			if err := probeEgressProxy(ctx, sc.Port, egressProbeTimeout); err != nil {
+				return err
+			}
+			continue
+		}
+		spec, err := sidecarSpecFor(p, sc, env)
+		if err != nil {
+			return err
+		}
+		s, err := startSidecar(ctx, spec, sidecarHealthDeadline)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, s)
+		go func() {
+			<-s.done
+			died <- fmt.Errorf("sidecar %s exited: %v", s.name, s.waitErr)
+		}()
+	}
+
+	gvlog, err := openSidecarLog(logs, strings.TrimSuffix(gvproxyLog, ".log"))
+	if err != nil {
+		return err
+	}
+	defer gvlog.Close()
+	ports := make([]int, len(p.Sidecars))
+	for i, sc := range p.Sidecars {
+		ports[i] = sc.Port
+	}
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: gvlog})
+	if err != nil {
+		return err
+	}
+	defer cn.Close()
+	go func() {
+		<-cn.Done()
+		died <- errors.New("the confined gvproxy exited")
+	}()
+
+	self, err := procStart(os.Getpid())
+	if err != nil {
+		return err
+	}
+	st := bottleState{Slug: p.Slug, Machine: p.Machine, Subnet: p.Net.N,
+		Supervisor: procIdent{PID: os.Getpid(), Start: self}, Canary: canary.Addr().(*net.TCPAddr).Port}
+	data, _ := json.Marshal(st)
+	if err := writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600); err != nil {
+		return err
+	}
+	ready(st.Canary)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-died:
+		return err
+	}
+}
+
+// sidecarSpecFor returns how to start one of the plan's sidecars.
+func sidecarSpecFor(p *plan, sc sidecar, env []string) (sidecarSpec, error) {
+	logs := filepath.Join(p.Stage, logsDir)
+	if sc.Name == "pipelock" {
+		return pipelockSidecar(p.Tools.Pipelock, filepath.Join(p.Stage, pipelockFile), sc.Port, p.Stage, logs, env), nil
+	}
+	if len(sc.Command) == 0 {
+		return sidecarSpec{}, fmt.Errorf("sidecar %s has no command: pass -%s-cmd", sc.Name, sc.Name)
+	}
+	argv, err := expandTemplate(sc.Command, templateVars(sc.Port, p.Stage))
+	if err != nil {
+		return sidecarSpec{}, err
+	}
+	return sidecarSpec{Name: sc.Name, Argv: argv, Dir: p.Stage, Env: env, Port: sc.Port, Health: healthTCP, LogDir: logs}, nil
+}
+
+// startSupervisor starts `smolbottle _supervise STAGE` detached and waits
+// until it reports ready or failed. The supervisor's output goes to
+// logs/supervisor.log; a failure carries its last lines.
+func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, error) {
+	logf, err := openSidecarLog(filepath.Join(p.Stage, logsDir), strings.TrimSuffix(supervisorLog, ".log"))
+	if err != nil {
+		return bottleState{}, err
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return bottleState{}, err
+	}
+	defer r.Close()
+	cmd := exec.Command(self, supervisorCmd, p.Stage)
+	cmd.Args[0] = "smolbottle"
+	cmd.Env = sidecarEnv(os.Environ())
+	cmd.Dir = p.Stage
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w}
+	// A session of its own: the terminal's SIGINT goes to up, which then
+	// runs down; the supervisor must not die half-way on its own.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return bottleState{}, fmt.Errorf("start the supervisor: %w", err)
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait() // reap it if it exits while up still runs
+
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(r).ReadString('\n')
+		line <- strings.TrimSpace(s)
+	}()
+	fail := func(err error) (bottleState, error) {
+		syscall.Kill(pid, syscall.SIGTERM)
+		return bottleState{}, withTail(err, fileTail(logf.Name(), 2<<10))
+	}
+	select {
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	case <-time.After(supervisorReadyTimeout):
+		return fail(fmt.Errorf("the supervisor did not become ready within %v", supervisorReadyTimeout))
+	case s := <-line:
+		if msg, ok := strings.CutPrefix(s, "error "); ok {
+			return fail(errors.New(msg))
+		}
+		if !strings.HasPrefix(s, "ready ") {
+			return fail(errors.New("the supervisor exited before it was ready"))
+		}
+	}
+	st, ok, err := readState(p.Stage)
+	if err != nil || !ok || st.Supervisor.PID != pid {
+		return fail(errors.New("the supervisor did not record its state"))
+	}
+	return st, nil
+}
+
+// fileTail returns up to n bytes from the end of a file.
+func fileTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	f.ReadAt(b, off)
+	return string(b)
+}
+
+// stopSupervisor stops a recorded supervisor: SIGTERM, then SIGKILL after
+// the grace period. It is a no-op when the process is gone or the pid now
+// belongs to another process.
+func stopSupervisor(id procIdent) error {
+	if !id.alive() {
+		return nil
+	}
+	if err := syscall.Kill(id.PID, syscall.SIGTERM); err != nil {
+		return nil
+	}
+	deadline := time.Now().Add(supervisorStopGrace)
+	for time.Now().Before(deadline) {
+		if !id.alive() {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(id.PID, syscall.SIGKILL)
+	for range 100 {
+		if !id.alive() {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("supervisor pid %d does not die", id.PID)
+}
