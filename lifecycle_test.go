@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestLs(t *testing.T) {
@@ -49,4 +55,293 @@ func TestLs(t *testing.T) {
 	if !bytes.Contains(out.Bytes(), []byte("SLUG")) || !bytes.Contains(out.Bytes(), []byte("stale")) {
 		t.Errorf("ls table:\n%s", out.String())
 	}
+}
+
+// staticSmolbottle builds smolbottle without cgo, as the guest needs it,
+// and points up at it.
+func staticSmolbottle(t *testing.T) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "smolbottle")
+	cmd := exec.Command("go", "build", "-o", out, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, b)
+	}
+	testOnlyGuestSelf = out
+	t.Cleanup(func() { testOnlyGuestSelf = "" })
+}
+
+// useBottle points the process environment at the test bottle, for tests
+// that drive the CLI through run.
+func useBottle(t *testing.T, b testBottle) *fakeSmolvmBin {
+	t.Setenv("PATH", b.path)
+	t.Setenv("SMOLBOTTLE_STATE", b.state)
+	t.Setenv("ANTHROPIC_API_KEY", testSecret)
+	return &fakeSmolvmBin{dir: b.path, path: filepath.Join(b.path, "smolvm")}
+}
+
+// processesMentioning lists live processes whose argv holds s.
+func processesMentioning(t *testing.T, s string) []string {
+	t.Helper()
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(s)) {
+			stat, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+			if !bytes.Contains(stat, []byte(") Z ")) { // a zombie holds nothing
+				out = append(out, d.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
+			}
+		}
+	}
+	return out
+}
+
+// assertTornDown checks that a bottle left nothing but its logs: no
+// process that names its stage, no machine, no file outside logs/, and no
+// secret value anywhere in the stage.
+func assertTornDown(t *testing.T, b testBottle, f *fakeSmolvmBin, slug string) {
+	t.Helper()
+	stage := filepath.Join(b.state, slug)
+	var left []string
+	for range 100 { // Pdeathsig is asynchronous: give the kernel a moment
+		if left = processesMentioning(t, stage); len(left) == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(left) > 0 {
+		t.Errorf("processes left running: %q", left)
+	}
+	if _, ok := f.state(t).Machines[machineName(slug)]; ok {
+		t.Errorf("machine %s left behind", machineName(slug))
+	}
+	entries, _ := os.ReadDir(stage)
+	for _, e := range entries {
+		if e.Name() != logsDir {
+			t.Errorf("%s left in the stage", e.Name())
+		}
+	}
+	filepath.WalkDir(stage, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if data, _ := os.ReadFile(p); bytes.Contains(data, []byte(testSecret)) {
+				t.Errorf("%s holds the secret value", p)
+			}
+		}
+		return nil
+	})
+	for _, r := range f.records(t) {
+		if strings.Contains(strings.Join(r.Argv, " "), testSecret) {
+			t.Errorf("smolvm argv holds the secret value: %q", r.Argv)
+		}
+	}
+}
+
+func (b testBottle) upArgs(slug string, extra ...string) []string {
+	return append([]string{"up", "-q", "-image", b.image, "-workspace", b.workspace, slug}, extra...)
+}
+
+// TestUpGuestNetworkNeverComesUp makes every guest exec fail: up must say
+// so, and tear down the supervisor, the sidecar, gvproxy and the machine.
+func TestUpGuestNetworkNeverComesUp(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	f.control(t, fakeControl{Fail: map[string]string{"exec": "connect: guest agent did not answer"}})
+	var out, errb bytes.Buffer
+	err := run(context.Background(), b.upArgs("net"), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "gvforwarder") {
+		t.Fatalf("up = %v, want a gvforwarder failure", err)
+	}
+	if !madeMachine(t, f) {
+		t.Errorf("up failed before creating the machine; the fault was meant for the guest network")
+	}
+	assertTornDown(t, b, f, "net")
+	for _, log := range []string{"supervisor.log", "pipelock.log", "gvproxy.log"} {
+		if _, err := os.Stat(filepath.Join(b.state, "net", logsDir, log)); err != nil {
+			t.Errorf("log %s not kept: %v", log, err)
+		}
+	}
+}
+
+// TestUpSidecarFails gives git-gate a command that exits at once.
+func TestUpSidecarFails(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	var out, errb bytes.Buffer
+	err := run(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "git-gate") {
+		t.Fatalf("up = %v, want a git-gate failure", err)
+	}
+	if madeMachine(t, f) {
+		t.Errorf("machine created although a sidecar failed")
+	}
+	assertTornDown(t, b, f, "side")
+}
+
+// TestUpMachineAlreadyExists: a machine of the same name that up did not
+// create is reported and left alone.
+func TestUpMachineAlreadyExists(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	if out, err := exec.Command(f.path, "machine", "create", "--name", machineName("dup"), "--image", b.image).CombinedOutput(); err != nil {
+		t.Fatalf("pre-create: %v %s", err, out)
+	}
+	var out, errb bytes.Buffer
+	err := run(context.Background(), b.upArgs("dup"), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("up = %v, want already exists", err)
+	}
+	if _, ok := f.state(t).Machines[machineName("dup")]; !ok {
+		t.Errorf("up deleted a machine it did not create")
+	}
+	if left := processesMentioning(t, filepath.Join(b.state, "dup")); len(left) > 0 {
+		t.Errorf("processes left: %q", left)
+	}
+}
+
+// TestSupervisorKilled kills the supervisor with SIGKILL: its children die
+// with it, ls and plan see a stale bottle, and down cleans it up, twice.
+func TestSupervisorKilled(t *testing.T) {
+	b := newTestBottle(t, "")
+	f := useBottle(t, b)
+	p, err := resolvePlan(context.Background(), b.opts("kill"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	st, err := startSupervisor(context.Background(), self, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(processesMentioning(t, p.Stage)); n < 2 {
+		t.Fatalf("%d processes name the stage, want the supervisor and its children", n)
+	}
+	gvStart, err := procStart(st.Gvproxy)
+	if err != nil {
+		t.Fatalf("gvproxy pid %d from the state file: %v", st.Gvproxy, err)
+	}
+	if err := syscall.Kill(st.Supervisor.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		if !st.Supervisor.alive() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	gv := procIdent{PID: st.Gvproxy, Start: gvStart}
+	for i := 0; i < 200 && gv.alive(); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if gv.alive() {
+		t.Errorf("gvproxy (pid %d) outlived its supervisor", gv.PID)
+	}
+	bottles, _ := listBottles(b.state)
+	if len(bottles) != 1 || bottles[0].State != "stale" {
+		t.Errorf("ls = %+v, want one stale bottle", bottles)
+	}
+	if _, err := resolvePlan(context.Background(), b.opts("kill"), b.env(t)); err == nil || !strings.Contains(err.Error(), "stale") {
+		t.Errorf("plan over a stale bottle = %v, want refused", err)
+	}
+	for i := range 2 {
+		var out, errb bytes.Buffer
+		if err := run(context.Background(), []string{"down", "kill"}, &out, &errb); err != nil {
+			t.Fatalf("down #%d: %v", i+1, err)
+		}
+	}
+	f.records(t) // down ran smolvm delete
+	assertTornDown(t, b, f, "kill")
+}
+
+// TestSupervisorPortTaken takes pipelock's port between allocation and
+// bind: the supervisor fails, says so and leaves nothing running.
+func TestSupervisorPortTaken(t *testing.T) {
+	b := newTestBottle(t, "")
+	p, err := resolvePlan(context.Background(), b.opts("port"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", loopbackAddr(p.Sidecars[0].Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	self, _ := os.Executable()
+	_, err = startSupervisor(context.Background(), self, p)
+	if err == nil || !strings.Contains(err.Error(), "taken between allocation and bind") {
+		t.Fatalf("startSupervisor = %v, want port taken", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if left := processesMentioning(t, p.Stage); len(left) > 0 {
+		t.Errorf("processes left: %q", left)
+	}
+}
+
+func TestLifecycleArgs(t *testing.T) {
+	b := newTestBottle(t, "")
+	f := useBottle(t, b)
+	p, err := resolvePlan(context.Background(), b.opts("args"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	colon := filepath.Join(b.dir, "a:b")
+	os.WriteFile(colon, nil, 0o600)
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"down", "never-planned"}, 0, ""},
+		{[]string{"down"}, 2, "down takes one SLUG"},
+		{[]string{"exec", "args"}, 2, "exec takes SLUG -- CMD"},
+		{[]string{"exec", "nope", "--", "true"}, 1, `no bottle "nope"`},
+		{[]string{"exec", "args", "--", "true"}, 1, "vm not found: smolbottle-args"},
+		{[]string{"cp", "args", b.workspace, "/tmp/x"}, 1, "is a directory"},
+		{[]string{"cp", "args", colon, "/tmp/x"}, 1, "smolvm would misread"},
+		{[]string{"cp", "args", "/nonexistent/file", "/tmp/x"}, 1, "no such file"},
+		{[]string{"cp", "args", b.image}, 2, "cp takes SLUG HOST_FILE GUEST_PATH"},
+		{[]string{"up", "-image", b.image, "-git-gate-cmd", "x", "args"}, 2, "-git-gate-cmd given without -git-gate"},
+	}
+	for _, tt := range tests {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), tt.args, &out, &errb)
+		code := exitCode(&errb, err)
+		if code != tt.code || !strings.Contains(errb.String(), tt.want) {
+			t.Errorf("%q: exit %d stderr %q, want %d and %q", tt.args, code, errb.String(), tt.code, tt.want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"down", "-n", "args"}, &out, &errb); err != nil || !strings.Contains(out.String(), "machine delete --name smolbottle-args -f") {
+		t.Errorf("down -n: %v\n%s", err, out.String())
+	}
+	if _, err := os.Stat(filepath.Join(p.Stage, smolfileName)); err != nil {
+		t.Errorf("down -n removed files: %v", err)
+	}
+	f.records(t)
+}
+
+// madeMachine reports whether the fake ran machine create (not --help).
+func madeMachine(t *testing.T, f *fakeSmolvmBin) bool {
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 2 && r.Argv[1] == "create" && r.Argv[2] == "--name" {
+			return true
+		}
+	}
+	return false
 }

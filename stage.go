@@ -78,7 +78,8 @@ type bottleState struct {
 	Machine    string    `json:"machine"`
 	Subnet     int       `json:"subnet"`
 	Supervisor procIdent `json:"supervisor"`
-	Canary     int       `json:"canary"` // host loopback port the guest must not reach
+	Canary     int       `json:"canary"`  // host loopback port the guest must not reach
+	Gvproxy    int       `json:"gvproxy"` // pid of the confined gvproxy, for the record
 }
 
 // procIdent names a process across pid reuse: the pid plus its start time

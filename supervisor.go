@@ -140,7 +140,8 @@ func supervise(ctx context.Context, stage string, ready func(canary int)) error 
 		return err
 	}
 	st := bottleState{Slug: p.Slug, Machine: p.Machine, Subnet: p.Net.N,
-		Supervisor: procIdent{PID: os.Getpid(), Start: self}, Canary: canary.Addr().(*net.TCPAddr).Port}
+		Supervisor: procIdent{PID: os.Getpid(), Start: self}, Canary: canary.Addr().(*net.TCPAddr).Port,
+		Gvproxy: cn.GvproxyPID}
 	data, _ := json.Marshal(st)
 	if err := writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600); err != nil {
 		return err
