@@ -269,7 +269,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
-		return withHint(setupStepError("create the user, network and mount namespaces", err), userNSHints(procSys)...)
+		return withHint(setupStepError("create the user, network, mount and PID namespaces", err), userNSHints(procSys)...)
 	}
 	c.cmd, c.InnerPID = cmd, cmd.Process.Pid
 	go c.wait()
@@ -497,7 +497,7 @@ func userNSHints(dir string) []string {
 		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
 	}
 	if len(hints) == 0 {
-		hints = append(hints, "gvproxy runs only confined; it needs user, network and mount namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
+		hints = append(hints, "gvproxy runs only confined; it needs user, network, mount and PID namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
 	}
 	return hints
 }
