@@ -154,6 +154,18 @@ func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return runSandbox(ctx, "matrix", o, stdout, stderr)
 }
 
+// checkTun fails early when gvforwarder will not be able to create tap0:
+// it opens /dev/net/tun as the caller's own uid, and a user namespace grants
+// no access to a device node the caller cannot open.
+func checkTun() error {
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		return withHint(fmt.Errorf("selftest: the guest stand-in needs /dev/net/tun: %v", err),
+			"most distributions ship it mode 0666; here: chmod 0666 /dev/net/tun, or run the selftest as root")
+	}
+	return f.Close()
+}
+
 // runSandbox runs _selftest-host in fresh user, network and mount namespaces
 // in a fresh stage directory, and removes the stage afterwards.
 func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, stderr io.Writer) error {
@@ -168,13 +180,8 @@ func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, std
 	if err := checkStatic(gvproxy); err != nil {
 		return err
 	}
-	// gvforwarder opens /dev/net/tun as the caller's own uid: a user
-	// namespace grants no access to a device node the caller cannot open.
-	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
-		return withHint(fmt.Errorf("selftest: the guest stand-in needs /dev/net/tun: %v", err),
-			"most distributions ship it mode 0666; here: chmod 0666 /dev/net/tun, or run the selftest as root")
-	} else {
-		f.Close()
+	if err := checkTun(); err != nil {
+		return err
 	}
 	// The sandbox creates its veth pairs with iproute2; found here, on the
 	// caller's PATH, because children get an empty environment.
