@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,6 +44,7 @@ const (
 const (
 	probeResolve = "resolve" // Host (A) must resolve to exactly Want
 	probeEcho    = "echo"    // Addr must echo Bytes bytes back intact
+	probeTCP     = "tcp"     // a TCP connection to Addr must open
 	probeNoTCP   = "no-tcp"  // a TCP connection to Addr must fail
 	probeNoTCP6  = "no-tcp6" // the same over IPv6
 	probeNoUDP   = "no-udp"  // a datagram to Addr must get no reply
@@ -76,6 +78,44 @@ type probeResult struct {
 	Kind   string `json:"kind"`
 	Pass   bool   `json:"pass"`
 	Detail string `json:"detail"`
+}
+
+// startupDirectIP is what the start-up self-test dials to show that a
+// direct IP fails: a routable public address, so that a broken confinement
+// is seen rather than masked by an unroutable one. Only the guest dials it,
+// and only gvproxy could carry it further.
+const startupDirectIP = "1.1.1.1:443"
+
+// startupProbePlan is the egress self-test run in the guest at every start
+// (DESIGN.md §2): proxy.internal resolves and each sidecar port answers;
+// other names do not resolve; a direct IP, the cloud-metadata address and
+// IPv6 fail. A failing row stops the bottle.
+func startupProbePlan(n bottleNet, ports []int) probePlan {
+	plan := probePlan{Gateway: n.Gateway.String()}
+	add := func(p probe) { plan.Probes = append(plan.Probes, p) }
+	add(probe{Name: proxyName + " resolves to " + n.HostVIP.String(), Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()})
+	for _, port := range ports {
+		addr := net.JoinHostPort(n.HostVIP.String(), strconv.Itoa(port))
+		add(probe{Name: "sidecar " + addr + " answers", Kind: probeTCP, Addr: addr})
+	}
+	for _, typ := range []string{"A", "AAAA", "TXT", "MX"} {
+		add(probe{Name: "DNS example.com " + typ, Kind: probeNoDNS, Host: "example.com.", Type: typ})
+	}
+	add(probe{Name: "DNS PROXY.INTERNAL TXT", Kind: probeNoDNS, Host: "PROXY.INTERNAL.", Type: "TXT"})
+	add(probe{Name: "direct IP " + startupDirectIP, Kind: probeNoTCP, Addr: startupDirectIP})
+	add(probe{Name: "cloud metadata 169.254.169.254:80", Kind: probeNoTCP, Addr: "169.254.169.254:80"})
+	add(probe{Name: "IPv6 [2606:4700:4700::1111]:443", Kind: probeNoTCP6, Addr: "[2606:4700:4700::1111]:443"})
+	return plan
+}
+
+// probesPass reports whether every row held.
+func probesPass(rs []probeResult) bool {
+	for _, r := range rs {
+		if !r.Pass {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 // runProbeCmd runs a plan given as JSON and prints the results as JSON.
@@ -136,6 +176,14 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 			return false, err.Error()
 		}
 		return true, fmt.Sprintf("%d bytes each way", n)
+	case probeTCP:
+		d := net.Dialer{Timeout: probeDialTimeout}
+		c, err := d.DialContext(ctx, "tcp4", p.Addr)
+		if err != nil {
+			return false, shortErr(err)
+		}
+		c.Close()
+		return true, "connected"
 	case probeNoTCP, probeNoTCP6:
 		network := "tcp4"
 		if p.Kind == probeNoTCP6 {
