@@ -840,7 +840,8 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 			return fmt.Errorf("guest: %w", err)
 		}
 		if i == 0 {
-			err = configureGuest(iface, n, gvproxyMTU)
+			// Exactly what the VM runs: smolbottle _guestnet.
+			err = runGuestNet(ctx, []string{"-iface", iface, "-subnet", subnetList[i]}, stderr)
 		} else {
 			// The host virtual IP is on-link: no route needed.
 			err = setLinkMTU(iface, gvproxyMTU)
