@@ -594,25 +594,18 @@ func machineSteps(p *plan) []machineStep {
 	}
 	root := execOpts{User: "root"}
 	detached := execOpts{User: "root", Detach: true}
-	subnet := strconv.Itoa(p.Net.N)
 	return []machineStep{
 		{sub: "create", create: spec},
 		{sub: "start", create: spec},
 		{sub: "exec", create: spec, exec: detached, cmd: []string{guestBinDir + "/gvforwarder",
 			"-url", "unix://" + guestSocket, "-iface", guestTap, "-preexisting",
 			"-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", ""}},
-		{sub: "exec", create: spec, exec: root, cmd: []string{guestBinDir + "/smolbottle", "_guestnet", "-subnet", subnet}},
-		{sub: "exec", create: spec, exec: execOpts{}, cmd: []string{guestBinDir + "/smolbottle", "_probe",
-			"-subnet", subnet, "-ports", sidecarPorts(p.Sidecars)}},
+		{sub: "exec", create: spec, exec: root, cmd: []string{guestBinDir + "/smolbottle", guestNetCmd,
+			"-iface", guestTap, "-subnet", p.Net.Subnet.String(), "-root", "/"}},
+		// The plan is filled in by up: it names the supervisor's canary port.
+		{sub: "exec", create: spec, exec: execOpts{}, cmd: []string{guestBinDir + "/smolbottle", probeCmd,
+			"-plan", "<egress self-test: JSON rows>"}},
 	}
-}
-
-func sidecarPorts(s []sidecar) string {
-	ports := make([]string, len(s))
-	for i, sc := range s {
-		ports[i] = strconv.Itoa(sc.Port)
-	}
-	return strings.Join(ports, ",")
 }
 
 // cleanup lists what down does: stop the supervisor (which takes gvproxy,

@@ -245,7 +245,10 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// A user namespace even as root: the capabilities held inside are
 		// then worth nothing outside, and the same code runs unprivileged.
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
+		// A PID namespace makes _confine its init: when _confine dies for
+		// any reason, the kernel kills gvproxy with it, whatever happens
+		// to the Pdeathsig of individual threads.
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
 		Pdeathsig:   syscall.SIGKILL,
@@ -254,7 +257,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
-		return withHint(setupStepError("create the user, network and mount namespaces", err), userNSHints(procSys)...)
+		return withHint(setupStepError("create the user, network, mount and PID namespaces", err), userNSHints(procSys)...)
 	}
 	c.cmd, c.InnerPID = cmd, cmd.Process.Pid
 	go c.wait()
@@ -267,6 +270,14 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		closeFDs(fds)
 		return err
 	}
+	// The status carries gvproxy's pid inside the new PID namespace; the
+	// host sees it as the only child of _confine.
+	pid, err := onlyChild(c.InnerPID)
+	if err != nil {
+		closeFDs(fds)
+		return setupStepError("start the confined side", err)
+	}
+	c.GvproxyPID = pid
 	if len(fds) != len(spec.Ports) {
 		closeFDs(fds)
 		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
@@ -282,6 +293,25 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf))
 	}
 	return nil
+}
+
+// onlyChild returns the pid of the single child of pid.
+func onlyChild(pid int) (int, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, err
+	}
+	var kids []string
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		if err == nil {
+			kids = append(kids, strings.Fields(string(b))...)
+		}
+	}
+	if len(kids) != 1 {
+		return 0, fmt.Errorf("process %d has children %v, want exactly gvproxy", pid, kids)
+	}
+	return strconv.Atoi(kids[0])
 }
 
 func closeFDs(fds []int) {
@@ -455,7 +485,7 @@ func userNSHints(dir string) []string {
 		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
 	}
 	if len(hints) == 0 {
-		hints = append(hints, "gvproxy runs only confined; it needs user, network and mount namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
+		hints = append(hints, "gvproxy runs only confined; it needs user, network, mount and PID namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
 	}
 	return hints
 }

@@ -50,7 +50,7 @@ type footprint struct {
 func footprintOf(t *testing.T, inner, gvproxy int, stage string, port int) footprint {
 	t.Helper()
 	f := footprint{pids: []int{inner, gvproxy}}
-	for _, ns := range []string{"net", "user", "mnt"} {
+	for _, ns := range []string{"net", "user", "mnt", "pid"} {
 		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", gvproxy, ns))
 		if err != nil {
 			t.Fatalf("gvproxy's %s namespace: %v", ns, err)
@@ -84,7 +84,7 @@ func namespaceInUse(ns string) bool {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		for _, kind := range []string{"net", "user", "mnt"} {
+		for _, kind := range []string{"net", "user", "mnt", "pid"} {
 			if l, err := os.Readlink("/proc/" + e.Name() + "/ns/" + kind); err == nil && l == ns {
 				return true
 			}
@@ -136,6 +136,11 @@ func TestConfinedCloseLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := footprintOf(t, cn.InnerPID, cn.GvproxyPID, stage, port)
+
+	self, _ := os.Readlink("/proc/self/ns/pid")
+	if f.nss[3] == self {
+		t.Errorf("gvproxy shares the PID namespace of its owner")
+	}
 
 	// The jail, seen from outside: exactly the binary, the config and the
 	// first component of the socket directory; read-only.
@@ -441,7 +446,7 @@ func TestConfineFailsClosedWithoutUserNamespaces(t *testing.T) {
 	if err != nil {
 		t.Fatalf("got %v", err)
 	}
-	for _, want := range []string{"confine gvproxy: create the user, network and mount namespaces", "user.max_user_namespaces"} {
+	for _, want := range []string{"confine gvproxy: create the user, network, mount and PID namespaces", "user.max_user_namespaces"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("output does not mention %q", want)
 		}

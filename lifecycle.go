@@ -9,11 +9,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -244,7 +242,11 @@ func fillGuestDir(p *plan, self string) error {
 // supervisor's canary on host loopback, the metadata address and IPv6 all
 // fail. A forbidden probe that succeeds stops the bottle.
 func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) error {
-	pl := guestProbePlan(p, st.Canary)
+	ports := make([]int, len(p.Sidecars))
+	for i, s := range p.Sidecars {
+		ports[i] = s.Port
+	}
+	pl := startupProbePlan(p.Net, ports, st.Canary)
 	planJSON, err := json.Marshal(pl)
 	if err != nil {
 		return err
@@ -267,33 +269,11 @@ func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) er
 	if len(res) != len(pl.Probes) {
 		failed = append(failed, fmt.Sprintf("%d results for %d probes", len(res), len(pl.Probes)))
 	}
-	if len(failed) > 0 {
+	if len(failed) > 0 || !probesPass(res) {
 		return withHint(fmt.Errorf("egress self-test failed: %s", strings.Join(failed, "; ")),
 			"the bottle was stopped; logs are in "+filepath.Join(p.Stage, logsDir))
 	}
 	return nil
-}
-
-// guestProbePlan is the matrix up checks from inside the guest. The
-// addresses it must not reach are documentation ranges (RFC 5737, RFC 3849)
-// and the metadata address: a probe that fails never leaves gvproxy's empty
-// namespace, and one that succeeded would be the finding.
-func guestProbePlan(p *plan, canary int) probePlan {
-	vip := p.Net.HostVIP.String()
-	pl := probePlan{Gateway: p.Net.Gateway.String()}
-	add := func(pr probe) { pl.Probes = append(pl.Probes, pr) }
-	add(probe{Name: proxyName + " resolves", Kind: probeResolve, Host: proxyName, Want: vip})
-	for _, s := range p.Sidecars {
-		add(probe{Name: s.Name + " answers", Kind: probeTCP, Addr: net.JoinHostPort(vip, strconv.Itoa(s.Port))})
-	}
-	add(probe{Name: "host loopback canary", Kind: probeNoTCP, Addr: net.JoinHostPort(vip, strconv.Itoa(canary))})
-	add(probe{Name: "direct address", Kind: probeNoTCP, Addr: "203.0.113.10:443"})
-	add(probe{Name: "metadata address", Kind: probeNoTCP, Addr: "169.254.169.254:80"})
-	add(probe{Name: "IPv6", Kind: probeNoTCP6, Addr: "[2001:db8::1]:443"})
-	add(probe{Name: "other name A", Kind: probeNoDNS, Host: "example.com", Type: "A"})
-	add(probe{Name: "other name TXT", Kind: probeNoDNS, Host: "example.com", Type: "TXT"})
-	add(probe{Name: "proxy.internal TXT", Kind: probeNoDNS, Host: "PROXY.internal", Type: "TXT"})
-	return pl
 }
 
 // bottleDown stops and deletes everything of a bottle but its logs. It

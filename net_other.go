@@ -44,7 +44,7 @@ type confineSpec struct {
 	Unconfined bool
 }
 
-type confinedNet struct{}
+type confinedNet struct{ GvproxyPID int }
 
 func (c *confinedNet) Close() error          { return nil }
 func (c *confinedNet) Done() <-chan struct{} { return nil }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,7 +44,7 @@ const (
 const (
 	probeResolve = "resolve" // Host (A) must resolve to exactly Want
 	probeEcho    = "echo"    // Addr must echo Bytes bytes back intact
-	probeTCP     = "tcp"     // a TCP connection to Addr must open (a sidecar answers)
+	probeTCP     = "tcp"     // a TCP connection to Addr must open
 	probeNoTCP   = "no-tcp"  // a TCP connection to Addr must fail
 	probeNoTCP6  = "no-tcp6" // the same over IPv6
 	probeNoUDP   = "no-udp"  // a datagram to Addr must get no reply
@@ -77,6 +78,54 @@ type probeResult struct {
 	Kind   string `json:"kind"`
 	Pass   bool   `json:"pass"`
 	Detail string `json:"detail"`
+}
+
+// The addresses the start-up self-test must not reach are documentation
+// ranges (RFC 5737, RFC 3849): only the guest dials them, and a confined
+// gvproxy cannot carry them further. A broken confinement is caught by the
+// canary row instead: a live listener on host loopback that no relay
+// reaches, which an unconfined gvproxy's NAT would hand to the guest.
+const (
+	startupDirectIP = "203.0.113.10:443"
+	startupIPv6     = "[2001:db8::1]:443"
+)
+
+// startupProbePlan is the egress self-test run in the guest at every start
+// (DESIGN.md §2): proxy.internal resolves and each sidecar port answers;
+// other names do not resolve; the host loopback canary (when canary > 0),
+// a direct IP, the cloud-metadata address and IPv6 fail. A failing row
+// stops the bottle.
+func startupProbePlan(n bottleNet, ports []int, canary int) probePlan {
+	plan := probePlan{Gateway: n.Gateway.String()}
+	add := func(p probe) { plan.Probes = append(plan.Probes, p) }
+	vip := n.HostVIP.String()
+	add(probe{Name: proxyName + " resolves to " + vip, Kind: probeResolve, Host: proxyName + ".", Want: vip})
+	for _, port := range ports {
+		addr := net.JoinHostPort(vip, strconv.Itoa(port))
+		add(probe{Name: "sidecar " + addr + " answers", Kind: probeTCP, Addr: addr})
+	}
+	if canary > 0 {
+		addr := net.JoinHostPort(vip, strconv.Itoa(canary))
+		add(probe{Name: "host loopback canary " + addr, Kind: probeNoTCP, Addr: addr})
+	}
+	for _, typ := range []string{"A", "AAAA", "TXT", "MX"} {
+		add(probe{Name: "DNS example.com " + typ, Kind: probeNoDNS, Host: "example.com.", Type: typ})
+	}
+	add(probe{Name: "DNS PROXY.INTERNAL TXT", Kind: probeNoDNS, Host: "PROXY.INTERNAL.", Type: "TXT"})
+	add(probe{Name: "direct IP " + startupDirectIP, Kind: probeNoTCP, Addr: startupDirectIP})
+	add(probe{Name: "cloud metadata 169.254.169.254:80", Kind: probeNoTCP, Addr: "169.254.169.254:80"})
+	add(probe{Name: "IPv6 " + startupIPv6, Kind: probeNoTCP6, Addr: startupIPv6})
+	return plan
+}
+
+// probesPass reports whether every row held.
+func probesPass(rs []probeResult) bool {
+	for _, r := range rs {
+		if !r.Pass {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 // runProbeCmd runs a plan given as JSON and prints the results as JSON.
@@ -144,7 +193,7 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 			return false, shortErr(err)
 		}
 		c.Close()
-		return true, "connected to " + p.Addr
+		return true, "connected"
 	case probeNoTCP, probeNoTCP6:
 		network := "tcp4"
 		if p.Kind == probeNoTCP6 {

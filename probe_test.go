@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -98,5 +99,37 @@ func TestProbeUnknownKind(t *testing.T) {
 	res := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "x", Kind: "nonsense"}}})
 	if len(res) != 1 || res[0].Pass {
 		t.Errorf("unknown kind: got %+v, want one failing row", res)
+	}
+}
+
+func TestStartupProbePlan(t *testing.T) {
+	n := netFor(42)
+	plan := startupProbePlan(n, []int{4001, 4002}, 4003)
+	if plan.Gateway != "192.168.42.1" {
+		t.Errorf("gateway: got %q", plan.Gateway)
+	}
+	kinds := map[string]int{}
+	for _, p := range plan.Probes {
+		kinds[p.Kind]++
+		if p.Kind == probeTCP && !strings.HasPrefix(p.Addr, "192.168.42.254:") {
+			t.Errorf("sidecar probe to %q, want the host virtual IP", p.Addr)
+		}
+	}
+	if kinds[probeResolve] != 1 || kinds[probeTCP] != 2 || kinds[probeNoDNS] < 4 || kinds[probeNoTCP] < 3 || kinds[probeNoTCP6] != 1 {
+		t.Errorf("got kinds %v", kinds)
+	}
+}
+
+func TestProbeTCPAndPass(t *testing.T) {
+	addr := loopbackTCP(t, func(c net.Conn) { c.Close() })
+	rs := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "up", Kind: probeTCP, Addr: addr}}})
+	if !probesPass(rs) {
+		t.Errorf("listening port: %+v", rs)
+	}
+	if probesPass(nil) {
+		t.Error("no rows: got pass")
+	}
+	if probesPass([]probeResult{{Pass: true}, {Pass: false}}) {
+		t.Error("a failing row: got pass")
 	}
 }

@@ -65,6 +65,9 @@ var (
 	peerTCPPort  = 80
 	peerUDPPort  = 7
 	metadataAddr = "169.254.169.254:80"
+	// The guest's IPv6 (ULA) in the selftest, and the router it is told of.
+	guestIPv6        = "fd00:5b::2/64"
+	guestIPv6Gateway = "fd00:5b::1"
 )
 
 // runNetInternal dispatches the internal subcommands of the network code.
@@ -154,6 +157,18 @@ func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return runSandbox(ctx, "matrix", o, stdout, stderr)
 }
 
+// checkTun fails early when gvforwarder will not be able to create tap0:
+// it opens /dev/net/tun as the caller's own uid, and a user namespace grants
+// no access to a device node the caller cannot open.
+func checkTun() error {
+	f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		return withHint(fmt.Errorf("selftest: the guest stand-in needs /dev/net/tun: %v", err),
+			"most distributions ship it mode 0666; here: chmod 0666 /dev/net/tun, or run the selftest as root")
+	}
+	return f.Close()
+}
+
 // runSandbox runs _selftest-host in fresh user, network and mount namespaces
 // in a fresh stage directory, and removes the stage afterwards.
 func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, stderr io.Writer) error {
@@ -168,13 +183,8 @@ func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, std
 	if err := checkStatic(gvproxy); err != nil {
 		return err
 	}
-	// gvforwarder opens /dev/net/tun as the caller's own uid: a user
-	// namespace grants no access to a device node the caller cannot open.
-	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
-		return withHint(fmt.Errorf("selftest: the guest stand-in needs /dev/net/tun: %v", err),
-			"most distributions ship it mode 0666; here: chmod 0666 /dev/net/tun, or run the selftest as root")
-	} else {
-		f.Close()
+	if err := checkTun(); err != nil {
+		return err
 	}
 	// The sandbox creates its veth pairs with iproute2; found here, on the
 	// caller's PATH, because children get an empty environment.
@@ -608,7 +618,8 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		{Name: "DNS PROXY.INTERNAL TXT", Kind: probeNoDNS, Host: "PROXY.INTERNAL.", Type: "TXT"},
 		{Name: "DNS Proxy.Internal MX", Kind: probeNoDNS, Host: "Proxy.Internal.", Type: "MX"},
 		{Name: "DNS PROXY.INTERNAL AAAA", Kind: probeNoDNS, Host: "PROXY.INTERNAL.", Type: "AAAA"},
-		{Name: "IPv6 [2001:db8::10]:80", Kind: probeNoTCP6, Addr: "[2001:db8::10]:80"},
+		{Name: "IPv6 [2001:db8::10]:80 (guest has " + guestIPv6 + ")", Kind: probeNoTCP6, Addr: "[2001:db8::10]:80"},
+		{Name: "IPv6 on-link [" + guestIPv6Gateway + "]:80", Kind: probeNoTCP6, Addr: "[" + guestIPv6Gateway + "]:80"},
 		{Name: "cloud metadata " + metadataAddr, Kind: probeNoTCP, Addr: metadataAddr},
 		{Name: "32 dials to black hole " + blackHole + " do not stall the sidecar", Kind: probeBurst, Addr: vip(sidecarPort), Want: blackHole, Count: 32},
 		{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
@@ -772,7 +783,7 @@ func (s *sandbox) runGuest(ctx context.Context, socks []string, nets []bottleNet
 		subnets[i] = n.Subnet.String()
 	}
 	cmd := exec.CommandContext(ctx, self, selftestGuestCmd, "-socket", strings.Join(socks, ","), "-gvforwarder", s.gvforwarder,
-		"-subnet", strings.Join(subnets, ","), "-mode", mode, "-plan", string(planJSON))
+		"-subnet", strings.Join(subnets, ","), "-mode", mode, "-plan", string(planJSON), "-ip", s.ip)
 	cmd.Args[0] = "smolbottle"
 	var out bytes.Buffer
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", &out, s.log
@@ -797,6 +808,7 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 	subnets := fs.String("subnet", "", "")
 	mode := fs.String("mode", "matrix", "")
 	planJSON := fs.String("plan", "", "")
+	ipCmd := fs.String("ip", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -833,7 +845,8 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 			return fmt.Errorf("guest: %w", err)
 		}
 		if i == 0 {
-			err = configureGuest(iface, n, gvproxyMTU)
+			// Exactly what the VM runs: smolbottle _guestnet.
+			err = runGuestNet(ctx, []string{"-iface", iface, "-subnet", subnetList[i]}, stderr)
 		} else {
 			// The host virtual IP is on-link: no route needed.
 			err = setLinkMTU(iface, gvproxyMTU)
@@ -849,6 +862,20 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 		}
 		if err := waitGateway(ctx, n, 10*time.Second); err != nil {
 			return fmt.Errorf("guest: %w", err)
+		}
+	}
+	if *mode == "matrix" {
+		// Give the guest IPv6 on tap0, so that the IPv6 probes put frames on
+		// the wire to gvproxy instead of failing in the guest's own kernel.
+		for _, args := range [][]string{
+			{"-6", "addr", "add", guestIPv6, "dev", "tap0", "nodad"},
+			{"-6", "route", "add", "default", "via", guestIPv6Gateway, "dev", "tap0"},
+		} {
+			ip := exec.CommandContext(ctx, *ipCmd, args...)
+			ip.Env, ip.Dir = []string{}, "/"
+			if out, err := ip.CombinedOutput(); err != nil {
+				return fmt.Errorf("guest: ip %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+			}
 		}
 	}
 	defer cancel()
