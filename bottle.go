@@ -171,7 +171,7 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		return nil, err
 	}
 	if within(p.Stage, p.Workspace) || within(p.Workspace, p.Stage) {
-		return nil, fmt.Errorf("stage %q and workspace %q overlap: the guest could reach the relay sockets through the workspace", p.Stage, p.Workspace)
+		return nil, fmt.Errorf("stage %q and workspace %q overlap: the guest would see the stage (gvproxy's socket, configs, logs) through the workspace", p.Stage, p.Workspace)
 	}
 	if err := checkStageFree(p.Stage, p.Slug); err != nil {
 		return nil, err
@@ -386,7 +386,6 @@ func (p *plan) render() error {
 	p.Files = []plannedFile{
 		dir("", "stage directory"),
 		dir(sockDir, "gvproxy socket, the only directory gvproxy may write"),
-		dir(relayDir, "relay sockets, hidden from gvproxy"),
 		dir(guestDir, "binaries mounted read-only at "+guestBinDir+" (filled by up)"),
 		dir(logsDir, "logs, kept by down"),
 		file(smolfileName, "smolvm machine definition", smol),

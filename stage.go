@@ -23,7 +23,7 @@ import (
 //	<stage>/gvproxy.yaml   gvproxy config
 //	<stage>/pipelock.yaml  egress proxy config
 //	<stage>/sock/          gvproxy's API socket (the only directory gvproxy may write)
-//	<stage>/relay/         relay sockets, never visible to gvproxy
+//	<stage>/jail/          gvproxy's chroot mount point, empty outside its namespace
 //	<stage>/guest/         binaries mounted read-only into the guest
 //	<stage>/logs/          logs, kept by down
 //	<stage>/state.json     pids of a running bottle, written by up
@@ -34,7 +34,6 @@ const (
 	gvproxyFile  = "gvproxy.yaml"
 	pipelockFile = "pipelock.yaml"
 	sockDir      = "sock"
-	relayDir     = "relay"
 	guestDir     = "guest"
 	logsDir      = "logs"
 	gvproxySock  = "gvproxy.sock"
@@ -57,13 +56,10 @@ func stateRoot(getenv func(string) string) (string, error) {
 	return filepath.Join(home, ".local", "state", "smolbottle"), nil
 }
 
-// checkSocketPaths refuses a stage whose longest unix socket path would not
-// fit in sun_path on every supported host.
+// checkSocketPaths refuses a stage whose unix socket path (gvproxy's; the
+// relays use no socket files) would not fit in sun_path on every host.
 func checkSocketPaths(stage string) error {
-	longest := filepath.Join(stage, relayDir, "65535.sock")
-	if s := filepath.Join(stage, sockDir, gvproxySock); len(s) > len(longest) {
-		longest = s
-	}
+	longest := filepath.Join(stage, sockDir, gvproxySock)
 	if len(longest) > maxSocketPath {
 		return withHint(fmt.Errorf("stage %q is too long for a unix socket: %q is %d bytes, the limit is %d",
 			stage, longest, len(longest), maxSocketPath), "pass -stage with a shorter directory, such as /tmp/sb-SLUG")
