@@ -345,3 +345,46 @@ func madeMachine(t *testing.T, f *fakeSmolvmBin) bool {
 	}
 	return false
 }
+
+// TestUpInterrupted cancels up (as SIGINT does) while the machine boots:
+// up returns, and what it started is gone, the machine it created too.
+func TestUpInterrupted(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	f.control(t, fakeControl{Hang: map[string]bool{"start": true}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		var out, errb bytes.Buffer
+		done <- run(ctx, b.upArgs("intr"), &out, &errb)
+	}()
+	// Wait until up is inside machine start, then interrupt it.
+	deadline := time.Now().Add(30 * time.Second)
+	for !madeMachine(t, f) || !startRan(t, f) {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("up never reached machine start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("interrupted up succeeded")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("up did not return after the interrupt")
+	}
+	assertTornDown(t, b, f, "intr")
+}
+
+func startRan(t *testing.T, f *fakeSmolvmBin) bool {
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 2 && r.Argv[1] == "start" && r.Argv[2] == "--name" {
+			return true
+		}
+	}
+	return false
+}
