@@ -361,6 +361,9 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if opts.JSON {
+		return usageError("-json is a plan flag")
+	}
 	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
 	if err != nil {
 		return err
@@ -479,6 +482,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	opts, err := parsePlanFlags(fs, flags)
 	if err != nil {
 		return err
+	}
+	if opts.JSON {
+		return usageError("-json is a plan flag")
 	}
 	if len(command) == 0 {
 		command = []string{"claude"}

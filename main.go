@@ -8,7 +8,14 @@
 // Usage:
 //
 //	smolbottle plan [flags] SLUG
+//	smolbottle up [flags] [-q] SLUG
+//	smolbottle run [flags] [-q] [-keep] SLUG [-- CMD [ARG...]]
+//	smolbottle exec [-t] [-w DIR] [-stage DIR] SLUG -- CMD [ARG...]
+//	smolbottle cp [-stage DIR] SLUG HOST_FILE GUEST_PATH
+//	smolbottle down [-n] [-stage DIR] SLUG
+//	smolbottle ls [-json]
 //	smolbottle doctor
+//	smolbottle selftest [-v] [-unconfined]
 //	smolbottle version
 //
 // Plan resolves a bottle without starting anything: it runs the preflight,
@@ -16,11 +23,27 @@
 // sidecar, writes the stage directory and prints what up would run and what
 // down would undo. -json prints the same plan as JSON.
 //
+// Up plans the bottle, then starts a supervisor that owns the confined
+// gvproxy, its relays and the sidecars; creates and starts the machine with
+// no smolvm network and gvproxy's socket bridged in; starts gvforwarder in
+// the guest, configures the guest network and runs the egress self-test
+// from inside the guest. A forbidden destination that answers stops the
+// bottle. Run is up, then the agent with a terminal in /workspace, then
+// down unless -keep. Exec runs a command in a running bottle and passes
+// its exit status through. Cp copies one file in. Down stops the
+// supervisor and everything it owns, deletes the machine and removes the
+// stage but its logs; it is idempotent and works after a crash; -n prints
+// what it would do. Ls lists bottles as planned, running or stale.
+//
 // Doctor prints what the preflight finds: each program with its path and
 // version, whether the smolvm on PATH is smol-machines' and has the flags
 // the design needs, and whether user and network namespaces can be created.
+// Selftest proves the confinement: it runs the real gvproxy confined and
+// the real gvforwarder in namespaces it creates and prints the
+// reachability matrix.
 //
-// Exit status is 0 on success, 1 on failure and 2 on a usage error.
+// Exit status is 0 on success, 1 on failure and 2 on a usage error; exec
+// and run exit with the guest command's status.
 //
 // Security: smolbottle trusts the smolvm, gvproxy, gvforwarder and pipelock
 // binaries it finds on PATH (or beside itself) and checks their versions. It
@@ -29,7 +52,8 @@
 // written whole. No secret value is ever written: ANTHROPIC_API_KEY and
 // CLAUDE_CODE_OAUTH_TOKEN reach the guest as references smolvm resolves from
 // its environment. Child programs get an explicit environment and argv,
-// never a shell.
+// never a shell. Nothing listens on anything but 127.0.0.1 or a unix socket
+// in a 0700 directory.
 package main
 
 import (
@@ -164,31 +188,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 const usage = `Usage: smolbottle COMMAND [flags] [SLUG]
 
 Commands:
-  plan SLUG      resolve a bottle, write its stage, print the plan; start nothing
-  doctor         check smolvm, gvproxy, gvforwarder, pipelock and namespaces
-  version        print the version
+  plan SLUG              resolve a bottle, write its stage, print the plan; start nothing
+  up SLUG                plan, start the supervisor and the machine, self-test the egress
+  run SLUG [-- CMD...]   up, the agent (default claude) with a terminal, then down
+  exec SLUG -- CMD...    run a command in a running bottle; its exit status passes through
+  cp SLUG FILE PATH      copy one host file into the guest at PATH
+  down SLUG              stop and delete everything but the logs (-n: only print)
+  ls                     list bottles: planned, running or stale
+  doctor                 check smolvm, gvproxy, gvforwarder, pipelock and namespaces
+  selftest               prove the confinement: the reachability matrix, in namespaces
+  version                print the version
 
-Plan flags:
+Plan flags (also for up and run):
   -image PATH          local OCI/docker archive (.tar, .tar.gz, .tgz) or rootfs directory
   -workspace DIR       mounted at /workspace (default: current directory)
   -allow HOST          egress allow-list entry, repeatable: NAME or *.DOMAIN
                        (default api.anthropic.com; giving -allow replaces it)
-  -git-gate            add the git gateway sidecar
-  -supervise           add the supervision sidecar
+  -git-gate            add the git gateway sidecar, started from -git-gate-cmd
+  -git-gate-cmd ARGV   its command; {port} and {stage} are substituted, split at spaces
+  -supervise           add the supervision sidecar, started from -supervise-cmd
+  -supervise-cmd ARGV  its command, as for -git-gate-cmd
   -egress-proxy ADDR   use a proxy already running on 127.0.0.1:PORT instead of pipelock
   -cpus N              virtual CPUs (default 4)
   -mem MIB             memory in MiB (default 4096)
   -stage DIR           stage directory (default ~/.local/state/smolbottle/SLUG)
   -backend NAME        bottle backend (default smolmachines)
-  -json                print the plan as JSON
+  -json                print the plan as JSON (plan only)
+  -q                   no progress on stderr (up and run)
+  -keep                leave the bottle running after the agent exits (run only)
 
 Examples:
   $ docker save node:22 -o node.tar
   $ smolbottle plan -image node.tar -workspace ~/src/app demo
-  $ smolbottle plan -image node.tar -allow api.anthropic.com -allow '*.npmjs.org' -json demo
+  $ smolbottle run -image agent.tar -allow api.anthropic.com -allow '*.npmjs.org' demo
+  $ smolbottle exec demo -- npm test
+  $ smolbottle down demo
   $ smolbottle doctor
 
-Exit status: 0 success, 1 failure, 2 usage error.
+Exit status: 0 success, 1 failure, 2 usage error; exec and run pass the guest's through.
 `
 
 // version reports the module version stamped by go install, if any.
