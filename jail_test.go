@@ -21,24 +21,7 @@ import (
 )
 
 // startEcho serves an echo on 127.0.0.1 for the test's lifetime.
-func startEcho(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go echoServe(c)
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func startEcho(t testing.TB) int { return portOf(loopbackTCP(t, echoServe)) }
 
 // footprint is what a confined network leaves in the system while it runs.
 type footprint struct {

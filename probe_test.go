@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -11,7 +12,7 @@ import (
 // The probes must be able to fail: each "must not" probe is run here
 // against a loopback listener that does answer.
 
-func loopbackTCP(t *testing.T, serve func(net.Conn)) string {
+func loopbackTCP(t testing.TB, serve func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -28,6 +29,13 @@ func loopbackTCP(t *testing.T, serve func(net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// portOf returns the port of a host:port address.
+func portOf(addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 func echoConn(c net.Conn) {

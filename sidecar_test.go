@@ -144,24 +144,7 @@ func (f *pipelockFixture) spec() sidecarSpec {
 }
 
 // echoServer listens on a loopback port and echoes every connection.
-func echoServer(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func echoServer(t *testing.T) int { return portOf(loopbackTCP(t, echoConn)) }
 
 func TestStartPipelock(t *testing.T) {
 	t.Parallel()
