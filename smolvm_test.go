@@ -300,6 +300,7 @@ func (f *smolvmFixture) create(t *testing.T, name string) {
 
 func TestSmolvmLifecycle(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	s := f.s
@@ -499,6 +500,7 @@ func TestSmolvmExecStopped(t *testing.T) {
 
 func TestSmolvmExecExitCode(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-exit")
@@ -529,6 +531,7 @@ func TestSmolvmExecExitCode(t *testing.T) {
 
 func TestSmolvmSecretNeverInArgv(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-secret")
@@ -584,6 +587,7 @@ func TestSmolvmSecretNeverInArgv(t *testing.T) {
 
 func TestSmolvmExecCancel(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	for _, ignoreTerm := range []bool{false, true} {
 		f := newSmolvmFixture(t)
 		f.create(t, "sb-hang")
@@ -607,6 +611,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 
 func TestSmolvmExecUser(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-user")
@@ -642,6 +647,7 @@ func TestSmolvmExecUser(t *testing.T) {
 
 func TestSmolvmCp(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-cp")
@@ -672,7 +678,7 @@ func TestSmolvmCp(t *testing.T) {
 		t.Errorf("cp of a symlink to a file = %v", err)
 	}
 	want, _ := os.ReadFile(f.smolfile)
-	if got, err := f.fake.guestFile("sb-cp", "/etc/smolfile"); err != nil || !bytes.Equal(got, want) {
+	if got, err := f.fake.guestFile(t, "sb-cp", "/etc/smolfile"); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("guest file = %q, %v", got, err)
 	}
 }
@@ -805,6 +811,7 @@ func TestParseDetachedPID(t *testing.T) {
 
 func TestSmolvmExecDetached(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	if runtime.GOOS != "linux" {
 		t.Skip("processAlive reads /proc")
 	}
