@@ -590,3 +590,184 @@ func fakeVMExec(c *net.UnixConn, req fakeVMRequest, files []*os.File) fakeVMRepl
 	}
 	return fakeVMReply{Code: 127, Err: fmt.Sprintf("fake: exec %s: %v", req.Argv[0], err)}
 }
+
+// fakeVMFixture is a fake smolvm and a Smolfile for tests of the VM.
+type fakeVMFixture struct {
+	fake     *fakeSmolvmBin
+	s        *smolvm
+	smolfile string
+}
+
+// newFakeVMFixture renders a Smolfile with volumes (HOST:GUEST[:ro]) and a
+// fresh workspace at /workspace, for a current smolvm (exec --user).
+func newFakeVMFixture(t *testing.T, volumes ...string) *fakeVMFixture {
+	t.Helper()
+	dir := t.TempDir()
+	ws, image := filepath.Join(dir, "workspace"), filepath.Join(dir, "image")
+	for _, d := range []string{ws, image} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sf, err := renderSmolfile(smolfileSpec{Image: image, Workdir: "/workspace", CPUs: 1, MemMiB: 512,
+		Volumes: append([]string{ws + ":/workspace"}, volumes...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "Smolfile")
+	if err := os.WriteFile(path, sf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fake := newFakeSmolvm(t)
+	parent := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	return &fakeVMFixture{fake: fake, s: fake.driver(t, parent), smolfile: path}
+}
+
+// vmLog is the fake VM's log (the output of what runs detached).
+func (f *fakeVMFixture) vmLog(name string) string {
+	b, _ := os.ReadFile(filepath.Join(f.fake.dir, "vm-"+name+".log"))
+	return string(b)
+}
+
+// guestRun runs argv in the machine as root and returns its stdout.
+func (f *fakeVMFixture) guestRun(ctx context.Context, name string, argv ...string) (string, error) {
+	var out, errb bytes.Buffer
+	err := f.s.exec(ctx, name, execOpts{User: "root", Stdout: &out, Stderr: &errb}, argv...)
+	if err != nil {
+		return out.String(), fmt.Errorf("%q: %w (stderr %q)", argv, err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// vmNamespaces returns the namespaces of a process, "net:[4026...]".
+func vmNamespaces(t *testing.T, pid int) []string {
+	t.Helper()
+	var nss []string
+	for _, kind := range []string{"net", "user", "mnt"} {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+		if err != nil {
+			t.Fatalf("namespace %s of %d: %v", kind, pid, err)
+		}
+		nss = append(nss, l)
+	}
+	return nss
+}
+
+// TestFakeVMGuest checks that the fake VM is a guest of its own: its own
+// root, loopback only, read-only volumes and host programs, the bridged
+// socket, and that delete leaves nothing behind.
+func TestFakeVMGuest(t *testing.T) {
+	t.Parallel()
+	needFakeVM(t)
+	ctx := context.Background()
+	ro := t.TempDir()
+	if err := os.WriteFile(filepath.Join(ro, "tool"), []byte("read me\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeVMFixture(t, ro+":/opt/ro:ro")
+	sockDir := t.TempDir()
+	sock := filepath.Join(sockDir, "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("from the host socket\n"))
+			c.Close()
+		}
+	}()
+	const name = "sb-guest"
+	if err := f.s.create(ctx, createSpec{Name: name, Smolfile: f.smolfile,
+		Sockets: []socketMount{{Host: sock, Guest: "/run/x/s.sock"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.start(ctx, name, nil); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	vm := f.fake.state(t).Machines[name].PID
+	if !fakeIsVM(vm) {
+		t.Fatalf("machine pid %d is not a running fake VM", vm)
+	}
+	nss := vmNamespaces(t, vm)
+	for i, kind := range []string{"net", "user", "mnt"} {
+		if own, _ := os.Readlink("/proc/self/ns/" + kind); own == nss[i] {
+			t.Errorf("the VM shares the test's %s namespace", kind)
+		}
+	}
+
+	for _, tc := range []struct {
+		argv []string
+		want string // stdout; "" only checks success
+		fail bool
+	}{
+		{[]string{"cat", "/opt/ro/tool"}, "read me\n", false},
+		{[]string{"sh", "-c", "echo x > /opt/ro/new"}, "", true},
+		{[]string{"sh", "-c", "echo x > /usr/new"}, "", true},
+		{[]string{"sh", "-c", "echo hi > /workspace/w && cat /workspace/w"}, "hi\n", false},
+		{[]string{"ls", ro}, "", true}, // the host's tree is not there
+		{[]string{"id", "-u"}, "0\n", false},
+		{[]string{"pwd"}, "/workspace\n", false},
+		{[]string{"sh", "-c", "test -S /run/x/s.sock && test -c /dev/net/tun && test -c /dev/null && echo ok"}, "ok\n", false},
+	} {
+		out, err := f.guestRun(ctx, name, tc.argv...)
+		switch {
+		case tc.fail && err == nil:
+			t.Errorf("%q succeeded in the guest (stdout %q)", tc.argv, out)
+		case !tc.fail && err != nil:
+			t.Errorf("%v", err)
+		case !tc.fail && tc.want != "" && out != tc.want:
+			t.Errorf("%q printed %q, want %q", tc.argv, out, tc.want)
+		}
+	}
+	// The guest root is a tmpfs in the VM's mount namespace: on the host
+	// its mount point stays empty.
+	if ents, err := os.ReadDir(filepath.Join(f.fake.dir, fakeSmolvmGuests, name)); err != nil || len(ents) != 0 {
+		t.Errorf("the guest root shows on the host: %v, %v", ents, err)
+	}
+	var echo bytes.Buffer
+	err = f.s.exec(ctx, name, execOpts{Interactive: true, Stdin: strings.NewReader("stdin reaches the guest\n"), Stdout: &echo}, "cat")
+	if err != nil || echo.String() != "stdin reaches the guest\n" {
+		t.Errorf("exec -i cat = %q, %v", echo.String(), err)
+	}
+	ifs, err := procInterfaces(vm)
+	if err != nil || len(ifs) != 1 || ifs[0] != "lo" {
+		t.Errorf("the VM's interfaces = %v, %v; want only lo", ifs, err)
+	}
+	sleeper, err := f.s.execDetached(ctx, name, execOpts{User: "root"}, "sleep", "600")
+	if err != nil {
+		t.Fatalf("exec --detach: %v", err)
+	}
+	if err := f.s.delete(ctx, name); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	checkGone(t, footprint{pids: []int{vm, sleeper}, nss: nss}, false)
+	if _, err := os.Stat(fakeVMSocket(f.fake.dir, vm)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the VM's control socket is left: %v", err)
+	}
+}
+
+// TestFakeVMStartFails checks that a VM that cannot boot fails start with
+// the fake's message and leaves the machine created.
+func TestFakeVMStartFails(t *testing.T) {
+	t.Parallel()
+	needFakeVM(t)
+	ctx := context.Background()
+	f := newFakeVMFixture(t)
+	if err := f.s.create(ctx, createSpec{Name: "sb-notun", Smolfile: f.smolfile}); err != nil {
+		t.Fatal(err)
+	}
+	f.fake.control(t, fakeControl{Tun: filepath.Join(t.TempDir(), "no-tun")})
+	err := f.s.start(ctx, "sb-notun", nil)
+	if err == nil || !strings.Contains(err.Error(), "fake: start machine sb-notun: the fake VM needs") {
+		t.Fatalf("start without a tun device = %v", err)
+	}
+	if st, err := f.s.status(ctx, "sb-notun"); err != nil || st.State != "created" || st.PID != nil {
+		t.Errorf("after a failed start: %+v, %v; want created without a pid", st, err)
+	}
+}
