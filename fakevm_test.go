@@ -11,9 +11,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -770,4 +773,148 @@ func TestFakeVMStartFails(t *testing.T) {
 	if st, err := f.s.status(ctx, "sb-notun"); err != nil || st.State != "created" || st.PID != nil {
 		t.Errorf("after a failed start: %+v, %v; want created without a pid", st, err)
 	}
+}
+
+// buildStaticGuest puts what the guest runs in dir: a copy of gvforwarder
+// and a static smolbottle (the guest has no libc of ours to rely on).
+func buildStaticGuest(t *testing.T, ctx context.Context, dir, gvforwarder string) {
+	t.Helper()
+	b, err := os.ReadFile(gvforwarder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "gvforwarder"), b, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goTool); err != nil {
+		if goTool, err = exec.LookPath("go"); err != nil {
+			t.Fatalf("no go command to build the guest's smolbottle: %v", err)
+		}
+	}
+	out := filepath.Join(dir, "smolbottle")
+	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, msg)
+	}
+	if err := checkStaticELF(out); err != nil {
+		t.Fatalf("the guest's smolbottle: %v", err)
+	}
+}
+
+// TestFakeVMConfinedNetwork runs the guest side of a bottle's network for
+// real: confined gvproxy on the host (startConfined), the machine created
+// and started with the fake smolvm, gvproxy's socket bridged in with
+// --mount-socket, gvforwarder started with exec --detach, the guest
+// network configured by smolbottle _guestnet and probed by smolbottle
+// _probe, all from the read-only /opt/smolbottle volume. The guest reaches
+// the relayed sidecar and nothing else; delete leaves no process behind.
+func TestFakeVMConfinedNetwork(t *testing.T) {
+	gvproxy, gvforwarder := netTools(t)
+	needFakeVM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	guestBin := t.TempDir()
+	buildStaticGuest(t, ctx, guestBin, gvforwarder)
+	sidecar := startEcho(t)
+	// A host loopback service that is not relayed: nothing may reach it.
+	other, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherPort := other.Addr().(*net.TCPAddr).Port
+	var reached counter
+	go func() {
+		for {
+			c, err := other.Accept()
+			if err != nil {
+				return
+			}
+			reached.hit("tcp from %s", c.RemoteAddr())
+			c.Close()
+		}
+	}()
+
+	n := netFor(93)
+	var gvlog lockedBuffer
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: gvproxy, Net: n, Stage: t.TempDir(), Ports: []int{sidecar}, Log: &gvlog})
+	if err != nil {
+		t.Fatalf("startConfined: %v\n%s", err, gvlog.tail(2000))
+	}
+	defer cn.Close()
+
+	f := newFakeVMFixture(t, guestBin+":"+guestBinDir+":ro")
+	const name = "sb-net"
+	defer func() {
+		if t.Failed() {
+			t.Logf("VM log:\n%s\ngvproxy log:\n%s", f.vmLog(name), gvlog.tail(2000))
+		}
+	}()
+	if err := f.s.create(ctx, createSpec{Name: name, Smolfile: f.smolfile,
+		Sockets: []socketMount{{Host: cn.SocketPath, Guest: guestSocket}}}); err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	if err := f.s.start(ctx, name, nil); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	vm := f.fake.state(t).Machines[name].PID
+	nss := vmNamespaces(t, vm)
+
+	fwd, err := f.s.execDetached(ctx, name, execOpts{User: "root"}, guestBinDir+"/gvforwarder",
+		"-url", "unix://"+guestSocket, "-iface", guestTap, "-preexisting", "-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", "")
+	if err != nil {
+		t.Fatalf("exec --detach gvforwarder: %v", err)
+	}
+	if _, err := f.guestRun(ctx, name, guestBinDir+"/smolbottle", guestNetCmd, "-subnet", n.Subnet.String(), "-root", "/"); err != nil {
+		t.Fatalf("guest network: %v", err)
+	}
+	if got, err := f.guestRun(ctx, name, "cat", "/etc/resolv.conf"); err != nil || !strings.Contains(got, "nameserver "+n.Gateway.String()+"\n") {
+		t.Errorf("guest resolv.conf = %q, %v", got, err)
+	}
+
+	vip := func(port int) string { return netip.AddrPortFrom(n.HostVIP, uint16(port)).String() }
+	plan := probePlan{Gateway: n.Gateway.String(), Probes: []probe{
+		{Name: proxyName + " resolves to the host virtual IP", Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()},
+		{Name: "the relayed sidecar echoes 1 MiB", Kind: probeEcho, Addr: vip(sidecar), Bytes: 1 << 20},
+		{Name: "a host loopback port that is not relayed", Kind: probeNoTCP, Addr: vip(otherPort)},
+		{Name: "the same port on the guest's own loopback", Kind: probeNoTCP, Addr: loopbackAddr(otherPort)},
+		{Name: "a TEST-NET address", Kind: probeNoTCP, Addr: "198.51.100.7:80"},
+		{Name: "DNS beyond proxy.internal", Kind: probeNoDNS, Host: "example.com.", Type: "A"},
+	}}
+	planJSON, err := json.Marshal(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// _probe runs as the image's user, as up runs it.
+	var out, errb bytes.Buffer
+	err = f.s.exec(ctx, name, execOpts{Stdout: &out, Stderr: &errb}, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON))
+	if err != nil {
+		t.Fatalf("probe: %v (stderr %q)", err, errb.String())
+	}
+	var results []probeResult
+	if err := json.Unmarshal(out.Bytes(), &results); err != nil || len(results) != len(plan.Probes) {
+		t.Fatalf("probe printed %q: %v", out.String(), err)
+	}
+	for _, r := range results {
+		if !r.Pass {
+			t.Errorf("FAIL %s: %s", r.Name, r.Detail)
+			continue
+		}
+		t.Logf("PASS %s: %s", r.Name, r.Detail)
+	}
+	if hits := reached.list(); len(hits) > 0 {
+		t.Errorf("the unrelayed host port was reached: %v", hits)
+	}
+
+	gone := footprint{pids: []int{vm, fwd}, nss: nss}
+	if err := f.s.delete(ctx, name); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	checkGone(t, gone, false)
+	gvNss := vmNamespaces(t, cn.GvproxyPID)
+	cn.Close()
+	checkGone(t, footprint{pids: []int{cn.InnerPID, cn.GvproxyPID}, nss: gvNss}, false)
 }
