@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -804,12 +803,17 @@ func buildStaticGuest(t *testing.T, ctx context.Context, dir, gvforwarder string
 }
 
 // TestFakeVMConfinedNetwork runs the guest side of a bottle's network for
-// real: confined gvproxy on the host (startConfined), the machine created
-// and started with the fake smolvm, gvproxy's socket bridged in with
-// --mount-socket, gvforwarder started with exec --detach, the guest
-// network configured by smolbottle _guestnet and probed by smolbottle
-// _probe, all from the read-only /opt/smolbottle volume. The guest reaches
-// the relayed sidecar and nothing else; delete leaves no process behind.
+// real: confined gvproxy on the host (startConfined), then up's machine
+// steps (machineSteps) with the fake smolvm: create with gvproxy's socket
+// bridged in by --mount-socket, start, gvforwarder by exec --detach; then
+// smolbottle _guestnet and _probe from the read-only /opt/smolbottle
+// volume. The guest reaches the relayed sidecar and nothing else; delete
+// leaves no process behind.
+//
+// The plan's last two steps pass _guestnet "-subnet N" and _probe
+// "-subnet N -ports P", which neither command accepts (guestnet.go takes
+// -subnet 192.168.N.0/24, probe.go only -plan JSON); they run here with
+// the flags the commands do take.
 func TestFakeVMConfinedNetwork(t *testing.T) {
 	gvproxy, gvforwarder := netTools(t)
 	needFakeVM(t)
@@ -818,7 +822,7 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 
 	guestBin := t.TempDir()
 	buildStaticGuest(t, ctx, guestBin, gvforwarder)
-	sidecar := startEcho(t)
+	sidecarPort := startEcho(t)
 	// A host loopback service that is not relayed: nothing may reach it.
 	other, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -839,22 +843,37 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	}()
 
 	n := netFor(93)
+	stage := t.TempDir()
+	p := &plan{Machine: "sb-net", Stage: stage, Net: n, Sidecars: []sidecar{{Name: "sidecar", Port: sidecarPort}}}
+	steps := machineSteps(p)
+	if len(steps) != 5 || steps[0].sub != "create" || steps[1].sub != "start" || !steps[2].exec.Detach {
+		t.Fatalf("up's machine steps changed: %+v", steps)
+	}
 	var gvlog lockedBuffer
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: gvproxy, Net: n, Stage: t.TempDir(), Ports: []int{sidecar}, Log: &gvlog})
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: gvproxy, Net: n, Stage: stage, Ports: []int{sidecarPort}, Log: &gvlog})
 	if err != nil {
 		t.Fatalf("startConfined: %v\n%s", err, gvlog.tail(2000))
 	}
 	defer cn.Close()
+	if create := steps[0].create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.SocketPath {
+		t.Fatalf("up bridges %+v, but gvproxy listens on %q", create.Sockets, cn.SocketPath)
+	}
 
 	f := newFakeVMFixture(t, guestBin+":"+guestBinDir+":ro")
-	const name = "sb-net"
+	name := p.Machine
 	defer func() {
 		if t.Failed() {
 			t.Logf("VM log:\n%s\ngvproxy log:\n%s", f.vmLog(name), gvlog.tail(2000))
 		}
 	}()
-	if err := f.s.create(ctx, createSpec{Name: name, Smolfile: f.smolfile,
-		Sockets: []socketMount{{Host: cn.SocketPath, Guest: guestSocket}}}); err != nil {
+	sf, err := os.ReadFile(f.smolfile)
+	if err == nil {
+		err = os.WriteFile(steps[0].create.Smolfile, sf, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.create(ctx, steps[0].create); err != nil {
 		t.Fatalf("create: %v", err)
 	}
 	if err := f.s.start(ctx, name, nil); err != nil {
@@ -863,10 +882,9 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	vm := f.fake.state(t).Machines[name].PID
 	nss := vmNamespaces(t, vm)
 
-	fwd, err := f.s.execDetached(ctx, name, execOpts{User: "root"}, guestBinDir+"/gvforwarder",
-		"-url", "unix://"+guestSocket, "-iface", guestTap, "-preexisting", "-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", "")
+	fwd, err := f.s.execDetached(ctx, name, steps[2].exec, steps[2].cmd...)
 	if err != nil {
-		t.Fatalf("exec --detach gvforwarder: %v", err)
+		t.Fatalf("exec --detach %q: %v", steps[2].cmd, err)
 	}
 	if _, err := f.guestRun(ctx, name, guestBinDir+"/smolbottle", guestNetCmd, "-subnet", n.Subnet.String(), "-root", "/"); err != nil {
 		t.Fatalf("guest network: %v", err)
@@ -878,7 +896,7 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	vip := func(port int) string { return netip.AddrPortFrom(n.HostVIP, uint16(port)).String() }
 	plan := probePlan{Gateway: n.Gateway.String(), Probes: []probe{
 		{Name: proxyName + " resolves to the host virtual IP", Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()},
-		{Name: "the relayed sidecar echoes 1 MiB", Kind: probeEcho, Addr: vip(sidecar), Bytes: 1 << 20},
+		{Name: "the relayed sidecar echoes 1 MiB", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: 1 << 20},
 		{Name: "a host loopback port that is not relayed", Kind: probeNoTCP, Addr: vip(otherPort)},
 		{Name: "the same port on the guest's own loopback", Kind: probeNoTCP, Addr: loopbackAddr(otherPort)},
 		{Name: "a TEST-NET address", Kind: probeNoTCP, Addr: "198.51.100.7:80"},
@@ -888,7 +906,7 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// _probe runs as the image's user, as up runs it.
+	// _probe runs as the image's user, as up's step does.
 	var out, errb bytes.Buffer
 	err = f.s.exec(ctx, name, execOpts{Stdout: &out, Stderr: &errb}, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON))
 	if err != nil {

@@ -321,8 +321,13 @@ func TestSmolvmLifecycle(t *testing.T) {
 	if err := s.start(ctx, name, nil); err != nil {
 		t.Fatalf("second start: %v", err)
 	}
-	if st, err := s.status(ctx, name); err != nil || st.State != "running" || st.PID == nil {
+	st, err = s.status(ctx, name)
+	if err != nil || st.State != "running" || st.PID == nil {
 		t.Fatalf("status after start = %+v, %v", st, err)
+	}
+	vm := *st.PID
+	if !fakeIsVM(vm) {
+		t.Fatalf("machine pid %d is not a running fake VM", vm)
 	}
 
 	src := filepath.Join(t.TempDir(), "notes.md")
@@ -346,6 +351,9 @@ func TestSmolvmLifecycle(t *testing.T) {
 	}
 	if err := s.stop(ctx, name); err != nil {
 		t.Fatalf("stop: %v", err)
+	}
+	if fakeIsVM(vm) {
+		t.Errorf("the VM %d outlived stop", vm)
 	}
 	if err := s.stop(ctx, name); err != nil {
 		t.Fatalf("second stop: %v", err)
