@@ -37,11 +37,14 @@ import (
 //	                         stdin, stdout and stderr as SCM_RIGHTS; the
 //	                         command runs in the VM, the exit code comes back
 //
-// Nothing of the guest is visible on the host: the guest root is a tmpfs
+// The guest's own files are not visible on the host: its root is a tmpfs
 // in the VM's mount namespace, and gvforwarder's tap0 lives in the VM's
 // network namespace, so the only way out is the bridged gvproxy socket.
 // stop and delete kill the detached guest processes and the VM; the
-// namespaces go with it. Messages of the fake's own making start "fake:".
+// namespaces go with it. There is no pid namespace, so the pids exec
+// --detach prints are host pids, and no /proc in the guest: a bind of the
+// host's would show the host's processes. Messages of the fake's own
+// making start "fake:".
 
 func init() { fakes[fakeVMName] = fakeVM }
 
