@@ -939,3 +939,30 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	cn.Close()
 	checkGone(t, footprint{pids: []int{cn.InnerPID, cn.GvproxyPID}, nss: gvNss}, false)
 }
+
+// TestFakeVMExecCancel checks that a guest command ends with the smolvm
+// exec that ran it, as smolvm's agent ends it when its client goes away.
+func TestFakeVMExecCancel(t *testing.T) {
+	t.Parallel()
+	needFakeVM(t)
+	f := newFakeVMFixture(t)
+	const name = "sb-cancel"
+	if err := f.s.create(context.Background(), createSpec{Name: name, Smolfile: f.smolfile}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.start(context.Background(), name, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var out lockedBuffer
+	err := f.s.exec(ctx, name, execOpts{Stdout: &out}, "sh", "-c", "echo $$; exec sleep 60")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("exec past its context = %v, want deadline exceeded", err)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(out.tail(100), "%d", &pid); err != nil || pid <= 0 {
+		t.Fatalf("the guest printed %q, want its pid", out.tail(100))
+	}
+	checkGone(t, footprint{pids: []int{pid}}, false)
+}
