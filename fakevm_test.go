@@ -889,7 +889,7 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatalf("exec --detach %q: %v", steps[2].cmd, err)
 	}
-	if _, err := f.guestRun(ctx, name, guestBinDir+"/smolbottle", guestNetCmd, "-subnet", n.Subnet.String(), "-root", "/"); err != nil {
+	if _, err := f.guestRun(ctx, name, guestBinDir+"/smolbottle", guestNetCmd, "-iface", guestTap, "-subnet", n.Subnet.String(), "-root", "/"); err != nil {
 		t.Fatalf("guest network: %v", err)
 	}
 	if got, err := f.guestRun(ctx, name, "cat", "/etc/resolv.conf"); err != nil || !strings.Contains(got, "nameserver "+n.Gateway.String()+"\n") {
