@@ -2,12 +2,10 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -22,8 +20,8 @@ import (
 // parses argv the way smolvm 1.9.2's clap definitions do (a subset: the
 // flags listed below), keeps machines in a JSON file beside its own
 // executable, reproduces smolvm's messages and exit codes
-// (reference/smolvm.md §1), and runs exec commands on the host in a
-// scratch directory standing in for the guest. Beside itself it also
+// (reference/smolvm.md §1), and boots a fake VM on start (fakevm_test.go)
+// in which exec, exec --detach and cp run. Beside itself it also
 // reads a control file (faults on request) and appends every argv and
 // environment it received to a log. Messages the reference does not quote
 // are marked "fake:" so nobody mistakes them for smolvm's.
@@ -48,6 +46,7 @@ type fakeControl struct {
 	Fail       map[string]string `json:"fail"`        // subcommand -> agent error message
 	Hang       map[string]bool   `json:"hang"`        // subcommand -> never return
 	IgnoreTerm bool              `json:"ignore_term"` // a hang ignores SIGTERM
+	Tun        string            `json:"tun"`         // the device the VM binds at /dev/net/tun ("" for /dev/net/tun)
 }
 
 // fakeMachine is one machine record.
@@ -63,7 +62,7 @@ type fakeMachine struct {
 	Secrets map[string]string `json:"secrets"` // guest variable -> host variable
 	Workdir string            `json:"workdir"`
 	Labels  map[string]string `json:"labels"`
-	Guests  []int             `json:"guests,omitempty"` // detached exec processes
+	Guests  []int             `json:"guests,omitempty"` // detached exec processes (host pids: the VM has no pid namespace)
 }
 
 type fakeState struct {
@@ -214,7 +213,7 @@ func fakeSmolvm(args []string) int {
 		fmt.Fprintf(os.Stderr, "Error: agent operation failed: %s: %s\n", sub, msg)
 		return 1
 	}
-	res := fakeRun(dir, sub, pa)
+	res := fakeRun(dir, sub, pa, ctl)
 	if res.msg != "" {
 		fmt.Fprint(os.Stderr, res.msg)
 	}
@@ -412,7 +411,7 @@ func fakeLocked(dir string, fn func(st *fakeState) fakeExit) fakeExit {
 	return res
 }
 
-func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
+func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 	name := pa.get("name")
 	if name == "" {
 		name = "default" // what smolvm does without --name
@@ -431,13 +430,11 @@ func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
 				return fakeExit{}
 			}
 			fmt.Fprintf(os.Stderr, "Starting machine '%s'...\n", name)
-			for _, s := range m.Sockets {
-				host, _, _ := strings.Cut(s, ":")
-				if _, err := os.Stat(host); err != nil {
-					fmt.Fprintf(os.Stderr, "fake: warning: socket bridge %s skipped: %v\n", s, err)
-				}
+			pid, err := fakeVMStart(dir, m, ctl.Tun)
+			if err != nil {
+				return smolError("fake: start machine %s: %v", name, err)
 			}
-			m.State, m.PID = "running", os.Getpid()
+			m.State, m.PID = "running", pid
 			fmt.Printf("Machine '%s' running (PID: %d)\n", name, m.PID)
 			return fakeExit{}
 		})
@@ -452,6 +449,7 @@ func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
 				return fakeExit{}
 			}
 			fakeKillGuests(m)
+			fakeVMStop(dir, m.PID)
 			m.State, m.PID = "stopped", 0
 			fmt.Printf("Stopped machine: %s\n", name)
 			return fakeExit{}
@@ -470,6 +468,7 @@ func fakeRun(dir, sub string, pa fakeArgs) fakeExit {
 				}
 			}
 			fakeKillGuests(st.Machines[name])
+			fakeVMStop(dir, st.Machines[name].PID)
 			delete(st.Machines, name)
 			os.RemoveAll(filepath.Join(dir, fakeSmolvmGuests, name))
 			fmt.Printf("Deleted machine: %s\n", name)
@@ -613,12 +612,6 @@ func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
 	return fakeExit{}
 }
 
-// fakeGuestPath maps an absolute guest path into the machine's scratch
-// directory.
-func fakeGuestPath(dir, name, p string) string {
-	return filepath.Join(dir, fakeSmolvmGuests, name, filepath.Clean("/"+p))
-}
-
 // fakeRunning looks the machine up the way exec and cp do: they never
 // start it.
 func fakeRunning(dir, name string) (*fakeMachine, *fakeExit) {
@@ -644,7 +637,7 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if ex != nil {
 		return *ex
 	}
-	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + fakeGuestPath(dir, name, "/root")}
+	env := []string{"PATH=" + fakeVMPath, "HOME=/root"}
 	env = append(env, m.Env...)
 	secrets := map[string]string{}
 	for g, h := range m.Secrets {
@@ -654,6 +647,8 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 		g, h, _ := strings.Cut(s, "=")
 		secrets[g] = h
 	}
+	// Secrets are resolved here, from smolvm's own environment, and travel
+	// to the guest only inside the request.
 	for _, g := range sortedKeys(secrets) {
 		v, ok := os.LookupEnv(secrets[g])
 		if !ok {
@@ -675,67 +670,54 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if wd == "" {
 		wd = "/"
 	}
-	cwd := fakeGuestPath(dir, name, wd)
-	if err := os.MkdirAll(cwd, 0o700); err != nil {
-		fakeFatal(err)
-	}
-	if pa.has("detach") {
-		return fakeDetach(dir, name, cwd, env, pa.trailing)
-	}
-	ctx := context.Background()
+	req := fakeVMRequest{Op: "exec", Argv: pa.trailing, Env: env, Dir: wd, User: pa.get("user"), Detach: pa.has("detach")}
 	if t := pa.get("timeout"); t != "" {
-		d, _ := time.ParseDuration(t)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+		req.Timeout, _ = time.ParseDuration(t) // checked by fakeCheckArgs
 	}
-	cmd := exec.CommandContext(ctx, pa.trailing[0], pa.trailing[1:]...)
-	cmd.Env, cmd.Dir = env, cwd
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
-	if pa.has("interactive") {
-		cmd.Stdin = os.Stdin
-	}
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return fakeExit{}
-	case ctx.Err() != nil:
-		return fakeExit{code: 124}
-	case errors.As(err, &ee):
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return fakeExit{code: 128 + int(ws.Signal())}
+	var files []*os.File
+	if !req.Detach {
+		stdin := os.Stdin
+		if !pa.has("interactive") {
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				fakeFatal(err)
+			}
+			defer null.Close()
+			stdin = null
 		}
-		return fakeExit{code: ee.ExitCode()}
+		files = []*os.File{stdin, os.Stdout, os.Stderr}
 	}
-	return fakeExit{127, fmt.Sprintf("fake: exec %s: %v\n", pa.trailing[0], err)}
+	reply, ex := fakeCall(dir, m, req, files...)
+	if ex != nil {
+		return *ex
+	}
+	if req.Detach {
+		fakeLocked(dir, func(st *fakeState) fakeExit {
+			if m := st.Machines[name]; m != nil {
+				m.Guests = append(m.Guests, reply.PID)
+			}
+			return fakeExit{}
+		})
+		fmt.Printf("%d\n", reply.PID)
+	}
+	return fakeExit{code: reply.Code}
 }
 
-// fakeDetach starts the command in a session of its own, records its pid
-// with the machine (stop and delete kill it, as stopping a VM ends its
-// processes) and prints the pid.
-func fakeDetach(dir, name, cwd string, env, argv []string) fakeExit {
-	out, err := os.OpenFile(filepath.Join(dir, fakeSmolvmGuests, name, "detached.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		fakeFatal(err)
+// fakeCall sends a request to the machine's VM and turns the VM's own
+// failures into the fake's exit.
+func fakeCall(dir string, m *fakeMachine, req fakeVMRequest, files ...*os.File) (fakeVMReply, *fakeExit) {
+	reply, err := fakeVMCall(dir, m.PID, req, files...)
+	switch {
+	case err != nil:
+		e := smolError("agent operation failed: connect: fake: the VM of machine '%s' does not answer: %v", m.Name, err)
+		return reply, &e
+	case reply.Err != "" && reply.Code == 127: // the command could not be run
+		return reply, &fakeExit{127, reply.Err + "\n"}
+	case reply.Err != "":
+		e := smolError("%s", reply.Err)
+		return reply, &e
 	}
-	defer out.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, cwd, out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fakeExit{127, fmt.Sprintf("fake: exec %s: %v\n", argv[0], err)}
-	}
-	pid := cmd.Process.Pid
-	cmd.Process.Release()
-	fakeLocked(dir, func(st *fakeState) fakeExit {
-		if m := st.Machines[name]; m != nil {
-			m.Guests = append(m.Guests, pid)
-		}
-		return fakeExit{}
-	})
-	fmt.Printf("%d\n", pid)
-	return fakeExit{}
+	return reply, nil
 }
 
 // fakeKillGuests ends the machine's detached processes.
@@ -749,14 +731,15 @@ func fakeKillGuests(m *fakeMachine) {
 func fakeCp(dir string, pa fakeArgs) fakeExit {
 	src, dst := pa.pos[0], pa.pos[1]
 	if name, p, ok := strings.Cut(src, ":"); ok { // smolvm splits SRC first
-		if _, ex := fakeRunning(dir, name); ex != nil {
+		m, ex := fakeRunning(dir, name)
+		if ex != nil {
 			return *ex
 		}
-		b, err := os.ReadFile(fakeGuestPath(dir, name, p))
-		if err != nil {
-			return smolError("io operation failed: %v", err)
+		reply, ex := fakeCall(dir, m, fakeVMRequest{Op: "read", Path: p})
+		if ex != nil {
+			return *ex
 		}
-		if err := os.WriteFile(dst, b, 0o600); err != nil {
+		if err := os.WriteFile(dst, reply.Data, 0o600); err != nil {
 			return smolError("io operation failed: %v", err)
 		}
 		return fakeExit{}
@@ -765,7 +748,8 @@ func fakeCp(dir string, pa fakeArgs) fakeExit {
 	if !ok {
 		return smolError("fake: cp needs exactly one machine:path side")
 	}
-	if _, ex := fakeRunning(dir, name); ex != nil {
+	m, ex := fakeRunning(dir, name)
+	if ex != nil {
 		return *ex
 	}
 	if !strings.HasPrefix(p, "/") {
@@ -782,12 +766,8 @@ func fakeCp(dir string, pa fakeArgs) fakeExit {
 	if err != nil {
 		return smolError("io operation failed: %v", err)
 	}
-	g := fakeGuestPath(dir, name, p)
-	if err := os.MkdirAll(filepath.Dir(g), 0o700); err != nil {
-		fakeFatal(err)
-	}
-	if err := os.WriteFile(g, b, 0o600); err != nil {
-		return smolError("io operation failed: %v", err)
+	if _, ex := fakeCall(dir, m, fakeVMRequest{Op: "write", Path: p, Data: b}); ex != nil {
+		return *ex
 	}
 	fmt.Fprintf(os.Stderr, "Copied %d bytes\n", len(b))
 	return fakeExit{}
@@ -1035,6 +1015,11 @@ func newFakeSmolvm(t *testing.T) *fakeSmolvmBin {
 		if len(f.records(t)) == 0 {
 			t.Errorf("fake smolvm in %s was set up but never run", dir)
 		}
+		// A test that leaves a machine running must not leave its VM.
+		for _, m := range f.state(t).Machines {
+			fakeKillGuests(m)
+			fakeVMStop(dir, m.PID)
+		}
 	})
 	return f
 }
@@ -1098,7 +1083,16 @@ func (f *fakeSmolvmBin) state(t *testing.T) fakeState {
 	return st
 }
 
-// guestFile reads a file from the machine's stand-in guest.
-func (f *fakeSmolvmBin) guestFile(name, p string) ([]byte, error) {
-	return os.ReadFile(fakeGuestPath(f.dir, name, p))
+// guestFile reads a file from the machine's guest, through its VM.
+func (f *fakeSmolvmBin) guestFile(t *testing.T, name, p string) ([]byte, error) {
+	t.Helper()
+	m := f.state(t).Machines[name]
+	if m == nil || m.State != "running" {
+		return nil, fmt.Errorf("machine %q is not running", name)
+	}
+	reply, err := fakeVMCall(f.dir, m.PID, fakeVMRequest{Op: "read", Path: p})
+	if err == nil && reply.Err != "" {
+		err = errors.New(reply.Err)
+	}
+	return reply.Data, err
 }

@@ -300,6 +300,7 @@ func (f *smolvmFixture) create(t *testing.T, name string) {
 
 func TestSmolvmLifecycle(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	s := f.s
@@ -320,8 +321,13 @@ func TestSmolvmLifecycle(t *testing.T) {
 	if err := s.start(ctx, name, nil); err != nil {
 		t.Fatalf("second start: %v", err)
 	}
-	if st, err := s.status(ctx, name); err != nil || st.State != "running" || st.PID == nil {
+	st, err = s.status(ctx, name)
+	if err != nil || st.State != "running" || st.PID == nil {
 		t.Fatalf("status after start = %+v, %v", st, err)
+	}
+	vm := *st.PID
+	if !fakeIsVM(vm) {
+		t.Fatalf("machine pid %d is not a running fake VM", vm)
 	}
 
 	src := filepath.Join(t.TempDir(), "notes.md")
@@ -345,6 +351,9 @@ func TestSmolvmLifecycle(t *testing.T) {
 	}
 	if err := s.stop(ctx, name); err != nil {
 		t.Fatalf("stop: %v", err)
+	}
+	if fakeIsVM(vm) {
+		t.Errorf("the VM %d outlived stop", vm)
 	}
 	if err := s.stop(ctx, name); err != nil {
 		t.Fatalf("second stop: %v", err)
@@ -499,6 +508,7 @@ func TestSmolvmExecStopped(t *testing.T) {
 
 func TestSmolvmExecExitCode(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-exit")
@@ -529,6 +539,7 @@ func TestSmolvmExecExitCode(t *testing.T) {
 
 func TestSmolvmSecretNeverInArgv(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-secret")
@@ -584,6 +595,7 @@ func TestSmolvmSecretNeverInArgv(t *testing.T) {
 
 func TestSmolvmExecCancel(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	for _, ignoreTerm := range []bool{false, true} {
 		f := newSmolvmFixture(t)
 		f.create(t, "sb-hang")
@@ -607,6 +619,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 
 func TestSmolvmExecUser(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-user")
@@ -642,6 +655,7 @@ func TestSmolvmExecUser(t *testing.T) {
 
 func TestSmolvmCp(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-cp")
@@ -672,7 +686,7 @@ func TestSmolvmCp(t *testing.T) {
 		t.Errorf("cp of a symlink to a file = %v", err)
 	}
 	want, _ := os.ReadFile(f.smolfile)
-	if got, err := f.fake.guestFile("sb-cp", "/etc/smolfile"); err != nil || !bytes.Equal(got, want) {
+	if got, err := f.fake.guestFile(t, "sb-cp", "/etc/smolfile"); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("guest file = %q, %v", got, err)
 	}
 }
@@ -805,6 +819,7 @@ func TestParseDetachedPID(t *testing.T) {
 
 func TestSmolvmExecDetached(t *testing.T) {
 	t.Parallel()
+	needFakeVM(t)
 	if runtime.GOOS != "linux" {
 		t.Skip("processAlive reads /proc")
 	}
