@@ -50,9 +50,6 @@ func init() { fakes[fakeVMName] = fakeVM }
 
 const (
 	fakeVMName = "smolvm-vm"
-	// fakeVMPath is the guest's PATH: the VM's own (exec looks commands up
-	// with it) and the default of every exec.
-	fakeVMPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	// fakeVMBootLimit bounds the VM's setup; it takes milliseconds.
 	fakeVMBootLimit = 10 * time.Second
 	// fakeVMStopLimit bounds the wait for a killed VM to be gone.
@@ -65,27 +62,6 @@ type fakeVMSpec struct {
 	Volumes []string `json:"volumes"` // HOST:GUEST[:ro|:rw]
 	Sockets []string `json:"sockets"` // HOST:GUEST
 	Tun     string   `json:"tun"`     // host device bound at /dev/net/tun
-}
-
-// fakeVMRequest is one request on the control socket.
-type fakeVMRequest struct {
-	Op      string        `json:"op"` // exec, write or read
-	Argv    []string      `json:"argv,omitempty"`
-	Env     []string      `json:"env,omitempty"`
-	Dir     string        `json:"dir,omitempty"`
-	User    string        `json:"user,omitempty"`
-	Detach  bool          `json:"detach,omitempty"`
-	Timeout time.Duration `json:"timeout,omitempty"`
-	Path    string        `json:"path,omitempty"` // write, read
-	Data    []byte        `json:"data,omitempty"` // write
-}
-
-// fakeVMReply answers a request. Err is the VM's own failure to run it.
-type fakeVMReply struct {
-	Code int    `json:"code"`
-	PID  int    `json:"pid,omitempty"`
-	Data []byte `json:"data,omitempty"`
-	Err  string `json:"err,omitempty"`
 }
 
 // fakeVMSocket is the control socket of the VM with the given pid.
