@@ -1,0 +1,151 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestUpEndToEnd brings a bottle up with the fake smolvm (a namespace VM),
+// the fake pipelock (a real CONNECT proxy with an allow-list), the real
+// confined gvproxy and the real gvforwarder, then uses it the way a user
+// does: exec, cp, the proxy from inside the guest, ls, and down.
+func TestUpEndToEnd(t *testing.T) {
+	needFakeVM(t)
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+
+	// "api.anthropic.com" is a web server on host loopback, which the fake
+	// pipelock maps the name to; the guest must reach it only through the
+	// proxy, and "evil.example" not at all.
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", r.Host)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go web.Serve(ln)
+	t.Cleanup(func() { web.Close() })
+	webPort := portOf(ln.Addr().String())
+
+	ctx := context.Background()
+	var out, errb bytes.Buffer
+	if err := run(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+		t.Fatalf("plan: %v %s", err, errb.String())
+	}
+	stage := filepath.Join(b.state, "e2e")
+	hosts, _ := json.Marshal(map[string]int{"api.anthropic.com": webPort, "evil.example": webPort})
+	if err := os.WriteFile(filepath.Join(stage, "hosts.json"), hosts, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errb.Reset()
+	if err := run(ctx, []string{"up", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+		t.Fatalf("up: %v\n%s", err, errb.String())
+	}
+	t.Cleanup(func() { run(context.Background(), []string{"down", "e2e"}, &out, &errb) })
+	for _, step := range []string{"starting the supervisor", "creating machine", "egress self-test", "ready"} {
+		if !strings.Contains(errb.String(), step) {
+			t.Errorf("up progress lacks %q:\n%s", step, errb.String())
+		}
+	}
+
+	exec := func(args ...string) (string, int) {
+		var o, e bytes.Buffer
+		err := run(ctx, append([]string{"exec", "e2e", "--"}, args...), &o, &e)
+		return o.String() + e.String(), exitCode(&e, err)
+	}
+	if _, code := exec("sh", "-c", "exit 3"); code != 3 {
+		t.Errorf("guest exit 3 came back as %d", code)
+	}
+	if got, code := exec("sh", "-c", `echo "$ANTHROPIC_API_KEY"`); code != 0 || strings.TrimSpace(got) != testSecret {
+		t.Errorf("the secret reference did not resolve in the guest: %q (exit %d)", got, code)
+	}
+	src := filepath.Join(b.dir, "note.txt")
+	os.WriteFile(src, []byte("copied in\n"), 0o600)
+	if err := run(ctx, []string{"cp", "e2e", src, "/tmp/note.txt"}, &out, &errb); err != nil {
+		t.Fatalf("cp: %v", err)
+	}
+	if got, _ := exec("cat", "/tmp/note.txt"); got != "copied in\n" {
+		t.Errorf("cp'd file reads %q", got)
+	}
+	curl := func(url string) (string, int) {
+		return exec("curl", "-sS", "--max-time", "5", "-p", "-x", "http://proxy.internal:"+portOfSidecar(t, stage, "pipelock"), url)
+	}
+	if got, code := curl("http://api.anthropic.com/"); code != 0 || !strings.Contains(got, "hello from api.anthropic.com") {
+		t.Errorf("allowed host through the proxy: %q (exit %d)", got, code)
+	}
+	if got, code := curl("http://evil.example/"); code == 0 || strings.Contains(got, "hello") {
+		t.Errorf("host outside the allow-list was reached: %q (exit %d)", got, code)
+	}
+	// The web server's port, straight at the host's virtual IP: host
+	// loopback, but not a relayed sidecar port.
+	pl, _ := readPlan(stage)
+	direct := fmt.Sprintf("http://%s:%d/", pl.Net.HostVIP, webPort)
+	if got, code := exec("curl", "-sS", "--noproxy", "*", "--max-time", "3", direct); code == 0 || strings.Contains(got, "hello") {
+		t.Errorf("guest reached a host port without the proxy: %q", got)
+	}
+
+	bottles, _ := listBottles(b.state)
+	if len(bottles) != 1 || bottles[0].State != "running" {
+		t.Errorf("ls = %+v, want e2e running", bottles)
+	}
+	if err := run(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "live bottle") {
+		t.Errorf("second up over a live bottle = %v, want refused", err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	os.Remove(filepath.Join(stage, "hosts.json"))
+	assertTornDown(t, b, f, "e2e")
+	if err := run(ctx, []string{"exec", "e2e", "--", "true"}, &out, &errb); !errors.As(err, new(errNoBottle)) {
+		t.Errorf("exec after down = %v, want no bottle", err)
+	}
+}
+
+// portOfSidecar reads a sidecar's port from the stage's plan.
+func portOfSidecar(t *testing.T, stage, name string) string {
+	p, err := readPlan(stage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range p.Sidecars {
+		if s.Name == name {
+			return fmt.Sprint(s.Port)
+		}
+	}
+	t.Fatalf("no sidecar %s", name)
+	return ""
+}
+
+// TestRunExitStatusAndDown: run brings the bottle up, runs the command,
+// passes its exit status through and takes the bottle down.
+func TestRunExitStatusAndDown(t *testing.T) {
+	needFakeVM(t)
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"run", "-q", "-image", b.image, "-workspace", b.workspace, "once",
+		"--", "sh", "-c", "pwd; exit 7"}, &out, &errb)
+	if code := exitCode(&errb, err); code != 7 {
+		t.Errorf("run exit %d, want the guest's 7 (%v, %s)", code, err, errb.String())
+	}
+	if got := strings.TrimSpace(out.String()); got != guestWorkspace {
+		t.Errorf("the agent ran in %q, want %s", got, guestWorkspace)
+	}
+	assertTornDown(t, b, f, "once")
+}
