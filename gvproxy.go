@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net"
+	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 )
 
 // gvproxy v0.8.9 facts this renderer relies on (reference/gvproxy.md §1):
@@ -182,3 +186,14 @@ type fieldError struct {
 
 func (e fieldError) Error() string { return strconv.Quote(e.field) + ": " + e.err.Error() }
 func (e fieldError) Unwrap() error { return e.err }
+
+// unixHTTPClient talks HTTP to gvproxy's API on its unix socket.
+func unixHTTPClient(sock string) *http.Client {
+	return &http.Client{
+		Timeout: time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+}

@@ -9,7 +9,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -28,22 +27,6 @@ const (
 	gvproxyStopTimeout  = 5 * time.Second
 	maxSunPath          = 104 // macOS sun_path; Linux allows 108
 )
-
-// gvproxyBin returns bin/gvproxy, or skips (fails under CI) without it.
-func gvproxyBin(t *testing.T) string {
-	t.Helper()
-	p, err := filepath.Abs(filepath.Join("bin", "gvproxy"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%v: CI must run make tools first", err)
-		}
-		t.Skipf("%v: run make tools to test against the real gvproxy", err)
-	}
-	return p
-}
 
 // syncBuffer collects a child's stderr while the test reads it.
 type syncBuffer struct {
@@ -84,7 +67,7 @@ func badLogLines(stderr string, stopped bool) []string {
 }
 
 func TestRealGvproxy(t *testing.T) {
-	bin := gvproxyBin(t)
+	bin := realTool(t, "gvproxy")
 	for _, c := range realisticCases() {
 		if !strings.HasPrefix(c.name, "gvproxy-") {
 			continue
@@ -136,13 +119,7 @@ func runGvproxy(t *testing.T, bin string, intent gvproxyDoc, sockName string) {
 		}
 	}()
 
-	client := &http.Client{
-		Timeout: time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}},
-	}
+	client := unixHTTPClient(sock)
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(gvproxyStartTimeout)
 	var lastErr error

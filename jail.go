@@ -423,13 +423,7 @@ func (c *confinedNet) Close() error {
 // answers. gvproxy's exit status says nothing (it always exits 0), so its
 // socket is the only readiness signal.
 func waitGvproxyReady(ctx context.Context, sock string, exited <-chan struct{}, limit time.Duration) error {
-	client := &http.Client{
-		Timeout: time.Second,
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		}},
-	}
+	client := unixHTTPClient(sock)
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(limit)
 	var last error

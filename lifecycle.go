@@ -82,10 +82,7 @@ func cmdLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError("%v", err)
+		return flagError(err)
 	}
 	if len(pos) > 0 {
 		return usageError("ls takes no arguments")

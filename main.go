@@ -287,10 +287,7 @@ func parsePlanFlags(fs *flag.FlagSet, args []string) (planOptions, error) {
 	fs.BoolVar(&opts.JSON, "json", false, "")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return opts, err
-		}
-		return opts, usageError("%v", err)
+		return opts, flagError(err)
 	}
 	switch len(pos) {
 	case 0:
@@ -331,10 +328,7 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := newFlagSet("doctor", stderr)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError("%v", err)
+		return flagError(err)
 	}
 	if len(pos) > 0 {
 		return usageError("doctor takes no arguments")

@@ -2,25 +2,9 @@ package main
 
 import (
 	"bytes"
-	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
-
-// The -update flag is shared with the other golden tests; whichever test
-// file is compiled first defines it.
-func init() {
-	if flag.Lookup("update") == nil {
-		flag.Bool("update", false, "rewrite golden files under testdata/")
-	}
-}
-
-func updateGolden() bool {
-	f := flag.Lookup("update")
-	return f != nil && f.Value.String() == "true"
-}
 
 func TestRenderSeatbeltGolden(t *testing.T) {
 	spec := seatbeltSpec{
@@ -37,19 +21,7 @@ func TestRenderSeatbeltGolden(t *testing.T) {
 	if !bytes.Equal(got, again) {
 		t.Error("output is not deterministic")
 	}
-	path := filepath.Join("testdata", "seatbelt.sb")
-	if updateGolden() {
-		if err := os.WriteFile(path, got, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -run TestRenderSeatbelt -update creates it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	golden(t, "seatbelt.sb", got)
 	// Nothing but the listed ports goes out over IP.
 	if n := strings.Count(string(got), "(remote ip "); n != 2 {
 		t.Errorf("got %d IP outbound rules, want 2", n)
