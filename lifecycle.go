@@ -408,6 +408,7 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("exec", stderr)
 	stage := bottleFlags(fs)
 	tty := fs.Bool("t", false, "")
+	interactive := fs.Bool("i", false, "")
 	workdir := fs.String("w", guestWorkspace, "")
 	flags, command := splitCommand(args)
 	pos, err := parseInterleaved(fs, flags)
@@ -421,18 +422,19 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	return guestExec(ctx, p, *workdir, *tty, command, stdout, stderr)
+	return guestExec(ctx, p, *workdir, *interactive || *tty, *tty, command, stdout, stderr)
 }
 
 // guestExec runs command in the bottle's machine with the secrets passed
 // as references; the guest's exit status passes through as exitStatus.
-func guestExec(ctx context.Context, p *plan, workdir string, tty bool, command []string, stdout, stderr io.Writer) error {
+// Stdin reaches the guest only when interactive.
+func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bool, command []string, stdout, stderr io.Writer) error {
 	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ(), p.Secrets...)
 	if err != nil {
 		return err
 	}
 	o := execOpts{Workdir: workdir, Secrets: p.Secrets, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
-		Interactive: tty, TTY: tty}
+		Interactive: interactive, TTY: tty}
 	return sv.exec(ctx, p.Machine, o, command...)
 }
 
@@ -490,7 +492,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	runErr := guestExec(ctx, p, guestWorkspace, isTerminal(os.Stdin), command, stdout, stderr)
+	term := isTerminal(os.Stdin)
+	runErr := guestExec(ctx, p, guestWorkspace, term, term, command, stdout, stderr)
 	if *keep {
 		return runErr
 	}

@@ -10,7 +10,7 @@
 //	smolbottle plan [flags] SLUG
 //	smolbottle up [flags] [-q] SLUG
 //	smolbottle run [flags] [-q] [-keep] SLUG [-- CMD [ARG...]]
-//	smolbottle exec [-t] [-w DIR] [-stage DIR] SLUG -- CMD [ARG...]
+//	smolbottle exec [-i] [-t] [-w DIR] [-stage DIR] SLUG -- CMD [ARG...]
 //	smolbottle cp [-stage DIR] SLUG HOST_FILE GUEST_PATH
 //	smolbottle down [-n] [-stage DIR] SLUG
 //	smolbottle ls [-json]
