@@ -122,6 +122,8 @@ type cleanupPlan struct {
 type planEnv struct {
 	Getenv    func(string) string
 	Preflight preflightEnv
+	// AllocPorts is allocPorts; a golden test makes the ports fixed.
+	AllocPorts func(n int) ([]int, error)
 }
 
 // resolvePlan validates opts, runs the preflight, derives the network and
@@ -195,7 +197,11 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		return nil, err
 	}
 
-	if err := p.allocSidecars(opts, egressPort); err != nil {
+	alloc := env.AllocPorts
+	if alloc == nil {
+		alloc = allocPorts
+	}
+	if err := p.allocSidecars(opts, egressPort, alloc); err != nil {
 		return nil, err
 	}
 	p.GuestEnv = guestEnv(p.Sidecars)
@@ -300,7 +306,7 @@ func within(path, dir string) bool {
 // allocSidecars gives pipelock (or the external proxy), and git-gate and
 // supervise when enabled, one loopback port each, plus pipelock's metrics
 // port, which is never relayed to the guest.
-func (p *plan) allocSidecars(opts planOptions, egressPort int) error {
+func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(int) ([]int, error)) error {
 	n := 0
 	if egressPort == 0 {
 		n += 2 // pipelock and its metrics

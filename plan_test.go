@@ -406,7 +406,7 @@ func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	path := filepath.Join("testdata", name)
 	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(path, got, 0o644); err != nil {
@@ -439,4 +439,41 @@ func selfIdent(t *testing.T) procIdent {
 		t.Fatal(err)
 	}
 	return procIdent{PID: os.Getpid(), Start: start}
+}
+
+// TestPlanStageGolden writes a whole stage with fixed ports and compares
+// every file with testdata/stage/, the test's directory written as $TMP.
+func TestPlanStageGolden(t *testing.T) {
+	b := newTestBottle(t, "")
+	env := b.env(t, "ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE", "CLAUDE_CODE_OAUTH_TOKEN", "oauth-SECRET")
+	env.AllocPorts = func(n int) ([]int, error) {
+		ports := make([]int, n)
+		for i := range ports {
+			ports[i] = 41001 + i
+		}
+		return ports, nil
+	}
+	opts := b.opts("golden")
+	opts.GitGate, opts.Supervise = true, true
+	opts.GitGateCmd = "/usr/bin/git-gate --listen 127.0.0.1:{port} --state {stage}"
+	opts.SuperviseCmd = "/usr/bin/supervise -port {port}"
+	opts.Allow = []string{"api.anthropic.com", "*.githubusercontent.com"}
+	p, err := resolvePlan(context.Background(), opts, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{smolfileName, gvproxyFile, pipelockFile, planFile} {
+		data, err := os.ReadFile(filepath.Join(p.Stage, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = bytes.ReplaceAll(data, []byte(b.dir), []byte("$TMP"))
+		if bytes.Contains(data, []byte("SECRET")) {
+			t.Errorf("%s holds a secret value", name)
+		}
+		golden(t, filepath.Join("stage", name), data)
+	}
 }

@@ -149,3 +149,62 @@ func TestRunExitStatusAndDown(t *testing.T) {
 	}
 	assertTornDown(t, b, f, "once")
 }
+
+// TestUpExternalEgressProxy uses a proxy that is already running instead
+// of pipelock; with nothing listening there, up refuses to start.
+func TestUpExternalEgressProxy(t *testing.T) {
+	needFakeVM(t)
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	// A stand-in proxy: any HTTP answer to CONNECT is a proxy answering.
+	proxy := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "stand-in proxy refuses", http.StatusForbidden)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go proxy.Serve(ln)
+	t.Cleanup(func() { proxy.Close() })
+	addr := ln.Addr().String()
+
+	ctx := context.Background()
+	var out, errb bytes.Buffer
+	if err := run(ctx, b.upArgs("ext", "-egress-proxy", addr), &out, &errb); err != nil {
+		t.Fatalf("up -egress-proxy: %v\n%s", err, errb.String())
+	}
+	var o, e bytes.Buffer
+	err = run(ctx, []string{"exec", "ext", "--", "sh", "-c", `echo "$HTTPS_PROXY"`}, &o, &e)
+	if want := "http://proxy.internal:" + fmt.Sprint(portOf(addr)); err != nil || strings.TrimSpace(o.String()) != want {
+		t.Errorf("guest HTTPS_PROXY = %q (%v), want %s", o.String(), err, want)
+	}
+	logs := filepath.Join(b.state, "ext", logsDir)
+	if _, err := os.Stat(filepath.Join(logs, "pipelock.log")); err == nil {
+		t.Errorf("pipelock was started although -egress-proxy was given")
+	}
+	if err := run(ctx, []string{"down", "ext"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	assertTornDown(t, b, f, "ext")
+
+	proxy.Close()
+	err = run(ctx, b.upArgs("ext2", "-egress-proxy", addr), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "egress proxy "+addr) {
+		t.Fatalf("up with the proxy down = %v, want it named", err)
+	}
+	if madeMachineNamed(t, f, machineName("ext2")) {
+		t.Errorf("machine created although the egress proxy is down")
+	}
+	assertTornDown(t, b, f, "ext2")
+}
+
+// madeMachineNamed reports whether the fake ran machine create for name.
+func madeMachineNamed(t *testing.T, f *fakeSmolvmBin, name string) bool {
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 3 && r.Argv[1] == "create" && r.Argv[3] == name {
+			return true
+		}
+	}
+	return false
+}
