@@ -334,28 +334,11 @@ func newFakePipelock(t *testing.T) *fakePipelockBin {
 }
 
 func (f *fakePipelockBin) control(t *testing.T, c fakePipelockCtl) {
-	t.Helper()
-	b, _ := json.Marshal(c)
-	if err := os.WriteFile(filepath.Join(f.dir, fakePipelockControl), b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFakeControl(t, filepath.Join(f.dir, fakePipelockControl), c)
 }
 
 func (f *fakePipelockBin) records(t *testing.T) []fakeRecord {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(f.dir, fakePipelockLog))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []fakeRecord
-	for line := range strings.Lines(string(b)) {
-		var r fakeRecord
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, r)
-	}
-	return out
+	return readFakeRecords(t, filepath.Join(f.dir, fakePipelockLog))
 }
 
 // connectThrough asks the proxy at addr for a tunnel to target and

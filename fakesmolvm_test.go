@@ -1040,16 +1040,26 @@ func (f *fakeSmolvmBin) driver(t *testing.T, parent []string, secrets ...string)
 }
 
 func (f *fakeSmolvmBin) control(t *testing.T, c fakeControl) {
+	writeFakeControl(t, filepath.Join(f.dir, fakeSmolvmControl), c)
+}
+
+func (f *fakeSmolvmBin) records(t *testing.T) []fakeRecord {
+	return readFakeRecords(t, filepath.Join(f.dir, fakeSmolvmLog))
+}
+
+// writeFakeControl writes a fake's control file.
+func writeFakeControl(t *testing.T, path string, c any) {
 	t.Helper()
 	b, _ := json.Marshal(c)
-	if err := os.WriteFile(filepath.Join(f.dir, fakeSmolvmControl), b, 0o600); err != nil {
+	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (f *fakeSmolvmBin) records(t *testing.T) []fakeRecord {
+// readFakeRecords reads the invocations a fake logged; none when it never ran.
+func readFakeRecords(t *testing.T, path string) []fakeRecord {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(f.dir, fakeSmolvmLog))
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
