@@ -166,6 +166,10 @@ func TestUpGuestNetworkNeverComesUp(t *testing.T) {
 			t.Errorf("log %s not kept: %v", log, err)
 		}
 	}
+	// The kept logs do not stop the slug from being planned again.
+	if err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "net"}, &out, &errb); err != nil {
+		t.Errorf("plan after a failed up: %v", err)
+	}
 }
 
 // TestUpSidecarFails gives git-gate a command that exits at once.

@@ -152,8 +152,8 @@ func checkStageFree(stage, slug string) error {
 	if err != nil {
 		return fmt.Errorf("stage %q: %w", stage, err)
 	}
-	if len(entries) == 0 {
-		return nil
+	if len(entries) == 0 || len(entries) == 1 && entries[0].Name() == logsDir && entries[0].IsDir() {
+		return nil // new, or what down leaves of an earlier bottle: its logs
 	}
 	if _, err := os.Stat(filepath.Join(stage, planFile)); err != nil {
 		return withHint(fmt.Errorf("stage %q exists and was not made by smolbottle", stage), "pass -stage with a new or empty directory")

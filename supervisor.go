@@ -200,15 +200,24 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 		return bottleState{}, fmt.Errorf("start the supervisor: %w", err)
 	}
 	pid := cmd.Process.Pid
-	go cmd.Wait() // reap it if it exits while up still runs
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }() // reap it if it exits while up still runs
 
 	line := make(chan string, 1)
 	go func() {
 		s, _ := bufio.NewReader(r).ReadString('\n')
 		line <- strings.TrimSpace(s)
 	}()
+	// On failure the supervisor is stopped and waited for, so that its own
+	// teardown (sidecars, gvproxy) is over before up's removes the stage.
 	fail := func(err error) (bottleState, error) {
 		syscall.Kill(pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(supervisorStopGrace):
+			syscall.Kill(pid, syscall.SIGKILL)
+			<-exited
+		}
 		return bottleState{}, withTail(err, fileTail(logf.Name(), 2<<10))
 	}
 	select {

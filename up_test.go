@@ -114,6 +114,14 @@ func TestUpEndToEnd(t *testing.T) {
 	if err := run(ctx, []string{"exec", "e2e", "--", "true"}, &out, &errb); !errors.As(err, new(errNoBottle)) {
 		t.Errorf("exec after down = %v, want no bottle", err)
 	}
+	// The same slug comes up again over the logs down kept.
+	if err := run(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+		t.Fatalf("second up: %v", err)
+	}
+	if err := run(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
+		t.Fatalf("second down: %v", err)
+	}
+	assertTornDown(t, b, f, "e2e")
 }
 
 // portOfSidecar reads a sidecar's port from the stage's plan.
