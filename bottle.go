@@ -287,14 +287,42 @@ func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) 
 // stageFor returns the stage directory: -stage, or the slug's directory
 // under the state root.
 func stageFor(opts planOptions, getenv func(string) string) (string, error) {
-	if opts.Stage != "" {
-		return checkHostPath("stage", opts.Stage)
+	dir := opts.Stage
+	if dir == "" {
+		root, err := stateRoot(getenv)
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(root, opts.Slug)
 	}
-	root, err := stateRoot(getenv)
+	abs, err := checkHostPath("stage", dir)
 	if err != nil {
 		return "", err
 	}
-	return checkHostPath("stage", filepath.Join(root, opts.Slug))
+	// Compared with the workspace, which is resolved too: through a
+	// symlink, a stage could otherwise land inside the workspace, where the
+	// guest could rewrite pipelock's config or the plan down trusts.
+	real, err := resolveExisting(abs)
+	if err != nil {
+		return "", fmt.Errorf("stage %q: %w", abs, err)
+	}
+	return checkHostPath("stage", real)
+}
+
+// resolveExisting resolves the symlinks of the deepest existing ancestor
+// of path (path itself if it exists) and appends the rest unchanged.
+func resolveExisting(path string) (string, error) {
+	rest := ""
+	for p := path; ; p = filepath.Dir(p) {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+	}
 }
 
 // within reports whether path is dir or below it.

@@ -148,6 +148,18 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err != nil {
 		return nil, err
 	}
+	if err := checkSlug(opts.Slug); err != nil {
+		return nil, usageError("%v", err)
+	}
+	stage, err := stageFor(opts.planOptions, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := lockStage(stage)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	p, err = resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
 	if err != nil {
 		return nil, err
@@ -181,8 +193,11 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err := sv.create(ctx, steps[0].create); err != nil {
 		if isAlreadyExists(err) {
 			return p, withHint(fmt.Errorf("machine %s already exists: %w", p.Machine, err),
-				"another bottle or a crashed one holds it; smolbottle down "+p.Slug+" deletes it")
+				"another bottle (with another -stage) or a crashed one holds it; if nothing uses it: smolvm machine delete --name "+p.Machine+" -f")
 		}
+		// Any other failure, an interrupt included, may have left a
+		// half-made machine of ours: delete tolerates one that is not there.
+		created = true
 		return p, err
 	}
 	created = true
@@ -276,7 +291,19 @@ func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) er
 // bottleDown stops and deletes everything of a bottle but its logs. It
 // is idempotent: each step tolerates what is already gone.
 func bottleDown(ctx context.Context, p *plan, stderr io.Writer) error {
-	return teardown(ctx, p, true)
+	unlock, err := lockStage(p.Stage)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// Only a bottle that was up (its supervisor recorded itself before the
+	// machine was created) owns the machine of its name: down after a mere
+	// plan must not delete a machine another stage's bottle runs.
+	_, up, err := readState(p.Stage)
+	if err != nil {
+		return err
+	}
+	return teardown(ctx, p, up)
 }
 
 // teardown stops the supervisor, deletes the machine when deleteMachine is
@@ -422,6 +449,9 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if err := requireUp(p); err != nil {
+		return err
+	}
 	return guestExec(ctx, p, *workdir, *interactive || *tty, *tty, command, stdout, stderr)
 }
 
@@ -462,6 +492,9 @@ func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else if fi.IsDir() {
 		return withHint(fmt.Errorf("%q is a directory; smolvm copies single files", host),
 			"put the directory in the workspace, which the guest sees at "+guestWorkspace)
+	}
+	if err := requireUp(p); err != nil {
+		return err
 	}
 	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -80,7 +81,7 @@ func useBottle(t *testing.T, b testBottle) *fakeSmolvmBin {
 	return &fakeSmolvmBin{dir: b.path, path: filepath.Join(b.path, "smolvm")}
 }
 
-// processesMentioning lists live processes whose argv holds s.
+// processesMentioning lists live processes whose argv or root holds s.
 func processesMentioning(t *testing.T, s string) []string {
 	t.Helper()
 	var out []string
@@ -91,7 +92,10 @@ func processesMentioning(t *testing.T, s string) []string {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(s)) {
+		// gvproxy's argv is /gvproxy -config /gvproxy.yaml: it is found by
+		// its root, the jail in the stage.
+		root, _ := os.Readlink(filepath.Join("/proc", d.Name(), "root"))
+		if err == nil && (bytes.Contains(b, []byte(s)) || strings.Contains(root, s)) {
 			stat, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
 			if !bytes.Contains(stat, []byte(") Z ")) { // a zombie holds nothing
 				out = append(out, d.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))
@@ -202,6 +206,10 @@ func TestUpMachineAlreadyExists(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("up = %v, want already exists", err)
 	}
+	exitCode(&errb, err)
+	if hint := "smolvm machine delete --name smolbottle-dup -f"; !strings.Contains(errb.String(), hint) {
+		t.Errorf("stderr %q lacks the hint %q", errb.String(), hint)
+	}
 	if _, ok := f.state(t).Machines[machineName("dup")]; !ok {
 		t.Errorf("up deleted a machine it did not create")
 	}
@@ -263,7 +271,15 @@ func TestSupervisorKilled(t *testing.T) {
 			t.Fatalf("down #%d: %v", i+1, err)
 		}
 	}
-	f.records(t) // down ran smolvm delete
+	deletes := 0
+	for _, r := range f.records(t) {
+		if strings.Join(r.Argv, " ") == "machine delete --name smolbottle-kill -f" {
+			deletes++
+		}
+	}
+	if deletes == 0 {
+		t.Errorf("down of a crashed bottle did not delete its machine")
+	}
 	assertTornDown(t, b, f, "kill")
 }
 
@@ -304,6 +320,14 @@ func TestLifecycleArgs(t *testing.T) {
 	if err := p.writeStage(); err != nil {
 		t.Fatal(err)
 	}
+	ps, err := resolvePlan(context.Background(), b.opts("stale"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	writeState(t, ps.Stage, bottleState{Slug: "stale", Supervisor: procIdent{PID: os.Getpid(), Start: 1}})
 	colon := filepath.Join(b.dir, "a:b")
 	os.WriteFile(colon, nil, 0o600)
 	tests := []struct {
@@ -315,7 +339,9 @@ func TestLifecycleArgs(t *testing.T) {
 		{[]string{"down"}, 2, "down takes one SLUG"},
 		{[]string{"exec", "args"}, 2, "exec takes SLUG -- CMD"},
 		{[]string{"exec", "nope", "--", "true"}, 1, `no bottle "nope"`},
-		{[]string{"exec", "args", "--", "true"}, 1, "vm not found: smolbottle-args"},
+		{[]string{"exec", "args", "--", "true"}, 1, `bottle "args" is not up`},
+		{[]string{"cp", "args", b.image, "/tmp/x"}, 1, `bottle "args" is not up`},
+		{[]string{"exec", "stale", "--", "true"}, 1, `bottle "stale" is stale`},
 		{[]string{"cp", "args", b.workspace, "/tmp/x"}, 1, "is a directory"},
 		{[]string{"cp", "args", colon, "/tmp/x"}, 1, "smolvm would misread"},
 		{[]string{"cp", "args", "/nonexistent/file", "/tmp/x"}, 1, "no such file"},
@@ -337,7 +363,18 @@ func TestLifecycleArgs(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(p.Stage, smolfileName)); err != nil {
 		t.Errorf("down -n removed files: %v", err)
 	}
-	f.records(t)
+	// A bottle that was only planned never ran a machine: down removes its
+	// stage and deletes no machine (one of that name may be another
+	// stage's).
+	if err := run(context.Background(), []string{"down", "args"}, &out, &errb); err != nil {
+		t.Fatalf("down after plan: %v", err)
+	}
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 1 && r.Argv[1] == "delete" {
+			t.Errorf("down of a planned-only bottle ran %q", r.Argv)
+		}
+	}
+	assertTornDown(t, b, f, "args")
 }
 
 // madeMachine reports whether the fake ran machine create (not --help).
@@ -391,4 +428,46 @@ func startRan(t *testing.T, f *fakeSmolvmBin) bool {
 		}
 	}
 	return false
+}
+
+// TestUpLocked: while one up or down holds a bottle's stage, another up of
+// it is refused before it touches anything.
+func TestUpLocked(t *testing.T) {
+	b := newTestBottle(t, "")
+	f := useBottle(t, b)
+	unlock, err := lockStage(filepath.Join(b.state, "busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	var out, errb bytes.Buffer
+	err = run(context.Background(), b.upArgs("busy"), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "another smolbottle up or down is working on stage") {
+		t.Fatalf("up = %v, want refused", err)
+	}
+	if len(f.records(t)) != 0 {
+		t.Errorf("a refused up ran smolvm")
+	}
+	if _, err := os.Stat(filepath.Join(b.state, "busy")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused up created the stage")
+	}
+}
+
+// TestStageThroughSymlinkIntoWorkspace: a stage whose path leads through a
+// symlink into the workspace is refused, since the guest could rewrite it.
+func TestStageThroughSymlinkIntoWorkspace(t *testing.T) {
+	b := newTestBottle(t, "")
+	link := filepath.Join(b.dir, "link")
+	if err := os.Symlink(b.workspace, link); err != nil {
+		t.Fatal(err)
+	}
+	opts := b.opts("sym")
+	opts.Stage = filepath.Join(link, "stage")
+	_, err := resolvePlan(context.Background(), opts, b.env(t))
+	if err == nil || !strings.Contains(err.Error(), "overlap") {
+		t.Fatalf("resolvePlan = %v, want the overlap refused", err)
+	}
+	if _, err := os.Stat(filepath.Join(b.workspace, "stage")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stage was created inside the workspace")
+	}
 }

@@ -240,3 +240,44 @@ func mkdirPrivate(dir string) error {
 	}
 	return nil
 }
+
+// lockStage takes an exclusive lock for the stage, so that two ups, or an
+// up and a down, never work on one bottle at once: between the check that
+// the stage is free and the supervisor recording itself, another would
+// otherwise see the stage free too. The lock is a 0600 file beside the
+// stage (the stage itself may not exist yet) and is released by the
+// returned function or when the process ends.
+func lockStage(stage string) (unlock func(), err error) {
+	parent := filepath.Dir(stage)
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(parent, "."+filepath.Base(stage)+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock stage %q: %w", stage, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another smolbottle up or down is working on stage %q", stage)
+		}
+		return nil, fmt.Errorf("lock stage %q: %w", stage, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// requireUp refuses a bottle that is only planned or whose supervisor is
+// gone: a command there would run without the bottle's network.
+func requireUp(p *plan) error {
+	st, ok, err := readState(p.Stage)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it with: smolbottle up "+p.Slug)
+	case !st.Supervisor.alive():
+		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
+			"clean it up with: smolbottle down "+p.Slug)
+	}
+	return nil
+}
