@@ -148,20 +148,19 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err != nil {
 		return nil, err
 	}
-	if err := checkSlug(opts.Slug); err != nil {
-		return nil, usageError("%v", err)
-	}
-	stage, err := stageFor(opts.planOptions, os.Getenv)
+	p, err = resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := lockStage(stage)
+	// Bad input has been refused without writing anything. From here on
+	// the stage is locked, and checked free again under the lock: another
+	// up may have taken it since resolvePlan looked.
+	unlock, err := lockStage(p.Stage)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	p, err = resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
-	if err != nil {
+	if err := checkStageFree(p.Stage, p.Slug); err != nil {
 		return nil, err
 	}
 	if err := p.writeStage(); err != nil {

@@ -445,11 +445,22 @@ func TestUpLocked(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "another smolbottle up or down is working on stage") {
 		t.Fatalf("up = %v, want refused", err)
 	}
-	if len(f.records(t)) != 0 {
-		t.Errorf("a refused up ran smolvm")
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 2 && r.Argv[2] == "--name" {
+			t.Errorf("a refused up ran %q", r.Argv)
+		}
 	}
 	if _, err := os.Stat(filepath.Join(b.state, "busy")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a refused up created the stage")
+	}
+	// Bad input is refused before the lock: nothing is written at all.
+	os.RemoveAll(b.state)
+	err = run(context.Background(), []string{"up", "-image", filepath.Join(b.dir, "missing.tar"), "nolock"}, &out, &errb)
+	if err == nil {
+		t.Fatal("up with a missing image succeeded")
+	}
+	if _, err := os.Stat(b.state); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("up with bad input wrote the state root")
 	}
 }
 
