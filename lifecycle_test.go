@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -480,5 +481,28 @@ func TestStageThroughSymlinkIntoWorkspace(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(b.workspace, "stage")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the stage was created inside the workspace")
+	}
+}
+
+func TestJudgeProbes(t *testing.T) {
+	pl := startupProbePlan(netFor(9), []int{4001}, 4002)
+	pass := make([]probeResult, len(pl.Probes))
+	for i, p := range pl.Probes {
+		pass[i] = probeResult{Name: p.Name, Kind: p.Kind, Pass: true}
+	}
+	if err := judgeProbes(pl, pass); err != nil {
+		t.Errorf("all rows pass: %v", err)
+	}
+	leak := slices.Clone(pass)
+	for i := range leak {
+		if strings.Contains(leak[i].Name, "canary") {
+			leak[i].Pass, leak[i].Detail = false, "connected to 192.168.9.254:4002"
+		}
+	}
+	if err := judgeProbes(pl, leak); err == nil || !strings.Contains(err.Error(), "host loopback canary 192.168.9.254:4002 (connected") {
+		t.Errorf("a forbidden row that connected: %v, want it named", err)
+	}
+	if err := judgeProbes(pl, pass[:len(pass)-1]); err == nil || !strings.Contains(err.Error(), "results for") {
+		t.Errorf("a missing row: %v, want refused", err)
 	}
 }
