@@ -297,7 +297,7 @@ func judgeProbes(pl probePlan, res []probeResult) error {
 
 // bottleDown stops and deletes everything of a bottle but its logs. It
 // is idempotent: each step tolerates what is already gone.
-func bottleDown(ctx context.Context, p *plan, stderr io.Writer) error {
+func bottleDown(ctx context.Context, p *plan) error {
 	unlock, err := lockStage(p.Stage)
 	if err != nil {
 		return err
@@ -429,7 +429,7 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		p.Cleanup.writeText(stdout)
 		return nil
 	}
-	if err := bottleDown(ctx, p, stderr); err != nil {
+	if err := bottleDown(ctx, p); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
@@ -537,7 +537,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *keep {
 		return runErr
 	}
-	if err := bottleDown(context.WithoutCancel(ctx), p, stderr); err != nil {
+	if err := bottleDown(context.WithoutCancel(ctx), p); err != nil {
 		return errors.Join(runErr, err)
 	}
 	return runErr
