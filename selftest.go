@@ -542,21 +542,10 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sidecar, err := net.Listen("tcp4", "127.0.0.1:0")
+	sidecarPort, err := s.echoSidecar()
 	if err != nil {
 		return err
 	}
-	s.closers = append(s.closers, func() { sidecar.Close() })
-	sidecarPort := sidecar.Addr().(*net.TCPAddr).Port
-	go func() {
-		for {
-			c, err := sidecar.Accept()
-			if err != nil {
-				return
-			}
-			go echoServe(c)
-		}
-	}()
 	// Another loopback service: a bottle must not reach it.
 	other, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -1020,21 +1009,10 @@ type netBench struct {
 // bench measures the guest -> sidecar path through a confined and an
 // unconfined gvproxy, one after the other, in the same sandbox.
 func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
-	sidecar, err := net.Listen("tcp4", "127.0.0.1:0")
+	port, err := s.echoSidecar()
 	if err != nil {
 		return err
 	}
-	s.closers = append(s.closers, func() { sidecar.Close() })
-	port := sidecar.Addr().(*net.TCPAddr).Port
-	go func() {
-		for {
-			c, err := sidecar.Accept()
-			if err != nil {
-				return
-			}
-			go echoServe(c)
-		}
-	}()
 	// Index 0 confined, 1 unconfined; both run at once, in alternation.
 	var socks []string
 	var nets []bottleNet
@@ -1061,4 +1039,24 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 	}
 	res := netBench{Confined: rs[0], Unconfined: rs[1]}
 	return json.NewEncoder(stdout).Encode(res)
+}
+
+// echoSidecar starts the stand-in sidecar, an echo server on a loopback
+// port of the sandbox's host, closed with the sandbox.
+func (s *sandbox) echoSidecar() (int, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	s.closers = append(s.closers, func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go echoServe(c)
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
