@@ -14,33 +14,30 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// The credential sidecar keeps the agent's API credentials on the host.
-// The guest holds a placeholder, random per bottle; this sidecar, served
-// inside the supervisor, swaps in the real value. It keeps these
-// invariants:
+// The credential sidecar keeps the agent's API credentials on the host:
+// the guest holds a placeholder, random per bottle, and this sidecar (in
+// the supervisor) swaps in the real value. Its invariants:
 //
-//  1. A real value lives only in the supervisor's memory. up reads it from
-//     its own environment and writes it to an inherited pipe, which the
-//     supervisor reads once and closes; it is never in a file, a log, an
-//     argv, an environment or anything sent to the guest.
-//  2. A real value is sent only to credUpstream, over TLS verified against
-//     the system roots, through the bottle's egress proxy (CONNECT), so the
-//     egress allow-list and its log still apply.
-//  3. A request is forwarded only when all hold: method POST; Host is the
-//     sidecar's own name as the guest dials it; path /v1/messages or
-//     /v1/messages/count_tokens (what Claude Code calls; batches would let
-//     the guest read every batch made with the key) with no query but
-//     "beta=true"; and every credential header present carries exactly
-//     this bottle's placeholder, in the header that credential belongs
-//     in, with at least one present. Anything else is refused with a
-//     status naming why, and logged without any header value.
-//  4. Only the credential header is rewritten, and only in the request
-//     sent upstream. Responses, server-sent events included, are copied
-//     through as they arrive (a flush after every write).
+//  1. A real value lives only in the supervisor's memory: up reads it from
+//     its own environment into a pipe the supervisor reads once and
+//     closes. It is never in a file, log, argv or environment, nor sent to
+//     the guest.
+//  2. A real value goes only to credUpstream, over TLS verified against
+//     the system roots, through the egress proxy (CONNECT), whose
+//     allow-list and log still apply.
+//  3. Forwarded is only: POST, with Host the sidecar's own address as the
+//     guest dials it, to /v1/messages or /v1/messages/count_tokens (what
+//     Claude Code calls; batches would let the guest read every batch made
+//     with the key), no query but beta=true, and at least one credential
+//     header, each exactly this bottle's placeholder in its own header.
+//     The rest is refused with a status saying why, logged without values.
+//  4. Only the credential header is rewritten. Responses, server-sent
+//     events included, stream through with a flush after every write.
 const (
 	credSidecar        = "credentials"
 	credUpstream       = "api.anthropic.com"
@@ -48,6 +45,7 @@ const (
 	credMaxHeader      = 64 << 10
 	credMaxValue       = 8 << 10 // one credential's value, as read from up
 	credReadHeader     = 10 * time.Second
+	credDial           = 10 * time.Second // to the egress proxy, and its TLS handshake
 	credIdle           = 120 * time.Second
 	credResponseHeader = 10 * time.Minute // a long non-streamed reply sends its headers last
 	credPlaceholderLen = 32               // random bytes, hex-encoded
@@ -62,10 +60,12 @@ var credKinds = []struct{ Env, Header, Prefix string }{
 	{"CLAUDE_CODE_OAUTH_TOKEN", "Authorization", "Bearer "},
 }
 
-var credPaths = []string{"/v1/messages", "/v1/messages/count_tokens"}
+var (
+	credPaths    = []string{"/v1/messages", "/v1/messages/count_tokens"}
+	credTooLarge = "the request body is over " + strconv.Itoa(credMaxBody>>20) + " MiB"
+)
 
-// credential is one credential of a bottle as the plan records it: the
-// placeholder the guest holds, never the value.
+// credential is one of a bottle's credentials as the plan records it.
 type credential struct {
 	Env         string `json:"env"`
 	Header      string `json:"header"`
@@ -112,11 +112,9 @@ func readCredValues(r io.Reader, creds []credential) (map[string]string, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read the credentials: %w", err)
 	}
-	m := map[string]string{}
-	if len(b) > 0 {
-		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, errors.New("the credentials up handed over are malformed")
-		}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, errors.New("the credentials up handed over are malformed")
 	}
 	for _, c := range creds {
 		if m[c.Env] == "" {
@@ -126,7 +124,6 @@ func readCredValues(r io.Reader, creds []credential) (map[string]string, error) 
 	return m, nil
 }
 
-// credProxy is the sidecar's handler.
 type credProxy struct {
 	host   string // the Host the guest sends: proxy.internal:PORT
 	creds  []credential
@@ -138,17 +135,17 @@ type credProxy struct {
 // newCredProxy returns the sidecar for one bottle. host is the Host header
 // requests must carry, egress the egress proxy's 127.0.0.1 address,
 // upstream the TLS host:port credentials go to (credUpstream:443 but in
-// tests), roots nil for the system roots.
-func newCredProxy(host string, creds []credential, values map[string]string, egress, upstream string, roots *tls.Config, logw io.Writer) *credProxy {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if roots != nil {
-		tlsConf = roots.Clone()
+// tests), tlsConf nil for the system roots.
+func newCredProxy(host string, creds []credential, values map[string]string, egress, upstream string, tlsConf *tls.Config, logw io.Writer) *credProxy {
+	if tlsConf == nil {
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	tr := &http.Transport{
 		Proxy:                  http.ProxyURL(&url.URL{Scheme: "http", Host: egress}),
+		DialContext:            (&net.Dialer{Timeout: credDial}).DialContext,
 		TLSClientConfig:        tlsConf,
 		ForceAttemptHTTP2:      true,
-		TLSHandshakeTimeout:    10 * time.Second,
+		TLSHandshakeTimeout:    credDial,
 		ResponseHeaderTimeout:  credResponseHeader,
 		IdleConnTimeout:        credIdle,
 		MaxResponseHeaderBytes: credMaxHeader,
@@ -166,28 +163,40 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 		Transport:     tr,
 		FlushInterval: -1,
 		ErrorLog:      cp.log,
+		ModifyResponse: func(resp *http.Response) error {
+			cp.log.Printf("forwarded %s %q: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			cp.log.Printf("%s %s: upstream: %v", r.Method, r.URL.Path, err)
+			if errors.As(err, new(*http.MaxBytesError)) {
+				cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
+				return
+			}
+			cp.log.Printf("%s %q: upstream: %v", r.Method, r.URL.Path, err)
 			http.Error(w, "smolbottle credentials: the Messages API could not be reached through the egress proxy", http.StatusBadGateway)
 		},
 	}
 	return cp
 }
 
-// server returns the http.Server the supervisor runs the sidecar with.
-func (cp *credProxy) server() *http.Server {
-	return &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
-		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log}
-}
-
 func (cp *credProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if status, why := cp.check(r); status != 0 {
-		cp.log.Printf("refused %s %q: %s", r.Method, r.URL.Path, why)
-		http.Error(w, "smolbottle credentials: "+why, status)
+		cp.refuse(w, r, status, why)
+		return
+	}
+	if r.ContentLength > credMaxBody {
+		cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, credMaxBody)
 	cp.proxy.ServeHTTP(w, r)
+}
+
+// refuse answers status with why, and logs it. Method and path are
+// quoted: they are the guest's.
+func (cp *credProxy) refuse(w http.ResponseWriter, r *http.Request, status int, why string) {
+	cp.log.Printf("refused %q %q: %d %s", r.Method, r.URL.Path, status, why)
+	http.Error(w, "smolbottle credentials: "+why, status)
 }
 
 // check returns 0 for a request that may be forwarded, else the status
@@ -214,8 +223,8 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 		if len(vs) == 0 {
 			continue
 		}
-		c, ok := cp.cred(k.Env)
-		if !ok || len(vs) != 1 || subtle.ConstantTimeCompare([]byte(vs[0]), []byte(c.Prefix+c.Placeholder)) != 1 {
+		i := slices.IndexFunc(cp.creds, func(c credential) bool { return c.Env == k.Env })
+		if i < 0 || len(vs) != 1 || subtle.ConstantTimeCompare([]byte(vs[0]), []byte(k.Prefix+cp.creds[i].Placeholder)) != 1 {
 			return http.StatusUnauthorized, k.Header + " does not carry this bottle's placeholder"
 		}
 		matched = true
@@ -226,15 +235,6 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 	return 0, ""
 }
 
-func (cp *credProxy) cred(env string) (credential, bool) {
-	for _, c := range cp.creds {
-		if c.Env == env {
-			return c, true
-		}
-	}
-	return credential{}, false
-}
-
 // serveCredProxy listens on 127.0.0.1:port and serves cp until the
 // listener is closed by the returned function.
 func serveCredProxy(cp *credProxy, port int) (func(), error) {
@@ -242,7 +242,8 @@ func serveCredProxy(cp *credProxy, port int) (func(), error) {
 	if err != nil {
 		return nil, fmt.Errorf("credential sidecar on %s: %w", loopbackAddr(port), err)
 	}
-	srv := cp.server()
+	srv := &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
+		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log}
 	go srv.Serve(ln)
 	return func() { srv.Close() }, nil
 }

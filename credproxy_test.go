@@ -180,6 +180,7 @@ type credFixture struct {
 	creds   []credential
 	log     *bytes.Buffer
 	egress  string // pipelock's log file
+	roots   *x509.CertPool
 }
 
 func newCredFixture(t testing.TB) credFixture {
@@ -192,17 +193,20 @@ func newCredFixture(t testing.TB) credFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := allocPorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := loopbackAddr(ports[0])
 	var logb bytes.Buffer
-	cp := newCredProxy(ln.Addr().String(), creds, env, egress, "localhost:"+fmt.Sprint(portOf(si.addr)),
+	cp := newCredProxy(addr, creds, env, egress, "localhost:"+fmt.Sprint(portOf(si.addr)),
 		&tls.Config{RootCAs: ca.pool}, &syncWriter{w: &logb})
-	srv := cp.server()
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return credFixture{standIn: si, addr: ln.Addr().String(), creds: creds, log: &logb, egress: egressLog}
+	stop, err := serveCredProxy(cp, ports[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return credFixture{standIn: si, addr: addr, creds: creds, log: &logb, egress: egressLog, roots: ca.pool}
 }
 
 type syncWriter struct {
@@ -300,7 +304,7 @@ func TestCredProxy(t *testing.T) {
 	if b, _ := os.ReadFile(f.egress); !strings.Contains(string(b), `"target":"localhost:`+fmt.Sprint(portOf(f.standIn.addr))+`"`) {
 		t.Errorf("pipelock's log does not show the tunnel to the stand-in:\n%s", b)
 	}
-	if !strings.Contains(f.log.String(), "refused POST \"/v1/models\"") {
+	if !strings.Contains(f.log.String(), "refused \"POST\" \"/v1/models\": 403") {
 		t.Errorf("the sidecar's log does not name the refusals:\n%s", f.log.String())
 	}
 }
@@ -380,5 +384,134 @@ func TestCredProxyEgressAllowList(t *testing.T) {
 	}
 	if strings.Contains(logb.String(), testSecret) {
 		t.Errorf("the log holds the key: %s", logb.String())
+	}
+}
+
+// BenchmarkCredProxy measures one streamed request straight to the
+// stand-in and through the sidecar (and the real pipelock's tunnel, kept
+// alive as a client keeps it): ns/op is the whole reply, ttfb-ns the time
+// to its first byte. The difference between the two is what the sidecar
+// adds.
+//
+//	go test -run '^$' -bench CredProxy -benchtime 2000x .
+func BenchmarkCredProxy(b *testing.B) {
+	f := newCredFixture(b)
+	direct := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.roots}}
+	viaSidecar := &http.Transport{}
+	b.Cleanup(func() { direct.CloseIdleConnections(); viaSidecar.CloseIdleConnections() })
+	for _, c := range []struct {
+		name string
+		url  string
+		rt   http.RoundTripper
+	}{
+		{"direct", "https://localhost:" + fmt.Sprint(portOf(f.standIn.addr)) + "/v1/messages", direct},
+		{"sidecar", "http://" + f.addr + "/v1/messages", viaSidecar},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var ttfb time.Duration
+			one := func() {
+				req, _ := http.NewRequest("POST", c.url, strings.NewReader(`{"stream":true}`))
+				req.Header.Set("X-Api-Key", f.creds[0].Placeholder)
+				start := time.Now()
+				resp, err := c.rt.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var first [1]byte
+				if _, err := io.ReadFull(resp.Body, first[:]); err != nil {
+					b.Fatal(err)
+				}
+				ttfb += time.Since(start)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			one() // connections up, outside the timing
+			ttfb = 0
+			b.ResetTimer()
+			for range b.N {
+				one()
+			}
+			b.ReportMetric(float64(ttfb.Nanoseconds())/float64(b.N), "ttfb-ns")
+		})
+	}
+}
+
+// TestCredProxyLimits: an oversized body or header is refused, and with
+// no credential on the host every request is refused with what to set.
+func TestCredProxyLimits(t *testing.T) {
+	f := newCredFixture(t)
+	send := func(addr string, body io.Reader, hdr map[string]string) (int, string) {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/messages", body)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	key := map[string]string{"X-Api-Key": f.creds[0].Placeholder}
+	big := strings.Repeat("x", credMaxBody+1)
+	if code, body := send(f.addr, strings.NewReader(big), key); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("body over the limit, with its length: %d %s", code, body)
+	}
+	// Without a length (chunked), the limit bites while forwarding.
+	if code, body := send(f.addr, io.MultiReader(strings.NewReader(big)), key); code != http.StatusRequestEntityTooLarge {
+		t.Errorf("body over the limit, chunked: %d %s", code, body)
+	}
+	if code, body := send(f.addr, strings.NewReader("{}"), map[string]string{"X-Api-Key": f.creds[0].Placeholder,
+		"X-Filler": strings.Repeat("y", credMaxHeader+4096)}); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("header over the limit: %d %s", code, body)
+	}
+
+	none := newCredProxy("proxy.internal:1", nil, nil, "127.0.0.1:1", "localhost:1", nil, io.Discard)
+	req, _ := http.NewRequest("POST", "http://proxy.internal:1/v1/messages", strings.NewReader("{}"))
+	req.Header.Set("X-Api-Key", "anything")
+	w := httptest.NewRecorder()
+	none.ServeHTTP(w, req)
+	if w.Code != http.StatusUnauthorized || !strings.Contains(w.Body.String(), "no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN") {
+		t.Errorf("no credential on the host: %d %s", w.Code, w.Body.String())
+	}
+}
+
+// TestCredValuesHandOver: what up writes to the supervisor's pipe is read
+// back whole, and a missing or malformed value is refused on each side.
+func TestCredValuesHandOver(t *testing.T) {
+	env := map[string]string{"ANTHROPIC_API_KEY": testSecret, "CLAUDE_CODE_OAUTH_TOKEN": testOAuthSecret}
+	getenv := func(k string) string { return env[k] }
+	creds, err := newCredentials(getenv, rand.Reader)
+	if err != nil || len(creds) != 2 || creds[0].Placeholder == creds[1].Placeholder {
+		t.Fatalf("newCredentials = %+v, %v", creds, err)
+	}
+	data, err := credValues(creds, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readCredValues(bytes.NewReader(data), creds)
+	if err != nil || got["ANTHROPIC_API_KEY"] != testSecret || got["CLAUDE_CODE_OAUTH_TOKEN"] != testOAuthSecret {
+		t.Errorf("read back %v, %v", got, err)
+	}
+	if _, err := readCredValues(strings.NewReader(`{"ANTHROPIC_API_KEY":"x"}`), creds); err == nil {
+		t.Errorf("a missing value was accepted")
+	}
+	if _, err := readCredValues(strings.NewReader(`{"ANTHROPIC_API_KEY":`), creds); err == nil || strings.Contains(err.Error(), "ANTHROPIC_API_KEY\":") {
+		t.Errorf("malformed input: %v", err)
+	}
+	for _, bad := range []string{"", "two\nlines", strings.Repeat("k", credMaxValue+1)} {
+		env["ANTHROPIC_API_KEY"] = bad
+		if _, err := credValues(creds, getenv); err == nil {
+			t.Errorf("value %.20q accepted", bad)
+		} else if bad != "" && strings.Contains(err.Error(), bad) {
+			t.Errorf("the error shows the value: %v", err)
+		}
+	}
+	if c, _ := newCredentials(func(string) string { return "" }, rand.Reader); len(c) != 0 {
+		t.Errorf("credentials without any on the host: %+v", c)
 	}
 }
