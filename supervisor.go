@@ -205,26 +205,20 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 		return bottleState{}, err
 	}
 	defer r.Close()
-	// The credential values go through a pipe of their own, written
-	// whole before the supervisor starts (far below the pipe's buffer).
+	// The credential values go through a pipe of their own, which the
+	// supervisor reads first thing.
 	values, err := credValues(p.Credentials, os.Getenv)
 	if err != nil {
 		w.Close()
 		return bottleState{}, withHint(err, "export it in the shell that runs smolbottle up")
 	}
+	defer clear(values)
 	cr, cw, err := os.Pipe()
 	if err != nil {
 		w.Close()
 		return bottleState{}, err
 	}
-	_, err = cw.Write(values)
-	cw.Close()
-	clear(values)
-	if err != nil {
-		w.Close()
-		cr.Close()
-		return bottleState{}, err
-	}
+	defer cw.Close()
 	cmd := exec.Command(self, supervisorCmd, p.Stage)
 	cmd.Args[0] = "smolbottle"
 	// SSL_CERT_FILE and SSL_CERT_DIR choose the roots the credential
@@ -242,6 +236,7 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	w.Close()
 	cr.Close()
 	if err != nil {
+		cw.Close()
 		return bottleState{}, fmt.Errorf("start the supervisor: %w", err)
 	}
 	pid := cmd.Process.Pid
@@ -264,6 +259,13 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 			<-exited
 		}
 		return bottleState{}, withTail(err, fileTail(logf.Name(), 2<<10))
+	}
+	// Written after the start, so a small pipe buffer cannot block up; a
+	// supervisor that died first makes this fail, and its log says why.
+	_, err = cw.Write(values)
+	cw.Close()
+	if err != nil {
+		return fail(fmt.Errorf("hand the credentials to the supervisor: %w", err))
 	}
 	select {
 	case <-ctx.Done():
