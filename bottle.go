@@ -517,6 +517,9 @@ func (p *plan) writeText(w io.Writer) {
 		if s.External {
 			note = "  (already running)"
 		}
+		if s.Name == credSidecar {
+			note = "  (served by the supervisor)"
+		}
 		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  %s%s\n", s.Name, s.Port, s.GuestURL, note)
 	}
 	if p.MetricsPort != 0 {

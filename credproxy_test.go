@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -513,5 +514,28 @@ func TestCredValuesHandOver(t *testing.T) {
 	}
 	if c, _ := newCredentials(func(string) string { return "" }, rand.Reader); len(c) != 0 {
 		t.Errorf("credentials without any on the host: %+v", c)
+	}
+}
+
+// TestPlanWithoutCredentials: a host without credentials still gets the
+// sidecar and ANTHROPIC_BASE_URL (so a guest cannot bring a key of its
+// own past it), no placeholder, and a plan that says so.
+func TestPlanWithoutCredentials(t *testing.T) {
+	b := newTestBottle(t, "")
+	p, err := resolvePlan(context.Background(), b.opts("nocred"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range p.GuestEnv {
+		names = append(names, e.Name)
+	}
+	if len(p.Credentials) != 0 || !slices.Contains(names, "ANTHROPIC_BASE_URL") || slices.Contains(names, "ANTHROPIC_API_KEY") {
+		t.Errorf("credentials %+v, guest env %q", p.Credentials, names)
+	}
+	var out bytes.Buffer
+	p.writeText(&out)
+	if !strings.Contains(out.String(), "none: neither ANTHROPIC_API_KEY nor CLAUDE_CODE_OAUTH_TOKEN is set") {
+		t.Errorf("plan does not say there is no credential:\n%s", out.String())
 	}
 }
