@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -296,6 +297,23 @@ func TestCredProxy(t *testing.T) {
 				t.Errorf("reply %q lacks the streamed text", body)
 			}
 		})
+	}
+	// The sidecar used as a forward proxy: an absolute-form request and a
+	// CONNECT both name another host.
+	asProxy := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: f.addr})}
+	for _, target := range []string{"http://evil.example/v1/messages", "https://evil.example/v1/messages"} {
+		req, _ := http.NewRequest("POST", target, strings.NewReader("{}"))
+		req.Header.Set("X-Api-Key", key)
+		resp, err := asProxy.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if err == nil && resp.StatusCode != http.StatusMisdirectedRequest || err != nil && !strings.Contains(err.Error(), "Misdirected") {
+			t.Errorf("%s through the sidecar as a proxy: %v %v", target, resp, err)
+		}
+	}
+	if n := len(f.standIn.requests()); n != 2 {
+		t.Errorf("the stand-in saw %d requests, want the 2 accepted", n)
 	}
 	for _, s := range []string{testSecret, testOAuthSecret, key, oauth} {
 		if strings.Contains(f.log.String(), s) {
