@@ -2,6 +2,7 @@
 # `go install` never needs make.
 GVTAG   := v0.8.9
 GVMOD   := github.com/containers/gvisor-tap-vsock
+CCVER   := 2.1.332
 BIN     := $(CURDIR)/bin
 FUZZTIME ?= 10s
 
@@ -46,7 +47,7 @@ bench:
 
 # gvproxy and its guest agent gvforwarder (cmd/vm), pinned, into bin/; not
 # recorded in go.mod.
-tools: $(BIN)/gvproxy $(BIN)/gvforwarder
+tools: $(BIN)/gvproxy $(BIN)/gvforwarder $(BIN)/claude
 
 # Static (CGO_ENABLED=0): the jail holds the binary and nothing else, no
 # loader or libc.
@@ -56,6 +57,13 @@ $(BIN)/gvproxy:
 $(BIN)/gvforwarder:
 	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/vm@$(GVTAG)
 	mv $(BIN)/vm $(BIN)/gvforwarder
+
+# Claude Code, pinned, for the tests that run the real client. npm warns
+# that the package wants node >= 22; the native binary linked here does not
+# run on node.
+$(BIN)/claude:
+	npm install --prefix $(BIN)/claude-code --no-save --no-fund --no-audit @anthropic-ai/claude-code@$(CCVER)
+	ln -sf claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude $@
 
 # The README's main-job command: the reachability matrix of a confined
 # gvproxy with the real guest agent, in namespaces it creates.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,10 +28,6 @@ const (
 	defaultCPUs    = 4
 	defaultMemMiB  = 4096
 )
-
-// secretNames are the host variables that reach the guest as from_env
-// references resolved by smolvm, never as values in a file or an argv.
-var secretNames = []string{"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"}
 
 // backend is one way of running a bottle. Only smolmachines exists; the
 // registry keeps the plan independent of it.
@@ -103,7 +100,7 @@ type plan struct {
 	MetricsPort int           `json:"metrics_port,omitempty"`
 	Allow       []string      `json:"allow"`
 	GuestEnv    []envVar      `json:"guest_env"`
-	Secrets     []string      `json:"secrets"`
+	Credentials []credential  `json:"credentials"` // names and guest placeholders, never values
 	Files       []plannedFile `json:"files"`
 	Commands    [][]string    `json:"commands"`
 	Cleanup     cleanupPlan   `json:"cleanup"`
@@ -124,6 +121,9 @@ type planEnv struct {
 	Preflight preflightEnv
 	// AllocPorts is allocPorts; a golden test makes the ports fixed.
 	AllocPorts func(n int) ([]int, error)
+	// Rand is where credential placeholders come from (crypto/rand when
+	// nil); a golden test makes them fixed.
+	Rand io.Reader
 }
 
 // resolvePlan validates opts, runs the preflight, derives the network and
@@ -204,12 +204,14 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if err := p.allocSidecars(opts, egressPort, alloc); err != nil {
 		return nil, err
 	}
-	p.GuestEnv = guestEnv(p.Sidecars)
-	for _, name := range secretNames {
-		if env.Getenv(name) != "" {
-			p.Secrets = append(p.Secrets, name)
-		}
+	rnd := env.Rand
+	if rnd == nil {
+		rnd = rand.Reader
 	}
+	if p.Credentials, err = newCredentials(env.Getenv, rnd); err != nil {
+		return nil, err
+	}
+	p.GuestEnv = guestEnv(p.Sidecars, p.Credentials)
 	if err := p.render(); err != nil {
 		return nil, err
 	}
@@ -339,6 +341,7 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(i
 	if egressPort == 0 {
 		n += 2 // pipelock and its metrics
 	}
+	n++ // the credential sidecar
 	if opts.GitGate {
 		n++
 	}
@@ -356,6 +359,7 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(i
 	} else {
 		p.Sidecars = append(p.Sidecars, sidecar{Name: "egress-proxy", Port: egressPort, External: true})
 	}
+	p.Sidecars = append(p.Sidecars, sidecar{Name: credSidecar, Port: next(), EnvVar: "ANTHROPIC_BASE_URL"})
 	if opts.GitGate {
 		p.Sidecars = append(p.Sidecars, sidecar{Name: "git-gate", Port: next(), EnvVar: "SMOLBOTTLE_GIT_GATE_URL", Command: opts.gitGate})
 	}
@@ -368,23 +372,28 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(i
 	return nil
 }
 
-// guestEnv is the guest's environment (DESIGN.md §4): the egress proxy for
-// every client that honours the usual variables, with an http:// scheme
-// because Claude Code rejects an https proxy URL, and one URL variable per
-// optional sidecar.
-func guestEnv(sidecars []sidecar) []envVar {
+// guestEnv is the guest's environment: the egress proxy for every client
+// that honours the usual variables, with an http:// scheme because Claude
+// Code rejects an https proxy URL; proxy.internal in NO_PROXY, since Claude
+// Code otherwise sends its ANTHROPIC_BASE_URL requests through the egress
+// proxy too (measured with 2.1.332); one URL variable per other sidecar;
+// and each credential's placeholder, never its value.
+func guestEnv(sidecars []sidecar, creds []credential) []envVar {
 	proxy := sidecars[0].GuestURL
 	env := []envVar{
 		{"HTTPS_PROXY", proxy},
 		{"HTTP_PROXY", proxy},
 		{"https_proxy", proxy},
 		{"http_proxy", proxy},
-		{"NO_PROXY", "localhost,127.0.0.1"},
-		{"no_proxy", "localhost,127.0.0.1"},
+		{"NO_PROXY", "localhost,127.0.0.1," + proxyName},
+		{"no_proxy", "localhost,127.0.0.1," + proxyName},
 		{"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},
 	}
 	for _, s := range sidecars[1:] {
 		env = append(env, envVar{s.EnvVar, s.GuestURL})
+	}
+	for _, c := range creds {
+		env = append(env, envVar{c.Env, c.Placeholder})
 	}
 	return env
 }
@@ -401,8 +410,7 @@ func (p *plan) render() error {
 			p.Workspace + ":" + guestWorkspace,
 			filepath.Join(p.Stage, guestDir) + ":" + guestBinDir + ":ro",
 		},
-		Env:     p.GuestEnv,
-		Secrets: p.Secrets,
+		Env: p.GuestEnv,
 	})
 	if err != nil {
 		return fmt.Errorf("render Smolfile: %w", err)
@@ -509,6 +517,9 @@ func (p *plan) writeText(w io.Writer) {
 		if s.External {
 			note = "  (already running)"
 		}
+		if s.Name == credSidecar {
+			note = "  (served by the supervisor)"
+		}
 		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  %s%s\n", s.Name, s.Port, s.GuestURL, note)
 	}
 	if p.MetricsPort != 0 {
@@ -526,8 +537,12 @@ func (p *plan) writeText(w io.Writer) {
 	for _, e := range p.GuestEnv {
 		fmt.Fprintf(w, "  %s=%s\n", e.Name, e.Value)
 	}
-	for _, s := range p.Secrets {
-		fmt.Fprintf(w, "  %s=<secret: smolvm reads the host's $%s at exec time>\n", s, s)
+	fmt.Fprintf(w, "\ncredentials (the guest holds placeholders; the %s sidecar swaps in the host's values)\n", credSidecar)
+	for _, c := range p.Credentials {
+		fmt.Fprintf(w, "  %-23s header %s, to https://%s via the egress proxy\n", c.Env, c.Header, credUpstream)
+	}
+	if len(p.Credentials) == 0 {
+		fmt.Fprintf(w, "  none: neither ANTHROPIC_API_KEY nor CLAUDE_CODE_OAUTH_TOKEN is set; the sidecar refuses every request\n")
 	}
 	fmt.Fprintf(w, "\nup would run\n")
 	for _, c := range p.Commands {

@@ -20,11 +20,14 @@ func TestDoctor(t *testing.T) {
 			"ok       smolvm", "version  1.14.3", "smol-machines CLI",
 			"ok       smolvm machine create --mount-socket", "ok       smolvm machine exec --user",
 			"ok       gvproxy", "version  v0.8.9", "ok       gvforwarder", "static linux/",
-			"ok       pipelock", "version  2.3.0", "ok       namespaces"}},
+			"ok       pipelock", "version  2.3.0", "ok       namespaces",
+			"ANTHROPIC_API_KEY        set: the guest gets a random placeholder, sent as X-Api-Key",
+			"CLAUDE_CODE_OAUTH_TOKEN  not set", "sends them only to https://api.anthropic.com"}},
 		{name: "old smolvm", mode: "old", code: 1, want: []string{
 			"version  1.9.2", "MISSING  smolvm machine exec --user", "fix: upgrade smolvm"}},
 		{name: "nothing but gvisor", remove: "smolvm pipelock", code: 1, want: []string{
-			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy"}},
+			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy",
+			"fix: export ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -33,6 +36,11 @@ func TestDoctor(t *testing.T) {
 				os.Remove(filepath.Join(b.path, r))
 			}
 			t.Setenv("PATH", b.path)
+			t.Setenv("ANTHROPIC_API_KEY", "")
+			t.Setenv("CLAUDE_CODE_OAUTH_TOKEN", "")
+			if tt.code == 0 {
+				t.Setenv("ANTHROPIC_API_KEY", testSecret)
+			}
 			var out, errb bytes.Buffer
 			err := run(context.Background(), []string{"doctor"}, &out, &errb)
 			if code := exitCode(&errb, err); code != tt.code {
@@ -42,6 +50,9 @@ func TestDoctor(t *testing.T) {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("doctor output lacks %q:\n%s", w, out.String())
 				}
+			}
+			if strings.Contains(out.String(), testSecret) {
+				t.Errorf("doctor shows a credential's value")
 			}
 		})
 	}

@@ -339,6 +339,17 @@ func fakeVMBoot(dir, root string, spec fakeVMSpec, warn func(string)) (*net.Unix
 	if err := fakeVMDevices(root, spec.Tun); err != nil {
 		return nil, err
 	}
+	// A smolvm guest has /proc (libkrun's init, or the agent, mounts it:
+	// crates/smolvm-agent/src/main.rs:682-696 @ v1.9.3); Claude Code
+	// refuses a working directory it cannot check without it. The fake VM
+	// shares the host's pid namespace (and, in a user namespace, may not
+	// mount a proc of its own), so this is the host's /proc, bound.
+	if err := os.Mkdir(root+"/proc", 0o555); err != nil {
+		return nil, err
+	}
+	if err := syscall.Mount("/proc", root+"/proc", "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+		return nil, fmt.Errorf("bind /proc: %w", err)
+	}
 	for _, d := range []struct{ path, mode string }{{"/etc", "0755"}, {"/tmp", "1777"}, {"/run", "0755"}} {
 		if err := tmpfs(root+d.path, d.mode, syscall.MS_NOEXEC); err != nil {
 			return nil, err

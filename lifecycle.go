@@ -183,7 +183,7 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err != nil {
 		return p, err
 	}
-	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ(), p.Secrets...)
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
 	if err != nil {
 		return p, err
 	}
@@ -462,15 +462,16 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return guestExec(ctx, p, *workdir, *interactive || *tty, *tty, command, stdout, stderr)
 }
 
-// guestExec runs command in the bottle's machine with the secrets passed
-// as references; the guest's exit status passes through as exitStatus.
+// guestExec runs command in the bottle's machine; no credential is passed
+// (the guest has placeholders only); the guest's exit status passes
+// through as exitStatus.
 // Stdin reaches the guest only when interactive.
 func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bool, command []string, stdout, stderr io.Writer) error {
-	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ(), p.Secrets...)
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
 	if err != nil {
 		return err
 	}
-	o := execOpts{Workdir: workdir, Secrets: p.Secrets, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
+	o := execOpts{Workdir: workdir, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
 		Interactive: interactive, TTY: tty}
 	return sv.exec(ctx, p.Machine, o, command...)
 }

@@ -2,8 +2,9 @@
 // smolvm microVM whose only network is a confined gvproxy user-mode network.
 // From inside the guest exactly one name resolves, proxy.internal, and
 // exactly the host-side sidecar ports answer there: the egress proxy
-// (pipelock) always, a git gateway (git-gate) and a supervision channel
-// (supervise) when enabled. Every other destination is unreachable.
+// (pipelock) and the credential sidecar always, a git gateway (git-gate)
+// and a supervision channel (supervise) when enabled. Every other
+// destination is unreachable.
 //
 // Usage:
 //
@@ -37,7 +38,8 @@
 //
 // Doctor prints what the preflight finds: each program with its path and
 // version, whether the smolvm on PATH is smol-machines' and has the flags
-// the design needs, and whether user and network namespaces can be created.
+// the design needs, and whether user and network namespaces can be created;
+// then which credentials the host has (names only) and how they are used.
 // Selftest proves the confinement: it runs the real gvproxy confined and
 // the real gvforwarder in namespaces it creates and prints the
 // reachability matrix.
@@ -49,11 +51,25 @@
 // binaries it finds on PATH (or beside itself) and checks their versions. It
 // writes only under the stage directory (default
 // ~/.local/state/smolbottle/SLUG): directories 0700, files 0600, each
-// written whole. No secret value is ever written: ANTHROPIC_API_KEY and
-// CLAUDE_CODE_OAUTH_TOKEN reach the guest as references smolvm resolves from
-// its environment. Child programs get an explicit environment and argv,
+// written whole. Child programs get an explicit environment and argv,
 // never a shell. Nothing listens on anything but 127.0.0.1 or a unix socket
 // in a 0700 directory.
+//
+// Credentials never enter the VM. Up reads ANTHROPIC_API_KEY and
+// CLAUDE_CODE_OAUTH_TOKEN from its own environment and hands them to the
+// supervisor through a pipe; no value is written to the stage, a log, an
+// argv, the Smolfile or smolvm's environment. The guest gets
+// ANTHROPIC_BASE_URL=http://proxy.internal:PORT and, for each credential
+// the host has, a placeholder random per bottle in its place. The
+// supervisor's credential sidecar forwards a request to
+// https://api.anthropic.com, through the egress proxy, only when it carries
+// this bottle's placeholder in that credential's own header, and only to
+// /v1/messages or /v1/messages/count_tokens; it swaps in the real value on
+// the way out. So the guest can learn its placeholder (worthless outside
+// this bottle), which credential kinds the host has, and the replies of
+// the Messages API; it can spend the key through that API while the bottle
+// runs. It cannot learn the key itself, use it for any other path or host,
+// or reach the sidecar of another bottle.
 package main
 
 import (
@@ -335,9 +351,28 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	checks, _, err := preflightFresh(ctx, defaultPreflightEnv(true))
 	writeChecks(stdout, checks)
+	writeCredentialModel(stdout, os.Getenv)
 	if err != nil {
 		// The report above already says what to fix; repeat only the verdict.
 		return errors.New(err.Error())
 	}
 	return nil
+}
+
+// writeCredentialModel tells which credentials the host has (names only)
+// and how a bottle uses them.
+func writeCredentialModel(w io.Writer, getenv func(string) string) {
+	fmt.Fprintf(w, "\ncredentials\n")
+	for _, k := range credKinds {
+		state := "not set"
+		if getenv(k.Env) != "" {
+			state = "set: the guest gets a random placeholder, sent as " + k.Header
+		}
+		fmt.Fprintf(w, "  %-23s  %s\n", k.Env, state)
+	}
+	fmt.Fprintf(w, "  the real values stay in the supervisor's memory: its %s sidecar swaps them in\n", credSidecar)
+	fmt.Fprintf(w, "  and sends them only to https://%s, through the egress proxy\n", credUpstream)
+	if getenv("ANTHROPIC_API_KEY") == "" && getenv("CLAUDE_CODE_OAUTH_TOKEN") == "" {
+		fmt.Fprintf(w, "  fix: export ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN before up, or claude in the guest cannot log in\n")
+	}
 }

@@ -108,8 +108,8 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 	if got, want := p.Allow, []string{"api.anthropic.com", "*.npmjs.org"}; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("allow = %q, want %q", got, want)
 	}
-	if got := len(p.Sidecars); got != 3 {
-		t.Fatalf("%d sidecars, want pipelock, git-gate, supervise", got)
+	if got := len(p.Sidecars); got != 4 {
+		t.Fatalf("%d sidecars, want pipelock, credentials, git-gate, supervise", got)
 	}
 	seen := map[int]bool{p.MetricsPort: true}
 	for _, s := range p.Sidecars {
@@ -161,8 +161,11 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 		t.Errorf("%q missing from the stage", rel)
 	}
 	smol, _ := os.ReadFile(filepath.Join(p.Stage, smolfileName))
-	if !bytes.Contains(smol, []byte(`ANTHROPIC_API_KEY = { from_env = "ANTHROPIC_API_KEY" }`)) {
-		t.Errorf("Smolfile lacks the secret reference:\n%s", smol)
+	if len(p.Credentials) != 1 || !bytes.Contains(smol, []byte(`"ANTHROPIC_API_KEY=`+p.Credentials[0].Placeholder+`"`)) {
+		t.Errorf("Smolfile lacks the placeholder:\n%s", smol)
+	}
+	if bytes.Contains(smol, []byte("[secrets]")) || bytes.Contains(smol, []byte("from_env")) {
+		t.Errorf("Smolfile carries secrets:\n%s", smol)
 	}
 	if bytes.Contains(smol, []byte("CLAUDE_CODE_OAUTH_TOKEN")) {
 		t.Errorf("Smolfile references CLAUDE_CODE_OAUTH_TOKEN, which the host does not set")
@@ -339,7 +342,7 @@ func TestPlanCLI(t *testing.T) {
 		t.Fatalf("plan: %v\n%s", err, errb.String())
 	}
 	for _, want := range []string{"machine    smolbottle-cli", "git-gate", "HTTPS_PROXY=http://proxy.internal:",
-		"ANTHROPIC_API_KEY=<secret", "up would run", "machine create --name smolbottle-cli", "down would", "machine delete --name smolbottle-cli -f"} {
+		"ANTHROPIC_API_KEY=sk-ant-smolbottle-", "credentials   127.0.0.1:", "ANTHROPIC_BASE_URL=http://proxy.internal:", "up would run", "machine create --name smolbottle-cli", "down would", "machine delete --name smolbottle-cli -f"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("plan output lacks %q:\n%s", want, out.String())
 		}
@@ -382,14 +385,16 @@ func TestUsageGolden(t *testing.T) {
 func TestPlanTextGolden(t *testing.T) {
 	p := &plan{Slug: "demo", Backend: defaultBackend, Machine: "smolbottle-demo", Stage: "/st/demo",
 		Image: "/img/agent.tar", Workspace: "/src/app", CPUs: 4, MemMiB: 4096, Net: netFor(42),
-		Allow: []string{"api.anthropic.com", "*.npmjs.org"}, Secrets: []string{"ANTHROPIC_API_KEY"},
-		Tools: tools{Smolvm: "/usr/bin/smolvm", Gvproxy: "/usr/bin/gvproxy", Pipelock: "/usr/bin/pipelock", SmolvmExecUser: true}}
-	p.Sidecars = []sidecar{{Name: "pipelock", Port: 40001}, {Name: "git-gate", Port: 40003, EnvVar: "SMOLBOTTLE_GIT_GATE_URL"}}
+		Allow:       []string{"api.anthropic.com", "*.npmjs.org"},
+		Credentials: []credential{{Env: "ANTHROPIC_API_KEY", Header: "X-Api-Key", Placeholder: "sk-ant-smolbottle-0123"}},
+		Tools:       tools{Smolvm: "/usr/bin/smolvm", Gvproxy: "/usr/bin/gvproxy", Pipelock: "/usr/bin/pipelock", SmolvmExecUser: true}}
+	p.Sidecars = []sidecar{{Name: "pipelock", Port: 40001}, {Name: credSidecar, Port: 40003, EnvVar: "ANTHROPIC_BASE_URL"},
+		{Name: "git-gate", Port: 40004, EnvVar: "SMOLBOTTLE_GIT_GATE_URL"}}
 	for i := range p.Sidecars {
 		p.Sidecars[i].GuestURL = "http://proxy.internal:" + strconv.Itoa(p.Sidecars[i].Port)
 	}
 	p.MetricsPort = 40002
-	p.GuestEnv = guestEnv(p.Sidecars)
+	p.GuestEnv = guestEnv(p.Sidecars, p.Credentials)
 	if err := p.render(); err != nil {
 		t.Fatal(err)
 	}
@@ -453,6 +458,7 @@ func TestPlanStageGolden(t *testing.T) {
 		}
 		return ports, nil
 	}
+	env.Rand = strings.NewReader(strings.Repeat("fixed placeholder bytes ", 8))
 	opts := b.opts("golden")
 	opts.GitGate, opts.Supervise = true, true
 	opts.GitGateCmd = "/usr/bin/git-gate --listen 127.0.0.1:{port} --state {stage}"

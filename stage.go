@@ -15,8 +15,8 @@ import (
 
 // The stage directory holds one bottle's rendered files, sockets, state and
 // logs. It is 0700; every file in it is 0600 and written whole (temp file
-// plus rename), so a crash never leaves half a config. No secret value is
-// ever written here: secrets travel as names only.
+// plus rename), so a crash never leaves half a config. No credential value is
+// ever written here: the stage holds only the guest's placeholders.
 //
 //	<stage>/plan.json      the plan, also the marker that the directory is ours
 //	<stage>/Smolfile       smolvm machine definition

@@ -29,7 +29,9 @@ import (
 //	smolbottle _supervise STAGE
 //
 // It tells up it is ready by writing "ready CANARY_PORT" to file
-// descriptor 3, or why it failed, and then closing it.
+// descriptor 3, or why it failed, and then closing it. It reads the real
+// credential values from file descriptor 4, once, before it starts
+// anything, and closes it (credproxy.go).
 
 const (
 	supervisorReadyTimeout = 60 * time.Second
@@ -51,7 +53,9 @@ func runSupervise(ctx context.Context, args []string) error {
 			ready = nil
 		}
 	}
-	err := supervise(ctx, args[0], func(canary int) { report("ready " + strconv.Itoa(canary)) })
+	syscall.CloseOnExec(4)
+	creds := os.NewFile(4, "credentials")
+	err := supervise(ctx, args[0], creds, func(canary int) { report("ready " + strconv.Itoa(canary)) })
 	if err != nil {
 		report("error " + strings.ReplaceAll(err.Error(), "\n", " "))
 	}
@@ -60,10 +64,16 @@ func runSupervise(ctx context.Context, args []string) error {
 
 // supervise starts everything, reports readiness and then holds it all
 // until ctx ends or any part dies, and tears it all down either way.
-func supervise(ctx context.Context, stage string, ready func(canary int)) error {
+func supervise(ctx context.Context, stage string, creds io.ReadCloser, ready func(canary int)) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	p, err := readPlan(stage)
+	if err != nil {
+		creds.Close()
+		return err
+	}
+	values, err := readCredValues(creds, p.Credentials)
+	creds.Close()
 	if err != nil {
 		return err
 	}
@@ -99,6 +109,16 @@ func supervise(ctx context.Context, stage string, ready func(canary int)) error 
 			if err := probeEgressProxy(ctx, sc.Port, egressProbeTimeout); err != nil {
 				return err
 			}
+			continue
+		}
+		if sc.Name == credSidecar {
+			cp := newCredProxy(proxyName+":"+strconv.Itoa(sc.Port), p.Credentials, values,
+				loopbackAddr(p.Sidecars[0].Port), credUpstream+":443", nil, os.Stderr)
+			closeCreds, err := serveCredProxy(cp, sc.Port)
+			if err != nil {
+				return err
+			}
+			defer closeCreds()
 			continue
 		}
 		spec, err := sidecarSpecFor(p, sc, env)
@@ -185,18 +205,38 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 		return bottleState{}, err
 	}
 	defer r.Close()
+	// The credential values go through a pipe of their own, which the
+	// supervisor reads first thing.
+	values, err := credValues(p.Credentials, os.Getenv)
+	if err != nil {
+		w.Close()
+		return bottleState{}, withHint(err, "export it in the shell that runs smolbottle up")
+	}
+	defer clear(values)
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		return bottleState{}, err
+	}
+	defer cw.Close()
 	cmd := exec.Command(self, supervisorCmd, p.Stage)
 	cmd.Args[0] = "smolbottle"
-	cmd.Env = sidecarEnv(os.Environ())
+	// SSL_CERT_FILE and SSL_CERT_DIR choose the roots the credential
+	// sidecar verifies the Messages API with.
+	cmd.Env = append(sidecarEnv(os.Environ()), filterEnv(os.Environ(), func(k string) bool {
+		return k == "SSL_CERT_FILE" || k == "SSL_CERT_DIR"
+	})...)
 	cmd.Dir = p.Stage
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{w, cr}
 	// A session of its own: the terminal's SIGINT goes to up, which then
 	// runs down; the supervisor must not die half-way on its own.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	w.Close()
+	cr.Close()
 	if err != nil {
+		cw.Close()
 		return bottleState{}, fmt.Errorf("start the supervisor: %w", err)
 	}
 	pid := cmd.Process.Pid
@@ -219,6 +259,13 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 			<-exited
 		}
 		return bottleState{}, withTail(err, fileTail(logf.Name(), 2<<10))
+	}
+	// Written after the start, so a small pipe buffer cannot block up; a
+	// supervisor that died first makes this fail, and its log says why.
+	_, err = cw.Write(values)
+	cw.Close()
+	if err != nil {
+		return fail(fmt.Errorf("hand the credentials to the supervisor: %w", err))
 	}
 	select {
 	case <-ctx.Done():

@@ -70,8 +70,9 @@ func TestUpEndToEnd(t *testing.T) {
 	if _, code := exec("sh", "-c", "exit 3"); code != 3 {
 		t.Errorf("guest exit 3 came back as %d", code)
 	}
-	if got, code := exec("sh", "-c", `echo "$ANTHROPIC_API_KEY"`); code != 0 || strings.TrimSpace(got) != testSecret {
-		t.Errorf("the secret reference did not resolve in the guest: %q (exit %d)", got, code)
+	pl, _ := readPlan(stage)
+	if got, code := exec("sh", "-c", `echo "$ANTHROPIC_API_KEY"`); code != 0 || len(pl.Credentials) != 1 || strings.TrimSpace(got) != pl.Credentials[0].Placeholder {
+		t.Errorf("the guest's ANTHROPIC_API_KEY is %q (exit %d), want the bottle's placeholder", got, code)
 	}
 	src := filepath.Join(b.dir, "note.txt")
 	os.WriteFile(src, []byte("copied in\n"), 0o600)
@@ -92,7 +93,6 @@ func TestUpEndToEnd(t *testing.T) {
 	}
 	// The web server's port, straight at the host's virtual IP: host
 	// loopback, but not a relayed sidecar port.
-	pl, _ := readPlan(stage)
 	direct := fmt.Sprintf("http://%s:%d/", pl.Net.HostVIP, webPort)
 	if got, code := exec("curl", "-sS", "--noproxy", "*", "--max-time", "3", direct); code == 0 || strings.Contains(got, "hello") {
 		t.Errorf("guest reached a host port without the proxy: %q", got)

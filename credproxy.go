@@ -1,0 +1,249 @@
+package main
+
+import (
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The credential sidecar keeps the agent's API credentials on the host:
+// the guest holds a placeholder, random per bottle, and this sidecar (in
+// the supervisor) swaps in the real value. Its invariants:
+//
+//  1. A real value lives only in the supervisor's memory: up reads it from
+//     its own environment into a pipe the supervisor reads once and
+//     closes. It is never in a file, log, argv or environment, nor sent to
+//     the guest.
+//  2. A real value goes only to credUpstream, over TLS verified against
+//     the system roots, through the egress proxy (CONNECT), whose
+//     allow-list and log still apply.
+//  3. Forwarded is only: POST, with Host the sidecar's own address as the
+//     guest dials it, to /v1/messages or /v1/messages/count_tokens (what
+//     Claude Code calls; batches would let the guest read every batch made
+//     with the key), no query but beta=true, and at least one credential
+//     header, each exactly this bottle's placeholder in its own header.
+//     The rest is refused with a status saying why, logged without values.
+//  4. Only the credential header is rewritten. Responses, server-sent
+//     events included, stream through with a flush after every write.
+const (
+	credSidecar        = "credentials"
+	credUpstream       = "api.anthropic.com"
+	credMaxBody        = 32 << 20 // the Messages API's own request limit
+	credMaxHeader      = 64 << 10
+	credMaxValue       = 8 << 10 // one credential's value, as read from up
+	credReadHeader     = 10 * time.Second
+	credDial           = 10 * time.Second // to the egress proxy, and its TLS handshake
+	credIdle           = 120 * time.Second
+	credResponseHeader = 10 * time.Minute // a long non-streamed reply sends its headers last
+	credPlaceholderLen = 32               // random bytes, hex-encoded
+)
+
+// credKinds are the host variables the sidecar stands in for and the
+// header each travels in; Claude Code 2.1.332 sends ANTHROPIC_API_KEY as
+// x-api-key and CLAUDE_CODE_OAUTH_TOKEN as "Authorization: Bearer"
+// (measured).
+var credKinds = []struct{ Env, Header, Prefix string }{
+	{"ANTHROPIC_API_KEY", "X-Api-Key", ""},
+	{"CLAUDE_CODE_OAUTH_TOKEN", "Authorization", "Bearer "},
+}
+
+var (
+	credPaths    = []string{"/v1/messages", "/v1/messages/count_tokens"}
+	credTooLarge = "the request body is over " + strconv.Itoa(credMaxBody>>20) + " MiB"
+)
+
+// credential is one of a bottle's credentials as the plan records it.
+type credential struct {
+	Env         string `json:"env"`
+	Header      string `json:"header"`
+	Prefix      string `json:"prefix,omitempty"`
+	Placeholder string `json:"placeholder"`
+}
+
+// newCredentials gives each credential the host has (getenv non-empty) a
+// fresh placeholder read from rnd.
+func newCredentials(getenv func(string) string, rnd io.Reader) ([]credential, error) {
+	var out []credential
+	for _, k := range credKinds {
+		if getenv(k.Env) == "" {
+			continue
+		}
+		b := make([]byte, credPlaceholderLen)
+		if _, err := io.ReadFull(rnd, b); err != nil {
+			return nil, fmt.Errorf("placeholder for %s: %w", k.Env, err)
+		}
+		out = append(out, credential{Env: k.Env, Header: k.Header, Prefix: k.Prefix,
+			Placeholder: "sk-ant-smolbottle-" + hex.EncodeToString(b)})
+	}
+	return out, nil
+}
+
+// credValues reads the real values for creds from getenv, as JSON for the
+// supervisor's pipe.
+func credValues(creds []credential, getenv func(string) string) ([]byte, error) {
+	m := map[string]string{}
+	for _, c := range creds {
+		v := getenv(c.Env)
+		if v == "" || len(v) > credMaxValue || strings.ContainsAny(v, "\r\n\x00") {
+			return nil, fmt.Errorf("%s must be set, one line, at most %d bytes", c.Env, credMaxValue)
+		}
+		m[c.Env] = v
+	}
+	return json.Marshal(m)
+}
+
+// readCredValues reads what credValues wrote, once, and checks that every
+// credential of the plan has its value.
+func readCredValues(r io.Reader, creds []credential) (map[string]string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(len(credKinds))*(credMaxValue+256)))
+	if err != nil {
+		return nil, fmt.Errorf("read the credentials: %w", err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, errors.New("the credentials up handed over are malformed")
+	}
+	for _, c := range creds {
+		if m[c.Env] == "" {
+			return nil, fmt.Errorf("up handed over no value for %s", c.Env)
+		}
+	}
+	return m, nil
+}
+
+type credProxy struct {
+	host   string // the Host the guest sends: proxy.internal:PORT
+	creds  []credential
+	values map[string]string // by credential Env
+	proxy  *httputil.ReverseProxy
+	log    *log.Logger
+}
+
+// newCredProxy returns the sidecar for one bottle. host is the Host header
+// requests must carry, egress the egress proxy's 127.0.0.1 address,
+// upstream the TLS host:port credentials go to (credUpstream:443 but in
+// tests), tlsConf nil for the system roots.
+func newCredProxy(host string, creds []credential, values map[string]string, egress, upstream string, tlsConf *tls.Config, logw io.Writer) *credProxy {
+	if tlsConf == nil {
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	tr := &http.Transport{
+		Proxy:                  http.ProxyURL(&url.URL{Scheme: "http", Host: egress}),
+		DialContext:            (&net.Dialer{Timeout: credDial}).DialContext,
+		TLSClientConfig:        tlsConf,
+		ForceAttemptHTTP2:      true,
+		TLSHandshakeTimeout:    credDial,
+		ResponseHeaderTimeout:  credResponseHeader,
+		IdleConnTimeout:        credIdle,
+		MaxResponseHeaderBytes: credMaxHeader,
+	}
+	cp := &credProxy{host: host, creds: creds, values: values, log: log.New(logw, "credentials: ", log.LstdFlags)}
+	cp.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = "https", upstream, ""
+			for _, c := range cp.creds {
+				if pr.In.Header.Get(c.Header) != "" {
+					pr.Out.Header.Set(c.Header, c.Prefix+cp.values[c.Env])
+				}
+			}
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		ErrorLog:      cp.log,
+		ModifyResponse: func(resp *http.Response) error {
+			cp.log.Printf("forwarded %s %q: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.As(err, new(*http.MaxBytesError)) {
+				cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
+				return
+			}
+			cp.log.Printf("%s %q: upstream: %v", r.Method, r.URL.Path, err)
+			http.Error(w, "smolbottle credentials: the Messages API could not be reached through the egress proxy", http.StatusBadGateway)
+		},
+	}
+	return cp
+}
+
+func (cp *credProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if status, why := cp.check(r); status != 0 {
+		cp.refuse(w, r, status, why)
+		return
+	}
+	if r.ContentLength > credMaxBody {
+		cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, credMaxBody)
+	cp.proxy.ServeHTTP(w, r)
+}
+
+// refuse answers status with why, and logs it. Method and path are
+// quoted: they are the guest's.
+func (cp *credProxy) refuse(w http.ResponseWriter, r *http.Request, status int, why string) {
+	cp.log.Printf("refused %q %q: %d %s", r.Method, r.URL.Path, status, why)
+	http.Error(w, "smolbottle credentials: "+why, status)
+}
+
+// check returns 0 for a request that may be forwarded, else the status
+// and reason to refuse it with. The reason never holds a header value.
+func (cp *credProxy) check(r *http.Request) (int, string) {
+	if r.Host != cp.host || (r.URL.Host != "" && r.URL.Host != cp.host) {
+		return http.StatusMisdirectedRequest, "this sidecar serves only " + cp.host
+	}
+	if r.Method != http.MethodPost {
+		return http.StatusMethodNotAllowed, "only POST is forwarded"
+	}
+	if r.URL.RawPath != "" || !slices.Contains(credPaths, r.URL.Path) {
+		return http.StatusForbidden, "only " + strings.Join(credPaths, " and ") + " are forwarded"
+	}
+	if q := r.URL.RawQuery; q != "" && q != "beta=true" {
+		return http.StatusForbidden, "only the query beta=true is forwarded"
+	}
+	if len(cp.creds) == 0 {
+		return http.StatusUnauthorized, "the host had no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN at up"
+	}
+	matched := false
+	for _, k := range credKinds {
+		vs := r.Header.Values(k.Header)
+		if len(vs) == 0 {
+			continue
+		}
+		i := slices.IndexFunc(cp.creds, func(c credential) bool { return c.Env == k.Env })
+		if i < 0 || len(vs) != 1 || subtle.ConstantTimeCompare([]byte(vs[0]), []byte(k.Prefix+cp.creds[i].Placeholder)) != 1 {
+			return http.StatusUnauthorized, k.Header + " does not carry this bottle's placeholder"
+		}
+		matched = true
+	}
+	if !matched {
+		return http.StatusUnauthorized, "no credential header carries this bottle's placeholder"
+	}
+	return 0, ""
+}
+
+// serveCredProxy listens on 127.0.0.1:port and serves cp until the
+// listener is closed by the returned function.
+func serveCredProxy(cp *credProxy, port int) (func(), error) {
+	ln, err := net.Listen("tcp", loopbackAddr(port))
+	if err != nil {
+		return nil, fmt.Errorf("credential sidecar on %s: %w", loopbackAddr(port), err)
+	}
+	srv := &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
+		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log}
+	go srv.Serve(ln)
+	return func() { srv.Close() }, nil
+}
