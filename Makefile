@@ -45,8 +45,8 @@ bench:
 	go test -run='^$$' -bench=. -benchmem .
 
 # gvproxy and its guest agent gvforwarder (cmd/vm), pinned, into bin/; not
-# recorded in go.mod.
-tools: $(BIN)/gvproxy $(BIN)/gvforwarder
+# recorded in go.mod. pipelock too, from its source archive.
+tools: $(BIN)/gvproxy $(BIN)/gvforwarder pipelock
 
 # Static (CGO_ENABLED=0): the jail holds the binary and nothing else, no
 # loader or libc.
@@ -56,6 +56,28 @@ $(BIN)/gvproxy:
 $(BIN)/gvforwarder:
 	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/vm@$(GVTAG)
 	mv $(BIN)/vm $(BIN)/gvforwarder
+
+# pipelock from a source archive of its v2.3.0 tag (git archive
+# --prefix=pipelock-v2.3.0/ v2.3.0 | gzip): the Go module proxy refuses to
+# `go install` it (its go.mod path lacks the /v2 its tags need). Static, and
+# version-stamped so `pipelock version` says 2.3.0 (on stderr), as the
+# release binaries do. PIPELOCK_SRC unset: nothing is built.
+PIPELOCK_SRC ?=
+PIPELOCK_VER := 2.3.0
+PIPELOCK_PKG := github.com/luckyPipewrench/pipelock/internal
+.PHONY: pipelock
+pipelock:
+	@if [ -x $(BIN)/pipelock ]; then exit 0; fi; \
+	if [ -z "$(PIPELOCK_SRC)" ]; then \
+		echo "make tools: skipping pipelock: PIPELOCK_SRC is unset. Install pipelock $(PIPELOCK_VER)'s release binary as $(BIN)/pipelock, or run make tools PIPELOCK_SRC=/path/to/pipelock-v$(PIPELOCK_VER).tar.gz (git archive of its v$(PIPELOCK_VER) tag)"; \
+		exit 0; \
+	fi; \
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	tar -xzf "$(PIPELOCK_SRC)" -C "$$tmp"; \
+	cd "$$tmp/pipelock-v$(PIPELOCK_VER)" && CGO_ENABLED=0 go build -trimpath \
+		-ldflags "-s -w -X $(PIPELOCK_PKG)/cliutil.Version=$(PIPELOCK_VER) -X $(PIPELOCK_PKG)/proxy.Version=$(PIPELOCK_VER)" \
+		-o $(BIN)/pipelock ./cmd/pipelock; \
+	$(BIN)/pipelock version 2>&1 | grep -qx "pipelock version $(PIPELOCK_VER)"
 
 # The README's main-job command: the reachability matrix of a confined
 # gvproxy with the real guest agent, in namespaces it creates.

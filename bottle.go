@@ -219,9 +219,16 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 }
 
 // checkAllowList validates and de-duplicates the allow-list, keeping order.
+// An empty entry is refused here, by name: pipelock's strict mode refuses
+// an empty allow-list (internal/config/validate.go:250-252 @ v2.3.0), so
+// "allow nothing" cannot be expressed and must not reach up.
 func checkAllowList(entries []string) ([]string, error) {
 	if len(entries) == 0 {
 		entries = []string{defaultAllow}
+	}
+	if slices.Contains(entries, "") {
+		return nil, withHint(usageError("empty -allow: the egress allow-list cannot be empty (pipelock's strict mode refuses it)"),
+			"name each host the agent may reach, e.g. -allow api.anthropic.com; without -allow the list is "+defaultAllow)
 	}
 	if len(entries) > maxAllow {
 		return nil, usageError("%d -allow entries; at most %d", len(entries), maxAllow)
@@ -368,10 +375,17 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(i
 	return nil
 }
 
-// guestEnv is the guest's environment (DESIGN.md §4): the egress proxy for
-// every client that honours the usual variables, with an http:// scheme
-// because Claude Code rejects an https proxy URL, and one URL variable per
-// optional sidecar.
+// noProxy names what the guest reaches without the egress proxy: itself,
+// and the sidecars at proxy.internal. Without proxy.internal here, curl,
+// git and Claude Code send a sidecar's http:// URL to pipelock as an
+// absolute-URI request, which pipelock checks against the allow-list like
+// a CONNECT and refuses (internal/proxy/proxy.go:1837-1843 @ v2.3.0).
+const noProxy = "localhost,127.0.0.1," + proxyName
+
+// guestEnv is the guest's environment: the egress proxy for every client
+// that honours the usual variables, with an http:// scheme because Claude
+// Code rejects an https proxy URL, and one URL variable per optional
+// sidecar.
 func guestEnv(sidecars []sidecar) []envVar {
 	proxy := sidecars[0].GuestURL
 	env := []envVar{
@@ -379,8 +393,8 @@ func guestEnv(sidecars []sidecar) []envVar {
 		{"HTTP_PROXY", proxy},
 		{"https_proxy", proxy},
 		{"http_proxy", proxy},
-		{"NO_PROXY", "localhost,127.0.0.1"},
-		{"no_proxy", "localhost,127.0.0.1"},
+		{"NO_PROXY", noProxy},
+		{"no_proxy", noProxy},
 		{"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},
 	}
 	for _, s := range sidecars[1:] {
