@@ -119,9 +119,9 @@ func TestRealPipelockLoadsRenderedConfigs(t *testing.T) {
 	// The check can fail: what pipelock refuses (and the fake must too).
 	good, _ := renderPipelock(pipelockSpec{Port: 1, MetricsPort: 2, Allow: []string{"a.example"}, LogFile: "/l"})
 	for name, bad := range map[string]string{
-		"empty-allow":   strings.Replace(string(good), "  - \"a.example\"\n", "", 1),
-		"nested-key":    strings.Replace(string(good), "\"sni_verification\"", "\"sni_verify\"", 1),
-		"bad-mode":      strings.Replace(string(good), "\"strict\"", "\"strikt\"", 1),
+		"empty-allow": strings.Replace(string(good), "  - \"a.example\"\n", "", 1),
+		"nested-key":  strings.Replace(string(good), "\"sni_verification\"", "\"sni_verify\"", 1),
+		"bad-mode":    strings.Replace(string(good), "\"strict\"", "\"strikt\"", 1),
 	} {
 		if bad == string(good) {
 			t.Fatalf("%s: the edit did not apply", name)
