@@ -67,7 +67,7 @@ PIPELOCK_VER := 2.3.0
 PIPELOCK_PKG := github.com/luckyPipewrench/pipelock/internal
 .PHONY: pipelock
 pipelock:
-	@if [ -x $(BIN)/pipelock ]; then exit 0; fi; \
+	@if [ -x $(BIN)/pipelock ]; then echo "$(BIN)/pipelock: $$($(BIN)/pipelock version 2>&1 | head -1)"; exit 0; fi; \
 	if [ -z "$(PIPELOCK_SRC)" ]; then \
 		echo "make tools: skipping pipelock: PIPELOCK_SRC is unset. Install pipelock $(PIPELOCK_VER)'s release binary as $(BIN)/pipelock, or run make tools PIPELOCK_SRC=/path/to/pipelock-v$(PIPELOCK_VER).tar.gz (git archive of its v$(PIPELOCK_VER) tag)"; \
 		exit 0; \
@@ -77,7 +77,7 @@ pipelock:
 	cd "$$tmp/pipelock-v$(PIPELOCK_VER)" && CGO_ENABLED=0 go build -trimpath \
 		-ldflags "-s -w -X $(PIPELOCK_PKG)/cliutil.Version=$(PIPELOCK_VER) -X $(PIPELOCK_PKG)/proxy.Version=$(PIPELOCK_VER)" \
 		-o $(BIN)/pipelock ./cmd/pipelock; \
-	$(BIN)/pipelock version 2>&1 | grep -qx "pipelock version $(PIPELOCK_VER)"
+	$(BIN)/pipelock version 2>&1 | grep -x "pipelock version $(PIPELOCK_VER)" || { rm -f $(BIN)/pipelock; exit 1; }
 
 # The README's main-job command: the reachability matrix of a confined
 # gvproxy with the real guest agent, in namespaces it creates.
