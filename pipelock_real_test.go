@@ -43,6 +43,14 @@ func TestRealPipelockVersion(t *testing.T) {
 	if !c.OK || c.Version != "2.3.0" || c.Path == "" {
 		t.Errorf("checkPipelock on the real pipelock = %+v", c)
 	}
+	// The fake answers on the same stream.
+	fake := newFakePipelock(t)
+	var fout, ferr strings.Builder
+	cmd = exec.Command(fake.path, "version")
+	cmd.Stdout, cmd.Stderr = &fout, &ferr
+	if err := cmd.Run(); err != nil || fout.Len() != 0 || !strings.HasPrefix(ferr.String(), "pipelock version 2.3.0\n") {
+		t.Errorf("fake pipelock version: %v, stdout %q, stderr %q; want it as the real one", err, fout.String(), ferr.String())
+	}
 }
 
 // pipelockCheck runs `pipelock check --config file` (internal/cli/diag/
@@ -204,7 +212,7 @@ func TestRealPipelockThroughTestHost(t *testing.T) {
 	start := time.Now()
 	for i := range 100 {
 		if err := get(); err != nil {
-			t.Fatalf("CONNECT %d of 100 (after %v): %v", i+2, time.Since(start), err)
+			t.Fatalf("request %d of the 100 (CONNECT %d to the domain, after %v): %v", i+1, i+2, time.Since(start), err)
 		}
 	}
 	if d := time.Since(start); d > time.Minute {
