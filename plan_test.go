@@ -21,10 +21,14 @@ func realTool(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing in CI: make tools must run before the tests", p)
+		how := "make tools"
+		if name == "pipelock" {
+			how = "make tools PIPELOCK_SRC=pipelock-v2.3.0.tar.gz (a git archive of its v2.3.0 tag), or copy pipelock 2.3.0's release binary there"
 		}
-		t.Skipf("%s missing: run `make tools`", p)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s missing in CI: run %s before the tests", p, how)
+		}
+		t.Skipf("%s missing: run %s", p, how)
 	}
 	return p
 }

@@ -43,7 +43,7 @@ func pipelockCase(name string, spec pipelockSpec) renderCase {
 	return renderCase{name, func() ([]byte, error) { return renderPipelock(spec) }, intendedPipelock(spec), readYAMLSubset}
 }
 
-// proxyEnv is the guest environment DESIGN.md §4 prescribes for a pipelock
+// proxyEnv is the guest environment guestEnv gives for a pipelock
 // on port.
 func proxyEnv(port string) []envVar {
 	u := "http://proxy.internal:" + port

@@ -4,7 +4,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -58,8 +57,10 @@ var upSteps = []string{"starting the supervisor", "creating machine", "starting 
 
 var bootedRE = regexp.MustCompile(`fake: booted in (\d+) ns`)
 
-// BenchmarkUp measures up, plan to ready, with the real pipelock, the real
-// confined gvproxy and gvforwarder and the fake VM, split by step:
+// BenchmarkUp measures `smolbottle up`, plan to ready, run as the static
+// binary a user installs (so the supervisor is smolbottle, not the test
+// binary), with the real pipelock, the real confined gvproxy and
+// gvforwarder, the fake smolvm and the fake VM, split by step:
 //
 //	go test -run '^$' -bench BenchmarkUp -benchtime 10x .
 //
@@ -78,12 +79,13 @@ func BenchmarkUp(b *testing.B) {
 	if o, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("static build: %v\n%s", err, o)
 	}
-	testOnlyGuestSelf = out
-	b.Cleanup(func() { testOnlyGuestSelf = "" })
-	b.Setenv("PATH", tb.path)
-	b.Setenv("SMOLBOTTLE_STATE", tb.state)
-	b.Setenv("ANTHROPIC_API_KEY", testSecret)
-	ctx := context.Background()
+	env := []string{"PATH=" + tb.path, "SMOLBOTTLE_STATE=" + tb.state, "HOME=" + tb.dir,
+		"ANTHROPIC_API_KEY=" + testSecret}
+	smolbottle := func(stderr io.Writer, args ...string) error {
+		cmd := exec.Command(out, args...)
+		cmd.Env, cmd.Stderr = env, stderr
+		return cmd.Run()
+	}
 	stage := filepath.Join(tb.state, "bench")
 	sums := map[string]time.Duration{}
 	b.ResetTimer()
@@ -103,7 +105,7 @@ func BenchmarkUp(b *testing.B) {
 			}()
 		}
 		start := time.Now()
-		err := run(ctx, []string{"up", "-image", tb.image, "-workspace", tb.workspace, "bench"}, io.Discard, clock)
+		err := smolbottle(clock, "up", "-image", tb.image, "-workspace", tb.workspace, "bench")
 		end := time.Now()
 		close(done)
 		wg.Wait()
@@ -113,7 +115,7 @@ func BenchmarkUp(b *testing.B) {
 		b.StopTimer()
 		logs, _ := os.ReadFile(filepath.Join(tb.path, "vm-"+machineName("bench")+".log"))
 		m := bootedRE.FindAllSubmatch(logs, -1)
-		if err := run(ctx, []string{"down", "bench"}, io.Discard, io.Discard); err != nil {
+		if err := smolbottle(io.Discard, "down", "bench"); err != nil {
 			b.Fatalf("down: %v", err)
 		}
 		b.StartTimer()
