@@ -41,11 +41,17 @@ import (
 // needed, in the test or anywhere.
 //
 // Resolving it by name: pipelock is built with CGO_ENABLED=0 and resolves
-// with net.DefaultResolver (internal/scanner/scanner.go:814 @ v2.3.0), Go's
-// own resolver, which reads /etc/hosts first. pipelockResolving links a
-// "pipelock" that enters a private mount namespace, binds a hosts file
-// naming the test hosts over /etc/hosts and execs the real pipelock (same
-// pid, so the supervisor's Pdeathsig and signals reach it).
+// with net.DefaultResolver, both in the scan (internal/scanner/scanner.go:821
+// @ v2.3.0) and when it dials the tunnel (internal/proxy/proxy.go:1774 @
+// v2.3.0, which checks the address again): Go's own resolver, which reads
+// /etc/hosts first. pipelockResolving links a "pipelock" that enters a
+// private mount namespace, binds a hosts file naming the test hosts over
+// /etc/hosts and execs the real pipelock (same pid, so the supervisor's
+// Pdeathsig and signals reach it).
+//
+// A Go client other than pipelock trusts the test CA through
+// SSL_CERT_FILE=CAFile (crypto/x509 reads it on Linux); curl through
+// --cacert.
 
 func init() { pipelockWrapped = runPipelockWrapped }
 
