@@ -24,9 +24,9 @@ import (
 const (
 	pipelockMaxTunnelSeconds = 3600 // long SSE streams to api.anthropic.com outlive the 300 s default
 	pipelockIdleSeconds      = 600
-	// pipelockMaxPerMinute is 100 a second per allowed domain: above any
-	// burst an agent makes (an npm install opens a few hundred), still a
-	// bound on a runaway loop.
+	// pipelockMaxPerMinute is 100 a second per allowed domain: above the
+	// bursts of an agent whose package manager opens a connection per
+	// download, still a bound on a runaway loop.
 	pipelockMaxPerMinute = 6000
 )
 

@@ -114,9 +114,11 @@ func newPipelockFixture(t *testing.T) *pipelockFixture {
 // misbehave; allowed names reach a loopback echo server (hosts.json).
 func newFakePipelockFixture(t *testing.T) *pipelockFixture {
 	t.Helper()
+	// The echo server binds before the ports are allocated: bound after,
+	// its ephemeral port could be one of them.
+	echo := echoServer(t)
 	fake := newFakePipelock(t)
 	f := newPipelockFixtureWith(t, fake.path, fake)
-	echo := echoServer(t)
 	hosts, _ := json.Marshal(map[string]int{"api.anthropic.com": echo})
 	if err := os.WriteFile(filepath.Join(f.stage, fakePipelockHosts), hosts, 0o600); err != nil {
 		t.Fatal(err)
