@@ -46,8 +46,9 @@ bench:
 	go test -run='^$$' -bench=. -benchmem .
 
 # gvproxy and its guest agent gvforwarder (cmd/vm), pinned, into bin/; not
-# recorded in go.mod.
-tools: $(BIN)/gvproxy $(BIN)/gvforwarder $(BIN)/claude
+# recorded in go.mod. pipelock too, from its source archive, and Claude Code
+# from npm for the tests that run the real client.
+tools: $(BIN)/gvproxy $(BIN)/gvforwarder pipelock $(BIN)/claude
 
 # Static (CGO_ENABLED=0): the jail holds the binary and nothing else, no
 # loader or libc.
@@ -64,6 +65,28 @@ $(BIN)/gvforwarder:
 $(BIN)/claude:
 	npm install --prefix $(BIN)/claude-code --no-save --no-fund --no-audit @anthropic-ai/claude-code@$(CCVER)
 	ln -sf claude-code/node_modules/@anthropic-ai/claude-code-linux-x64/claude $@
+
+# pipelock from a source archive of its v2.3.0 tag (git archive
+# --prefix=pipelock-v2.3.0/ v2.3.0 | gzip): the Go module proxy refuses to
+# `go install` it (its go.mod path lacks the /v2 its tags need). Static, and
+# version-stamped so `pipelock version` says 2.3.0 (on stderr), as the
+# release binaries do. PIPELOCK_SRC unset: nothing is built.
+PIPELOCK_SRC ?=
+PIPELOCK_VER := 2.3.0
+PIPELOCK_PKG := github.com/luckyPipewrench/pipelock/internal
+.PHONY: pipelock
+pipelock:
+	@if [ -x $(BIN)/pipelock ]; then echo "$(BIN)/pipelock: $$($(BIN)/pipelock version 2>&1 | head -1)"; exit 0; fi; \
+	if [ -z "$(PIPELOCK_SRC)" ]; then \
+		echo "make tools: skipping pipelock: PIPELOCK_SRC is unset. Install pipelock $(PIPELOCK_VER)'s release binary as $(BIN)/pipelock, or run make tools PIPELOCK_SRC=/path/to/pipelock-v$(PIPELOCK_VER).tar.gz (git archive of its v$(PIPELOCK_VER) tag)"; \
+		exit 0; \
+	fi; \
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	tar -xzf "$(PIPELOCK_SRC)" -C "$$tmp"; \
+	cd "$$tmp/pipelock-v$(PIPELOCK_VER)" && CGO_ENABLED=0 go build -trimpath \
+		-ldflags "-s -w -X $(PIPELOCK_PKG)/cliutil.Version=$(PIPELOCK_VER) -X $(PIPELOCK_PKG)/proxy.Version=$(PIPELOCK_VER)" \
+		-o $(BIN)/pipelock ./cmd/pipelock; \
+	$(BIN)/pipelock version 2>&1 | grep -x "pipelock version $(PIPELOCK_VER)" || { rm -f $(BIN)/pipelock; exit 1; }
 
 # The README's main-job command: the reachability matrix of a confined
 # gvproxy with the real guest agent, in namespaces it creates.

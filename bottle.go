@@ -221,9 +221,16 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 }
 
 // checkAllowList validates and de-duplicates the allow-list, keeping order.
+// An empty entry is refused here, by name: pipelock's strict mode refuses
+// an empty allow-list (internal/config/validate.go:250-252 @ v2.3.0), so
+// "allow nothing" cannot be expressed and must not reach up.
 func checkAllowList(entries []string) ([]string, error) {
 	if len(entries) == 0 {
 		entries = []string{defaultAllow}
+	}
+	if slices.Contains(entries, "") {
+		return nil, withHint(usageError("empty -allow: the egress allow-list cannot be empty (pipelock's strict mode refuses it)"),
+			"name each host the agent may reach, e.g. -allow api.anthropic.com; without -allow the list is "+defaultAllow)
 	}
 	if len(entries) > maxAllow {
 		return nil, usageError("%d -allow entries; at most %d", len(entries), maxAllow)
@@ -372,12 +379,19 @@ func (p *plan) allocSidecars(opts planOptions, egressPort int, allocPorts func(i
 	return nil
 }
 
+// noProxy names what the guest reaches without the egress proxy: itself,
+// and the sidecars at proxy.internal. Without proxy.internal here, curl
+// and git send a sidecar's http:// URL to pipelock as an absolute-URI
+// request, which pipelock checks against the allow-list like a CONNECT and
+// refuses (internal/proxy/proxy.go:1837-1843 @ v2.3.0); Claude Code sends
+// its ANTHROPIC_BASE_URL requests through the egress proxy too (measured
+// with 2.1.332).
+const noProxy = "localhost,127.0.0.1," + proxyName
+
 // guestEnv is the guest's environment: the egress proxy for every client
 // that honours the usual variables, with an http:// scheme because Claude
-// Code rejects an https proxy URL; proxy.internal in NO_PROXY, since Claude
-// Code otherwise sends its ANTHROPIC_BASE_URL requests through the egress
-// proxy too (measured with 2.1.332); one URL variable per other sidecar;
-// and each credential's placeholder, never its value.
+// Code rejects an https proxy URL; one URL variable per other sidecar; and
+// each credential's placeholder, never its value.
 func guestEnv(sidecars []sidecar, creds []credential) []envVar {
 	proxy := sidecars[0].GuestURL
 	env := []envVar{
@@ -385,8 +399,8 @@ func guestEnv(sidecars []sidecar, creds []credential) []envVar {
 		{"HTTP_PROXY", proxy},
 		{"https_proxy", proxy},
 		{"http_proxy", proxy},
-		{"NO_PROXY", "localhost,127.0.0.1," + proxyName},
-		{"no_proxy", "localhost,127.0.0.1," + proxyName},
+		{"NO_PROXY", noProxy},
+		{"no_proxy", noProxy},
 		{"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},
 	}
 	for _, s := range sidecars[1:] {

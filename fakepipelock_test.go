@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,17 +21,32 @@ import (
 	"time"
 )
 
-// The fake pipelock is the test binary run under the name "pipelock". It
-// reads the config smolbottle rendered (only the keys it needs, but it
-// refuses unknown top-level keys as pipelock does) and is a real HTTP
-// CONNECT forward proxy on fetch_proxy.listen: it answers GET /health,
-// refuses hosts outside api_allowlist with 403 (in mode strict, the only
-// mode that enforces it) and tunnels the rest. It never resolves a name
-// and never dials anything but 127.0.0.1: allowed names are mapped to
-// local ports by hosts.json beside the config. Beside its own executable
-// it logs argv and environment, and reads a control file.
+// The fake pipelock is the test binary run under the name "pipelock". The
+// end-to-end tests run the real pipelock (bin/pipelock); the fake stays
+// only for the sidecar tests that need a pipelock that misbehaves on
+// command (exits at start, never gets healthy, ignores SIGTERM, starts
+// slowly), which the real one cannot be made to do. It still loads a config
+// as pipelock does, so that a config the real one refuses fails here too:
+// unknown keys are fatal at every level (yaml KnownFields,
+// internal/config/load.go:33-36 @ v2.3.0; the keys of each section
+// smolbottle writes are listed in fakePipelockKeys), and the values are
+// checked as internal/config/validate.go does for what smolbottle sets.
+// It prints its version on stderr, as cobra's cmd.Printf does
+// (internal/cli/version.go:21-24 @ v2.3.0; cobra command.go:1435-1446 @
+// v1.10.2). It is a real HTTP CONNECT forward proxy on fetch_proxy.listen:
+// it answers GET /health, refuses hosts outside api_allowlist with 403 (in
+// mode strict) and tunnels the rest. It never resolves a name and never
+// dials anything but 127.0.0.1: allowed names are mapped to local ports by
+// hosts.json beside the config. Beside its own executable it logs argv and
+// environment, and reads a control file.
+//
+// Linked beside a pipelockHostsWrap file, the same name runs the real
+// pipelock instead (testhost_test.go).
 
 func init() { fakes["pipelock"] = fakePipelock }
+
+// pipelockWrapped is set where the wrapper exists (Linux).
+var pipelockWrapped func(args []string, wrapFile string) int
 
 const (
 	fakePipelockLog     = "pipelock.log"
@@ -53,18 +69,42 @@ type fakePipelockConfig struct {
 	Forward       bool
 	LogFile       string
 	MetricsListen string
+	MaxPerMinute  int
 }
 
-var fakePipelockTopKeys = map[string]bool{
-	"version": true, "mode": true, "enforce": true, "api_allowlist": true, "fetch_proxy": true,
-	"forward_proxy": true, "request_body_scanning": true, "tls_interception": true, "dlp": true,
-	"logging": true, "metrics_listen": true, "kill_switch": true, "sentry": true, "internal": true,
-	"trusted_domains": true, "ssrf": true, "flight_recorder": true, "mediation_envelope": true,
-	"agents": true,
+// fakePipelockKeys lists pipelock's known keys, by parent: "" is the top
+// level (internal/config/schema.go:204-259 @ v2.3.0); the sections are
+// those smolbottle writes: forward_proxy (schema.go:374-378), fetch_proxy
+// (:429-433), fetch_proxy.monitoring (:438-444), logging (:519-523),
+// request_body_scanning (:597-603), sentry (:694-698). A section not
+// listed here is one the fake does not model, and it refuses it.
+var fakePipelockKeys = map[string][]string{
+	"": {"version", "mode", "enforce", "explain_blocks", "api_allowlist", "suppress", "fetch_proxy",
+		"forward_proxy", "websocket_proxy", "dlp", "canary_tokens", "response_scanning",
+		"mcp_input_scanning", "mcp_tool_scanning", "mcp_tool_policy", "git_protection", "logging",
+		"session_profiling", "adaptive_enforcement", "mcp_session_binding", "request_body_scanning",
+		"kill_switch", "sentry", "metrics_listen", "emit", "tool_chain_detection", "mcp_ws_listener",
+		"tls_interception", "cross_request_detection", "reverse_proxy", "scan_api", "address_protection",
+		"seed_phrase_detection", "rules", "file_sentry", "sandbox", "flight_recorder",
+		"mcp_binary_integrity", "mcp_tool_provenance", "behavioral_baseline", "airlock", "browser_shield",
+		"media_policy", "a2a_scanning", "taint", "mediation_envelope", "redaction", "agents",
+		"default_agent_identity", "bind_default_agent_identity", "license_key", "license_file",
+		"license_public_key", "internal", "trusted_domains", "ssrf"},
+	"forward_proxy": {"enabled", "max_tunnel_seconds", "idle_timeout_seconds", "sni_verification",
+		"redirect_websocket_hosts"},
+	"fetch_proxy": {"listen", "timeout_seconds", "max_response_mb", "user_agent", "monitoring"},
+	"fetch_proxy.monitoring": {"max_url_length", "entropy_threshold", "subdomain_entropy_threshold",
+		"max_requests_per_minute", "max_data_per_minute", "blocklist", "subdomain_entropy_exclusions"},
+	"logging":               {"format", "output", "file", "include_allowed", "include_blocked"},
+	"request_body_scanning": {"enabled", "action", "max_body_bytes", "scan_headers", "header_mode", "sensitive_headers", "ignore_headers"},
+	"sentry":                {"enabled", "dsn", "environment", "sample_rate", "debug"},
 }
 
 func fakePipelock(args []string) int {
 	dir := filepath.Dir(os.Args[0])
+	if wrap := filepath.Join(dir, pipelockHostsWrap); pipelockWrapped != nil && fileExists(wrap) {
+		return pipelockWrapped(args, wrap)
+	}
 	cwd, _ := os.Getwd()
 	line, _ := json.Marshal(fakeRecord{Argv: args, Env: os.Environ(), Dir: cwd})
 	if f, err := os.OpenFile(filepath.Join(dir, fakePipelockLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
@@ -80,7 +120,7 @@ func fakePipelock(args []string) int {
 		}
 	}
 	if len(args) == 1 && args[0] == "version" {
-		fmt.Print("pipelock version 2.3.0\n  build date: unknown\n")
+		fmt.Fprint(os.Stderr, "pipelock version 2.3.0\n  build date: unknown\n")
 		return 0
 	}
 	if len(args) == 0 || args[0] != "run" {
@@ -153,23 +193,27 @@ func fakePipelock(args []string) int {
 	return 0
 }
 
-// parseFakePipelockConfig reads the block YAML renderPipelock writes:
-// every key and string double-quoted, two-space indents, "- " items.
+// parseFakePipelockConfig reads the block YAML renderPipelock writes
+// (every key and string double-quoted, two-space indents, "- " items),
+// refuses unknown keys at every level and validates what smolbottle sets.
 func parseFakePipelockConfig(src string) (fakePipelockConfig, error) {
 	var cfg fakePipelockConfig
-	var parent string // the top-level key the indented lines belong to
+	var path []string // the keys the current line is nested in
 	for n, line := range strings.Split(src, "\n") {
 		t := strings.TrimSpace(line)
 		if t == "" || strings.HasPrefix(t, "#") {
 			continue
 		}
 		indent := len(line) - len(strings.TrimLeft(line, " "))
+		if indent%2 != 0 {
+			return cfg, fmt.Errorf("line %d: odd indent", n+1)
+		}
 		if strings.HasPrefix(t, "- ") {
 			v, err := strconv.Unquote(strings.TrimPrefix(t, "- "))
 			if err != nil {
 				return cfg, fmt.Errorf("line %d: %v", n+1, err)
 			}
-			if parent == "api_allowlist" {
+			if strings.Join(path, ".") == "api_allowlist" {
 				cfg.Allow = append(cfg.Allow, v)
 			}
 			continue
@@ -182,26 +226,37 @@ func parseFakePipelockConfig(src string) (fakePipelockConfig, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("line %d: key %s: %v", n+1, k, err)
 		}
+		if indent/2 > len(path) {
+			return cfg, fmt.Errorf("line %d: indented under nothing", n+1)
+		}
+		path = path[:indent/2]
+		parent := strings.Join(path, ".")
+		known, modelled := fakePipelockKeys[parent]
+		if !modelled {
+			return cfg, fmt.Errorf("line %d: fake: section %q is not modelled", n+1, parent)
+		}
+		if !slices.Contains(known, key) {
+			return cfg, fmt.Errorf("line %d: field %s not found in type config", n+1, key)
+		}
+		path = append(path, key)
 		v = strings.TrimSpace(v)
 		if s, err := strconv.Unquote(v); err == nil {
 			v = s
 		}
-		if indent == 0 {
-			if !fakePipelockTopKeys[key] {
-				return cfg, fmt.Errorf("line %d: unknown field %q", n+1, key)
-			}
-			parent = key
-		}
-		switch path := parent + "." + key; {
-		case indent == 0 && key == "mode":
+		switch strings.Join(path, ".") {
+		case "mode":
 			cfg.Mode = v
-		case indent == 0 && key == "metrics_listen":
+		case "metrics_listen":
 			cfg.MetricsListen = v
-		case path == "fetch_proxy.listen":
+		case "fetch_proxy.listen":
 			cfg.Listen = v
-		case path == "forward_proxy.enabled":
+		case "fetch_proxy.monitoring.max_requests_per_minute":
+			if cfg.MaxPerMinute, err = strconv.Atoi(v); err != nil {
+				return cfg, fmt.Errorf("line %d: %v", n+1, err)
+			}
+		case "forward_proxy.enabled":
 			cfg.Forward = v == "true"
-		case path == "logging.file":
+		case "logging.file":
 			cfg.LogFile = v
 		}
 	}
@@ -210,6 +265,21 @@ func parseFakePipelockConfig(src string) (fakePipelockConfig, error) {
 	}
 	if cfg.Mode == "" {
 		cfg.Mode = "balanced"
+	}
+	// normalize first (internal/config/normalize.go:143-144 @ v2.3.0), so
+	// validate.go:369's "must be >= 0" never sees a negative limit.
+	if cfg.MaxPerMinute <= 0 {
+		cfg.MaxPerMinute = 60
+	}
+	// internal/config/validate.go @ v2.3.0: :242-246, :250-252, :951-953.
+	switch {
+	case cfg.Mode != "strict" && cfg.Mode != "balanced" && cfg.Mode != "audit":
+		return cfg, fmt.Errorf("invalid mode %q: must be strict, balanced, or audit", cfg.Mode)
+	case cfg.Mode == "strict" && len(cfg.Allow) == 0:
+		return cfg, errors.New("strict mode requires at least one domain in api_allowlist")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return cfg, fmt.Errorf("invalid fetch_proxy.listen %q: %w", cfg.Listen, err)
 	}
 	return cfg, nil
 }

@@ -107,7 +107,12 @@ type pipelockDoc struct {
 }
 
 type pipelockFetch struct {
-	Listen string `json:"listen"`
+	Listen     string             `json:"listen"`
+	Monitoring pipelockMonitoring `json:"monitoring"`
+}
+
+type pipelockMonitoring struct {
+	MaxRequestsPerMinute int `json:"max_requests_per_minute"`
 }
 
 type pipelockSentry struct {
@@ -144,6 +149,7 @@ func intendedPipelock(spec pipelockSpec) pipelockDoc {
 		d.APIAllowlist = append([]string{}, spec.Allow...)
 	}
 	d.FetchProxy.Listen = "127.0.0.1:" + strconv.Itoa(spec.Port)
+	d.FetchProxy.Monitoring.MaxRequestsPerMinute = 6000
 	d.ForwardProxy = pipelockForward{Enabled: true, MaxTunnelSeconds: 3600, IdleTimeoutSeconds: 600, SNIVerification: true}
 	d.RequestBodyScanning = pipelockBodyScanning{Enabled: true, Action: "block", ScanHeaders: true}
 	d.Logging = pipelockLogging{Format: "json", Output: "file", File: spec.LogFile, IncludeAllowed: true, IncludeBlocked: true}

@@ -1,17 +1,33 @@
 package main
 
-import "strconv"
+import (
+	"errors"
+	"strconv"
+)
 
-// pipelock config facts (reference/pipelock.md §1.2, schema
-// internal/config/schema.go): unknown keys are fatal; the allow-list is
-// enforced only in mode strict; forward_proxy.enabled defaults to false and
-// must be true for HTTPS_PROXY clients; an empty metrics_listen serves
-// /metrics and /stats on the agent-facing port; sentry defaults to enabled
-// and the shipped presets carry the maintainer's DSN, so it is switched off
-// explicitly.
+// pipelock config facts (schema internal/config/schema.go @ v2.3.0):
+// unknown keys are fatal, nested ones too (internal/config/load.go:33-46);
+// the allow-list is enforced only in mode strict, and strict mode with an
+// empty api_allowlist is fatal (internal/config/validate.go:250-252);
+// forward_proxy.enabled defaults to false and must be true for HTTPS_PROXY
+// clients; an empty metrics_listen serves /metrics and /stats on the
+// agent-facing port; sentry defaults to enabled and the shipped presets
+// carry the maintainer's DSN, so it is switched off explicitly.
+//
+// Every CONNECT is scanned once (internal/proxy/forward.go:126), and the
+// scan counts it against a per-base-domain limit per minute
+// (internal/scanner/scanner.go:688, :1070-1084) that defaults to 60 when
+// fetch_proxy.monitoring.max_requests_per_minute is unset or <= 0
+// (internal/config/normalize.go:143-144): there is no "off". 60 throttles
+// an agent that opens a connection per request (npm, pip, parallel
+// subagents); the allow-list, not this counter, is what confines egress.
 const (
 	pipelockMaxTunnelSeconds = 3600 // long SSE streams to api.anthropic.com outlive the 300 s default
 	pipelockIdleSeconds      = 600
+	// pipelockMaxPerMinute is 100 a second per allowed domain: above the
+	// bursts of an agent whose package manager opens a connection per
+	// download, still a bound on a runaway loop.
+	pipelockMaxPerMinute = 6000
 )
 
 // pipelockSpec is everything the pipelock config depends on.
@@ -23,7 +39,11 @@ type pipelockSpec struct {
 }
 
 // renderPipelock returns pipelock's YAML config for spec.
+// An empty Allow is an error: pipelock would refuse the config.
 func renderPipelock(spec pipelockSpec) ([]byte, error) {
+	if len(spec.Allow) == 0 {
+		return nil, errors.New("api_allowlist: empty; pipelock's strict mode needs at least one host")
+	}
 	var y yamlWriter
 	y.buf.WriteString(generatedHeader)
 	y.keyInt(0, "version", 1)
@@ -35,6 +55,8 @@ func renderPipelock(spec pipelockSpec) ([]byte, error) {
 	}
 	y.key(0, "fetch_proxy")
 	y.keyValue(2, "listen", loopbackAddr(spec.Port))
+	y.key(2, "monitoring")
+	y.keyInt(4, "max_requests_per_minute", pipelockMaxPerMinute)
 	y.key(0, "forward_proxy")
 	y.keyBool(2, "enabled", true)
 	y.keyInt(2, "max_tunnel_seconds", pipelockMaxTunnelSeconds)

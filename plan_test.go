@@ -21,16 +21,20 @@ func realTool(t testing.TB, name string) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s missing in CI: make tools must run before the tests", p)
+		how := "make tools"
+		if name == "pipelock" {
+			how = "make tools PIPELOCK_SRC=pipelock-v2.3.0.tar.gz (a git archive of its v2.3.0 tag), or copy pipelock 2.3.0's release binary there"
 		}
-		t.Skipf("%s missing: run `make tools`", p)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s missing in CI: run %s before the tests", p, how)
+		}
+		t.Skipf("%s missing: run %s", p, how)
 	}
 	return p
 }
 
-// testBottle is a directory tree for one plan: a PATH holding the fakes and
-// the real gvproxy and gvforwarder, an image archive, a workspace and a
+// testBottle is a directory tree for one plan: a PATH holding the fake
+// smolvm and the real gvproxy, gvforwarder and pipelock, an image archive, a workspace and a
 // state root.
 type testBottle struct {
 	dir, path, image, workspace, state string
@@ -52,8 +56,7 @@ func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 		}
 	}
 	linkAs(t, b.path, "smolvm")
-	linkAs(t, b.path, "pipelock")
-	for _, name := range []string{"gvproxy", "gvforwarder"} {
+	for _, name := range []string{"gvproxy", "gvforwarder", "pipelock"} {
 		if err := os.Symlink(realTool(t, name), filepath.Join(b.path, name)); err != nil {
 			t.Fatal(err)
 		}
@@ -231,6 +234,10 @@ func TestPlanBadInput(t *testing.T) {
 		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 1},
 		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 1},
 		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 1},
+		// pipelock refuses strict mode with an empty api_allowlist
+		// (internal/config/validate.go:250-252 @ v2.3.0).
+		{"allow empty", func(o *planOptions) { o.Allow = []string{""} }, "the egress allow-list cannot be empty (pipelock's strict mode refuses it)", 2},
+		{"allow empty among others", func(o *planOptions) { o.Allow = []string{"a.example", ""} }, "empty -allow", 2},
 		{"unknown backend", func(o *planOptions) { o.Backend = "docker" }, `unknown backend "docker" (known: smolmachines)`, 2},
 		{"cpus zero", func(o *planOptions) { o.CPUs = 0 }, "-cpus 0 is outside", 2},
 		{"mem tiny", func(o *planOptions) { o.MemMiB = 16 }, "-mem 16 MiB is outside", 2},

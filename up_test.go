@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,18 +16,27 @@ import (
 )
 
 // TestUpEndToEnd brings a bottle up with the fake smolvm (a namespace VM),
-// the fake pipelock (a real CONNECT proxy with an allow-list), the real
-// confined gvproxy and the real gvforwarder, then uses it the way a user
-// does: exec, cp, the proxy from inside the guest, ls, and down.
+// the real pipelock, the real confined gvproxy and the real gvforwarder,
+// then uses it the way a user does: exec, cp, the proxy from inside the
+// guest, ls, and down.
 func TestUpEndToEnd(t *testing.T) {
 	needFakeVM(t)
+	// "api.anthropic.com" is a TLS test host in a namespace of its own,
+	// which pipelock resolves through its private /etc/hosts; the guest
+	// must reach it only through the proxy, and "evil.example" not at all.
+	api := newTestHost(t, "api.anthropic.com", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s\n", r.Host)
+	}))
 	b := newTestBottle(t, "")
+	os.Remove(filepath.Join(b.path, "pipelock"))
+	pipelockResolving(t, b.path, api)
 	staticSmolbottle(t)
 	f := useBottle(t, b)
+	if err := os.WriteFile(filepath.Join(b.workspace, "ca.pem"), api.CAPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
-	// "api.anthropic.com" is a web server on host loopback, which the fake
-	// pipelock maps the name to; the guest must reach it only through the
-	// proxy, and "evil.example" not at all.
+	// A web server on host loopback: the guest must not reach it directly.
 	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s\n", r.Host)
 	})}
@@ -46,10 +54,6 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Fatalf("plan: %v %s", err, errb.String())
 	}
 	stage := filepath.Join(b.state, "e2e")
-	hosts, _ := json.Marshal(map[string]int{"api.anthropic.com": webPort, "evil.example": webPort})
-	if err := os.WriteFile(filepath.Join(stage, "hosts.json"), hosts, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	out.Reset()
 	errb.Reset()
 	if err := run(ctx, []string{"up", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
@@ -83,13 +87,14 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Errorf("cp'd file reads %q", got)
 	}
 	curl := func(url string) (string, int) {
-		return exec("curl", "-sS", "--max-time", "5", "-p", "-x", "http://proxy.internal:"+portOfSidecar(t, stage, "pipelock"), url)
+		return exec("curl", "-sS", "--max-time", "5", "--cacert", guestWorkspace+"/ca.pem",
+			"-x", "http://proxy.internal:"+portOfSidecar(t, stage, "pipelock"), url)
 	}
-	if got, code := curl("http://api.anthropic.com/"); code != 0 || !strings.Contains(got, "hello from api.anthropic.com") {
+	if got, code := curl(api.URL()); code != 0 || !strings.Contains(got, "hello from api.anthropic.com") {
 		t.Errorf("allowed host through the proxy: %q (exit %d)", got, code)
 	}
-	if got, code := curl("http://evil.example/"); code == 0 || strings.Contains(got, "hello") {
-		t.Errorf("host outside the allow-list was reached: %q (exit %d)", got, code)
+	if got, code := curl("https://evil.example/"); code == 0 || strings.Contains(got, "hello") || !strings.Contains(got, "403") {
+		t.Errorf("host outside the allow-list: %q (exit %d), want pipelock's 403", got, code)
 	}
 	// The web server's port, straight at the host's virtual IP: host
 	// loopback, but not a relayed sidecar port.
@@ -109,7 +114,6 @@ func TestUpEndToEnd(t *testing.T) {
 	if err := run(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("down: %v", err)
 	}
-	os.Remove(filepath.Join(stage, "hosts.json"))
 	assertTornDown(t, b, f, "e2e")
 	if err := run(ctx, []string{"exec", "e2e", "--", "true"}, &out, &errb); !errors.As(err, new(errNoBottle)) {
 		t.Errorf("exec after down = %v, want no bottle", err)

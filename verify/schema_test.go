@@ -147,7 +147,14 @@ type pipelockConfig struct {
 }
 
 type pipelockFetchProxy struct {
-	Listen string `yaml:"listen" json:"listen"`
+	Listen     string             `yaml:"listen" json:"listen"`
+	Monitoring pipelockMonitoring `yaml:"monitoring" json:"monitoring"`
+}
+
+// pipelockMonitoring: internal/config/schema.go:437-445 @ v2.3.0
+// (MaxReqPerMinute int, yaml max_requests_per_minute).
+type pipelockMonitoring struct {
+	MaxReqPerMinute int `yaml:"max_requests_per_minute" json:"max_requests_per_minute"`
 }
 
 type pipelockForwardProxy struct {
