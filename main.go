@@ -200,7 +200,7 @@ Commands:
   version                print the version
 
 Plan flags (also for up and run):
-  -image PATH          local OCI/docker archive (.tar, .tar.gz, .tgz) or rootfs directory
+  -image PATH          local docker-save archive (.tar, .tar.gz, .tgz) or image directory
   -workspace DIR       mounted at /workspace (default: current directory)
   -allow HOST          egress allow-list entry, repeatable: NAME or *.DOMAIN
                        (default api.anthropic.com; giving -allow replaces it)

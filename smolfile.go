@@ -13,8 +13,8 @@ import (
 // below appear. There is no net key: a machine without network intent gets
 // no network device at all, and its only network is the gvproxy socket
 // mounted with --mount-socket (a flag, not a Smolfile key). Secrets are
-// from_env references that smolvm resolves from its own environment; their
-// values never reach this file.
+// from_env references that smolvm resolves from its own environment at
+// every start and exec (not at create); their values never reach this file.
 
 // envVar is one guest environment variable, in a fixed order.
 type envVar struct {
@@ -24,7 +24,7 @@ type envVar struct {
 
 // smolfileSpec is everything the Smolfile depends on.
 type smolfileSpec struct {
-	Image   string   // absolute path of a local OCI/docker archive or rootfs directory
+	Image   string   // the local image; create's --image overrides it, and only --image resolves a local path
 	Workdir string   // guest working directory
 	CPUs    int      // virtual CPUs
 	MemMiB  int      // memory in MiB
