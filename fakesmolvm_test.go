@@ -481,7 +481,7 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 				return smolError("vm not found: %s", name)
 			}
 			if m.State != "running" {
-				fmt.Printf("Machine '%s' is not running (state: %s)\n", name, m.State)
+				fmt.Printf("Stopped machine: %s\n", name) // src/cli/vm_common.rs:1964 @ v1.9.3
 				return fakeExit{}
 			}
 			fakeKillGuests(m)
@@ -807,7 +807,7 @@ func fakeCp(dir string, pa fakeArgs) fakeExit {
 	if _, ex := fakeCall(dir, m, fakeVMRequest{Op: "write", Path: p, Data: b}); ex != nil {
 		return *ex
 	}
-	fmt.Fprintf(os.Stderr, "Copied %d bytes\n", len(b))
+	fmt.Fprintf(os.Stderr, "fake: uploaded %d bytes\n", len(b)) // smolvm draws a progress bar (src/cli/machine.rs:4977-4984 @ v1.9.3)
 	return fakeExit{}
 }
 

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -802,15 +801,7 @@ func TestFakeVMStartFails(t *testing.T) {
 	needFakeVM(t)
 	ctx := context.Background()
 	f := newFakeVMFixture(t)
-	// An OCI layout archive: what `skopeo copy … oci-archive:` writes.
-	var oci bytes.Buffer
-	tw := tar.NewWriter(&oci)
-	tw.WriteHeader(&tar.Header{Name: "oci-layout", Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
-	tw.Write([]byte("{}"))
-	tw.Close()
-	if err := os.WriteFile(f.image, oci.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeOCIArchive(t, f.image)
 	if err := f.s.create(ctx, f.spec("sb-oci")); err != nil {
 		t.Fatal(err)
 	}
