@@ -522,7 +522,7 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 				b, _ := json.MarshalIndent(fakeStatusJSON(m), "", "  ")
 				fmt.Println(string(b))
 			default:
-				fmt.Printf("Machine '%s': %s\n", name, m.State)
+				fmt.Printf("fake: machine '%s': %s\n", name, m.State) // smolbottle reads only --json
 			}
 			return fakeExit{}
 		})
@@ -837,7 +837,7 @@ func (f fakeSmolfile) strs(k string) []string {
 	return out
 }
 
-// The Smolfile schema of reference/smolvm.md §2.1: every struct denies
+// The Smolfile schema (crates/smolvm-smolfile/src/lib.rs:225-352 @ v1.9.3): every struct denies
 // unknown fields.
 var (
 	fakeSmolfileTop = map[string]string{

@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// Smolfile facts (reference/smolvm.md §2): smolvm reads it with a strict
+// Smolfile facts (crates/smolvm-smolfile/src/lib.rs:225-252 @ v1.9.3): smolvm reads it with a strict
 // TOML 1.0 parser into structs with deny_unknown_fields, so only the keys
 // below appear. There is no net key: a machine without network intent gets
 // no network device at all, and its only network is the gvproxy socket
@@ -34,7 +34,7 @@ type smolfileSpec struct {
 }
 
 // Limits of the Smolfile's integer fields: smolvm declares cpus as u8 and
-// memory as u32 (reference/smolvm.md §2.1), and a machine needs at least one
+// memory as u32 (crates/smolvm-smolfile/src/lib.rs:250-252 @ v1.9.3), and a machine needs at least one
 // of each.
 const (
 	maxSmolCPUs   = math.MaxUint8

@@ -206,7 +206,7 @@ func createArgs(spec createSpec) ([]string, error) {
 	return args, nil
 }
 
-// checkSocketMount applies the --mount-socket rules (smolvm.md addendum):
+// checkSocketMount applies the --mount-socket rules (src/cli/machine.rs:143-200 @ v1.9.3):
 // the argument is split at the first ':', the guest path must be absolute
 // and free of ';' and '|'.
 func checkSocketMount(m socketMount) error {

@@ -703,7 +703,7 @@ func TestSmolvmCp(t *testing.T) {
 	}
 }
 
-// TestFakeSmolvmRejects checks that the fake refuses what smolvm 1.9.2
+// TestFakeSmolvmRejects checks that the fake refuses what smolvm 1.9.3
 // refuses, so the driver tests mean something.
 func TestFakeSmolvmRejects(t *testing.T) {
 	t.Parallel()
