@@ -120,7 +120,7 @@ var smolvmContract = []contractRow{
 		smolfile: ctSecret, before: ctRunning, unset: true, argv: ctExecArgs(nil, "true"), code: 1,
 		stderr: `(?m)^Error: config operation failed: resolve secret 'ANTHROPIC_API_KEY': env_unset\n$`},
 	{name: "exec --secret-env and -e", cite: "src/cli/machine.rs:2640-2653,2714-2725 @ v1.9.3",
-		before: ctRunning, argv: ctExecArgs([]string{"-e", "A=b", "--secret-env", "K=ANTHROPIC_API_KEY", "-i", "-t"}, "sh", "-c", `test "$A$K" = b` + testSecret)},
+		before: ctRunning, argv: ctExecArgs([]string{"-e", "A=b", "--secret-env", "K=ANTHROPIC_API_KEY", "-i", "-t"}, "sh", "-c", `test "$A$K" = b`+testSecret)},
 	{name: "exec in the machine's workdir", cite: "src/cli/machine.rs:2694-2699 @ v1.9.3",
 		before: ctRunning, argv: []string{"machine", "exec", "--name", contractMachine, "--", "true"}},
 	{name: "exec never starts a machine", cite: "src/cli/vm_common.rs:112-118; src/data/errors.rs:194 @ v1.9.3",
@@ -204,7 +204,7 @@ func TestSmolvmContract(t *testing.T) {
 			}
 			for _, c := range []struct {
 				what, got, re string
-				want         bool
+				want          bool
 			}{{"stdout", o, row.stdout, true}, {"stderr", e, row.stderr, true}, {"stdout", o, row.noStdout, false}} {
 				if c.re != "" && regexp.MustCompile(c.re).MatchString(c.got) != c.want {
 					t.Errorf("%q: %s %q; want it to match %v %q (%s)", row.argv, c.what, c.got, c.want, c.re, row.cite)
