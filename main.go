@@ -49,7 +49,8 @@
 // binaries it finds on PATH (or beside itself) and checks their versions. It
 // writes only under the stage directory (default
 // ~/.local/state/smolbottle/SLUG): directories 0700, files 0600, each
-// written whole. No secret value is ever written: ANTHROPIC_API_KEY and
+// written whole, except the guest binaries (guest/, 0755 with 0555 files:
+// the image's user, any uid, runs them; nothing in them is secret). No secret value is ever written: ANTHROPIC_API_KEY and
 // CLAUDE_CODE_OAUTH_TOKEN reach the guest as references smolvm resolves from
 // its environment. Child programs get an explicit environment and argv,
 // never a shell. Nothing listens on anything but 127.0.0.1 or a unix socket
