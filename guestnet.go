@@ -30,7 +30,9 @@ import (
 //	smolbottle _guestnet -prepare [-tun /dev/net/tun]
 //	smolbottle _guestnet -iface tap0 -subnet 192.168.N.0/24 [-mtu 1500] [-root /]
 //
-// -prepare runs before gvforwarder, which opens /dev/net/tun as it starts.
+// -prepare runs before gvforwarder, which opens /dev/net/tun to create tap0
+// once it has dialed gvproxy, and retries every second while that fails
+// (cmd/vm/main_linux.go:66-71,94-102 @ gvisor-tap-vsock v0.8.9).
 // smolvm 1.9.3's image containers have no such node: their /dev is a tmpfs
 // with null, zero, full, random, urandom, tty, ptmx and kmsg
 // (crates/smolvm-agent/src/oci.rs:938-1017,1034-1044 @ v1.9.3); their root
