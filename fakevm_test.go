@@ -44,7 +44,7 @@ import (
 //	                         the exit code comes back
 //
 // smolvm 1.9.3's container /dev is a tmpfs without nodev holding null,
-// zero, full, random, urandom, tty, ptmx and kmsg
+// zero, full, random, urandom, tty and kmsg
 // (crates/smolvm-agent/src/oci.rs:938-1017,1034-1044 @ v1.9.3), and its
 // root holds every capability, CAP_MKNOD included (oci.rs:505-515): so
 // here too root can mknod /dev/net/tun and nobody else can.
@@ -412,7 +412,7 @@ func fakeVMBoot(dir, root string, spec fakeVMSpec, warn func(string)) (*net.Unix
 
 // fakeVMDevices gives the guest smolvm's container /dev: a tmpfs without
 // nodev (oci.rs:1034-1044 @ v1.9.3) with the default nodes bound from the
-// host (oci.rs:938-1017; tty, ptmx and kmsg left out), and /dev/net/tun
+// host (oci.rs:938-1017; tty and kmsg left out), and /dev/net/tun
 // only when the smolvm binds it in (PR #1146).
 func fakeVMDevices(root string, tun bool) error {
 	if err := os.MkdirAll(root+"/dev", 0o755); err != nil {

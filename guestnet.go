@@ -34,7 +34,7 @@ import (
 // once it has dialed gvproxy, and retries every second while that fails
 // (cmd/vm/main_linux.go:66-71,94-102 @ gvisor-tap-vsock v0.8.9).
 // smolvm 1.9.3's image containers have no such node: their /dev is a tmpfs
-// with null, zero, full, random, urandom, tty, ptmx and kmsg
+// with null, zero, full, random, urandom, tty and kmsg
 // (crates/smolvm-agent/src/oci.rs:938-1017,1034-1044 @ v1.9.3); their root
 // holds CAP_MKNOD (oci.rs:505-515, the full set by default) and crun sets
 // no device cgroup (crates/smolvm-agent/src/crun.rs:155-165), so root
