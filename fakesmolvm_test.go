@@ -275,6 +275,16 @@ func fakeReadControl(dir string) fakeControl {
 			}
 		}
 	}
+	switch c.Mode {
+	case "", "nomount", "celesto":
+	default:
+		fakeFatal(fmt.Errorf("control: unknown mode %q", c.Mode))
+	}
+	for _, cap := range c.Caps {
+		if cap != fakeCapExecUser && cap != fakeCapTun {
+			fakeFatal(fmt.Errorf("control: unknown capability %q", cap))
+		}
+	}
 	return c
 }
 

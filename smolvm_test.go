@@ -480,7 +480,7 @@ func TestSmolvmStartFails(t *testing.T) {
 	t.Parallel()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-nostart")
-	f.fake.control(t, fakeControl{Mode: "old", Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
+	f.fake.control(t, fakeControl{Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
 	err := f.s.start(context.Background(), "sb-nostart", nil)
 	want := "smolvm machine start: agent operation failed: start: krun_start_enter returned: -22 (EINVAL)"
 	if err == nil || err.Error() != want {
@@ -614,7 +614,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 		if err := f.s.start(context.Background(), "sb-hang", nil); err != nil {
 			t.Fatal(err)
 		}
-		f.fake.control(t, fakeControl{Mode: "old", Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
+		f.fake.control(t, fakeControl{Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
 		f.s.waitDelay = 300 * time.Millisecond
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		start := time.Now()
