@@ -172,6 +172,10 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if err := checkSocketPaths(p.Stage); err != nil {
 		return nil, err
 	}
+	// The stage's guest directory is a volume of the machine too.
+	if err := checkVolumeSource("the stage's guest directory", filepath.Join(p.Stage, guestDir)); err != nil {
+		return nil, withHint(err, "pass -stage DIR, or set SMOLBOTTLE_STATE, to a directory outside them")
+	}
 	if within(p.Stage, p.Workspace) || within(p.Workspace, p.Stage) {
 		return nil, fmt.Errorf("stage %q and workspace %q overlap: the guest would see the stage (gvproxy's socket, configs, logs) through the workspace", p.Stage, p.Workspace)
 	}
@@ -617,7 +621,7 @@ func (smolmachines) upCommands(p *plan) [][]string {
 	if !p.Sidecars[0].External {
 		cmds = append(cmds, pipelockSidecar(t.Pipelock, filepath.Join(p.Stage, pipelockFile), p.Sidecars[0].Port, p.Stage, "", nil).Argv)
 	}
-	for _, step := range machineSteps(p) {
+	for _, step := range upMachineSteps(p).list() {
 		args, err := step.args(t.SmolvmExecUser)
 		if err != nil {
 			args = []string{"# cannot build: " + err.Error()}
@@ -647,25 +651,54 @@ func (s machineStep) args(hasUser bool) ([]string, error) {
 	return nameArgs(s.sub, s.create.Name)
 }
 
-// machineSteps are the smolvm calls up makes, in order.
-func machineSteps(p *plan) []machineStep {
+// machineSteps are the smolvm calls up makes, by name.
+type machineSteps struct {
+	Create, Start machineStep
+	// Prepare runs as root (or learns that it cannot): it makes
+	// /dev/net/tun when the image's container lacks it, before gvforwarder
+	// opens it, and reports the uid it ran as.
+	Prepare   machineStep
+	Forwarder machineStep // gvforwarder, detached, as root
+	GuestNet  machineStep // configures tap0, as root
+	Probe     machineStep // the egress self-test, as the image's user
+}
+
+// list returns the steps in the order up runs them.
+func (m machineSteps) list() []machineStep {
+	return []machineStep{m.Create, m.Start, m.Prepare, m.Forwarder, m.GuestNet, m.Probe}
+}
+
+// upMachineSteps builds up's smolvm calls. gvforwarder needs root in the
+// guest (it creates tap0): with exec --user the root steps ask for root;
+// without it (smolvm 1.9.3) they run as the image's USER, and Prepare's
+// report makes up refuse an image whose USER is not root. Every internal
+// step runs in "/", so a workspace the image's user cannot enter does not
+// matter to them.
+func upMachineSteps(p *plan) machineSteps {
 	spec := createSpec{
 		Name:     p.Machine,
+		Image:    p.Image,
 		Smolfile: filepath.Join(p.Stage, smolfileName),
 		Sockets:  []socketMount{{Host: filepath.Join(p.Stage, sockDir, gvproxySock), Guest: guestSocket}},
 	}
-	root := execOpts{User: "root"}
-	detached := execOpts{User: "root", Detach: true}
-	return []machineStep{
-		{sub: "create", create: spec},
-		{sub: "start", create: spec},
-		{sub: "exec", create: spec, exec: detached, cmd: []string{guestBinDir + "/gvforwarder",
+	root := execOpts{Workdir: "/"}
+	if p.Tools.SmolvmExecUser {
+		root.User = "root"
+	}
+	detached := root
+	detached.Detach = true
+	self := guestBinDir + "/smolbottle"
+	return machineSteps{
+		Create:  machineStep{sub: "create", create: spec},
+		Start:   machineStep{sub: "start", create: spec},
+		Prepare: machineStep{sub: "exec", create: spec, exec: root, cmd: []string{self, guestNetCmd, "-prepare"}},
+		Forwarder: machineStep{sub: "exec", create: spec, exec: detached, cmd: []string{guestBinDir + "/gvforwarder",
 			"-url", "unix://" + guestSocket, "-iface", guestTap, "-preexisting",
 			"-mtu", strconv.Itoa(gvproxyMTU), "-stop-if-exist", ""}},
-		{sub: "exec", create: spec, exec: root, cmd: []string{guestBinDir + "/smolbottle", guestNetCmd,
+		GuestNet: machineStep{sub: "exec", create: spec, exec: root, cmd: []string{self, guestNetCmd,
 			"-iface", guestTap, "-subnet", p.Net.Subnet.String(), "-root", "/"}},
 		// The plan is filled in by up: it names the supervisor's canary port.
-		{sub: "exec", create: spec, exec: execOpts{}, cmd: []string{guestBinDir + "/smolbottle", probeCmd,
+		Probe: machineStep{sub: "exec", create: spec, exec: execOpts{Workdir: "/"}, cmd: []string{self, probeCmd,
 			"-plan", "<egress self-test: JSON rows>"}},
 	}
 }

@@ -16,15 +16,22 @@ func TestDoctor(t *testing.T) {
 		code               int
 		want               []string
 	}{
-		{name: "all present", code: 0, want: []string{
-			"ok       smolvm", "version  1.14.3", "smol-machines CLI",
-			"ok       smolvm machine create --mount-socket", "ok       smolvm machine exec --user",
+		// smolvm 1.9.3 as released: it works with a root image, and the
+		// capability table says what is missing and how up copes.
+		{name: "smolvm 1.9.3", code: 0, want: []string{
+			"ok       smolvm", "version  1.9.3", "smol-machines CLI",
+			"ok       smolvm machine create --mount-socket",
+			"missing  smolvm machine exec --user", "added by: smol-machines/smolvm PR #1148",
+			"without it: up runs those steps as the image's USER, which must then be root",
+			"unknown  smolvm /dev/net/tun in image containers", "added by: smol-machines/smolvm PR #1146",
+			"mknod /dev/net/tun c 10 200",
 			"ok       gvproxy", "version  v0.8.9", "ok       gvforwarder", "static linux/",
 			"ok       pipelock", "version  2.3.0", "ok       namespaces",
 			"ANTHROPIC_API_KEY        set: the guest gets a random placeholder, sent as X-Api-Key",
 			"CLAUDE_CODE_OAUTH_TOKEN  not set", "sends them only to https://api.anthropic.com"}},
-		{name: "old smolvm", mode: "old", code: 1, want: []string{
-			"version  1.9.2", "MISSING  smolvm machine exec --user", "fix: upgrade smolvm"}},
+		{name: "exec --user", mode: "exec-user", code: 0, want: []string{"present  smolvm machine exec --user"}},
+		{name: "no mount-socket", mode: "nomount", code: 1, want: []string{
+			"MISSING  smolvm machine create --mount-socket", "fix: upgrade smolvm"}},
 		{name: "nothing but gvisor", remove: "smolvm pipelock", code: 1, want: []string{
 			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy",
 			"fix: export ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"}},

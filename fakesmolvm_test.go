@@ -16,15 +16,19 @@ import (
 	"time"
 )
 
-// The fake smolvm is the test binary run under the name "smolvm". It
-// parses argv the way smolvm 1.9.2's clap definitions do (a subset: the
-// flags listed below), keeps machines in a JSON file beside its own
-// executable, reproduces smolvm's messages and exit codes
-// (reference/smolvm.md §1), and boots a fake VM on start (fakevm_test.go)
-// in which exec, exec --detach and cp run. Beside itself it also
-// reads a control file (faults on request) and appends every argv and
-// environment it received to a log. Messages the reference does not quote
-// are marked "fake:" so nobody mistakes them for smolvm's.
+// The fake smolvm is the test binary run under the name "smolvm". It is a
+// contract with smol-machines/smolvm's source at v1.9.3: it parses argv the
+// way that release's clap definitions do (a subset: the flags listed
+// below), keeps machines in a JSON file beside its own executable,
+// reproduces smolvm's messages and exit codes, and boots a fake VM on start
+// (fakevm_test.go) in which exec, exec --detach and cp run. Every
+// behaviour smolbottle relies on is a row of the contract table
+// (smolvmcontract_test.go), which cites the source line and is checked
+// against this fake. Capabilities later releases add are switched on by
+// name (fakeControl.Caps), never by a guessed version. Beside itself it
+// also reads a control file (faults on request) and appends every argv and
+// environment it received to a log. Messages the source does not give are
+// marked "fake:" so nobody mistakes them for smolvm's.
 
 func init() { fakes["smolvm"] = fakeSmolvm }
 
@@ -38,23 +42,38 @@ const (
 
 // fakeControl makes the fake misbehave on request.
 type fakeControl struct {
-	// Mode picks the smolvm: "" a current one (1.14.3, with exec --user),
-	// "old" 1.9.2 (no exec --user), "nomount" one without --mount-socket,
-	// "celesto" CelestoAI's unrelated CLI of the same name. The preflight
-	// tests' fake-smolvm.mode file beside the binary sets it too.
-	Mode       string            `json:"mode"`
+	// Mode picks the CLI: "" smolvm 1.9.3, "nomount" one without
+	// --mount-socket, "celesto" CelestoAI's unrelated CLI of the same name.
+	Mode string `json:"mode"`
+	// Caps switches on what releases after 1.9.3 add, by name:
+	// "exec-user" (machine exec --user, smolvm PR #1148; its exact form is
+	// unverified, modelled as --user USER) and "tun" (/dev/net/tun bound
+	// into image containers, smolvm PR #1146). The preflight tests'
+	// fake-smolvm.mode file beside the binary sets Mode and Caps too, as
+	// words.
+	Caps       []string          `json:"caps"`
 	Fail       map[string]string `json:"fail"`        // subcommand -> agent error message
 	Hang       map[string]bool   `json:"hang"`        // subcommand -> never return
 	IgnoreTerm bool              `json:"ignore_term"` // a hang ignores SIGTERM
-	Tun        string            `json:"tun"`         // the device the VM binds at /dev/net/tun ("" for /dev/net/tun)
 }
+
+// Capability names of fakeControl.Caps.
+const (
+	fakeCapExecUser = "exec-user"
+	fakeCapTun      = "tun"
+)
+
+func (c fakeControl) has(cap string) bool { return slices.Contains(c.Caps, cap) }
 
 // fakeMachine is one machine record.
 type fakeMachine struct {
 	Name    string            `json:"name"`
 	State   string            `json:"state"`
 	PID     int               `json:"pid,omitempty"`
-	Image   string            `json:"image"`
+	Image   string            `json:"image"`      // as the record keeps it: local:HASH, local-dir:PATH or verbatim
+	Layers  string            `json:"layers"`     // fake: the staged archive or directory of a local image
+	Init    bool              `json:"init"`       // the first start completed (the image is in place)
+	User    string            `json:"image_user"` // the image config's User, read at the first start
 	Network bool              `json:"network"`
 	Volumes []string          `json:"volumes"`
 	Sockets []string          `json:"sockets"`
@@ -143,10 +162,9 @@ func fakeSmolvm(args []string) int {
 	dir := filepath.Dir(os.Args[0])
 	fakeLogInvocation(dir, args)
 	ctl := fakeReadControl(dir)
-	version := "1.14.3"
+	// clap's #[command(version)] (src/main.rs:17 @ v1.9.3).
+	const version = "1.9.3"
 	switch ctl.Mode {
-	case "old":
-		version = "1.9.2"
 	case "celesto":
 		if len(args) == 1 && args[0] == "--version" {
 			fmt.Print("smolvm, version 0.3.1\n")
@@ -189,8 +207,8 @@ func fakeSmolvm(args []string) int {
 		return 99
 	}
 	switch {
-	case sub == "exec" && ctl.Mode != "old":
-		spec = append(slices.Clone(spec), fakeFlag{"user", 'u', true})
+	case sub == "exec" && ctl.has(fakeCapExecUser):
+		spec = append(slices.Clone(spec), fakeFlag{"user", 0, true}) // PR #1148, form unverified
 	case sub == "create" && ctl.Mode == "nomount":
 		spec = slices.DeleteFunc(slices.Clone(spec), func(f fakeFlag) bool { return f.long == "mount-socket" })
 	}
@@ -246,7 +264,26 @@ func fakeReadControl(dir string) fakeControl {
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, "fake-smolvm.mode")); err == nil {
-		c.Mode = strings.TrimSpace(string(b))
+		for _, w := range strings.Fields(string(b)) {
+			switch w {
+			case fakeCapExecUser, fakeCapTun:
+				c.Caps = append(c.Caps, w)
+			case "nomount", "celesto":
+				c.Mode = w
+			default:
+				fakeFatal(fmt.Errorf("fake-smolvm.mode: unknown word %q", w))
+			}
+		}
+	}
+	switch c.Mode {
+	case "", "nomount", "celesto":
+	default:
+		fakeFatal(fmt.Errorf("control: unknown mode %q", c.Mode))
+	}
+	for _, cap := range c.Caps {
+		if cap != fakeCapExecUser && cap != fakeCapTun {
+			fakeFatal(fmt.Errorf("control: unknown capability %q", cap))
+		}
 	}
 	return c
 }
@@ -430,11 +467,20 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 				return fakeExit{}
 			}
 			fmt.Fprintf(os.Stderr, "Starting machine '%s'...\n", name)
-			pid, err := fakeVMStart(dir, m, ctl.Tun)
+			// smolvm boots the VM first and stops it again when a secret or
+			// the image fails (src/cli/vm_common.rs:1474-1519 @ v1.9.3); the
+			// fake checks first, with the same outcome: not running.
+			if ex := fakeResolveSecrets(m.Secrets); ex != nil {
+				return *ex
+			}
+			if ex := fakeFirstStart(m); ex != nil {
+				return *ex
+			}
+			pid, err := fakeVMStart(dir, m, ctl.has(fakeCapTun))
 			if err != nil {
 				return smolError("fake: start machine %s: %v", name, err)
 			}
-			m.State, m.PID = "running", pid
+			m.State, m.PID, m.Init = "running", pid, true
 			fmt.Printf("Machine '%s' running (PID: %d)\n", name, m.PID)
 			return fakeExit{}
 		})
@@ -445,7 +491,7 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 				return smolError("vm not found: %s", name)
 			}
 			if m.State != "running" {
-				fmt.Printf("Machine '%s' is not running (state: %s)\n", name, m.State)
+				fmt.Printf("Stopped machine: %s\n", name) // src/cli/vm_common.rs:1964 @ v1.9.3
 				return fakeExit{}
 			}
 			fakeKillGuests(m)
@@ -486,7 +532,7 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 				b, _ := json.MarshalIndent(fakeStatusJSON(m), "", "  ")
 				fmt.Println(string(b))
 			default:
-				fmt.Printf("Machine '%s': %s\n", name, m.State)
+				fmt.Printf("fake: machine '%s': %s\n", name, m.State) // smolbottle reads only --json
 			}
 			return fakeExit{}
 		})
@@ -531,6 +577,7 @@ func fakeStatusJSON(m *fakeMachine) map[string]any {
 }
 
 func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
+	var ex *fakeExit
 	name := pa.get("name")
 	if name == "" {
 		name = fmt.Sprintf("vm-%d", len(st.Machines)+1) // smolvm auto-generates vm-<id>
@@ -552,9 +599,11 @@ func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
 			return smolError("config operation failed: load smolfile: %v", err)
 		}
 	}
-	m.Image = sf.str("image")
+	m.Image = sf.str("image") // stored verbatim (src/cli/smolfile.rs:142 @ v1.9.3)
 	if v := pa.get("image"); v != "" {
-		m.Image = v
+		if m.Image, m.Layers, ex = fakeResolveImage(dir, v); ex != nil {
+			return *ex
+		}
 	}
 	m.Workdir = sf.str("workdir")
 	if v := pa.get("workdir"); v != "" {
@@ -564,21 +613,12 @@ func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
 	for _, f := range []string{"net", "port", "dns", "network", "allow-cidr", "allow-host", "outbound-localhost-only"} {
 		m.Network = m.Network || pa.has(f)
 	}
-	if m.Image != "" && !m.Network {
-		if _, err := os.Stat(m.Image); err != nil {
-			return smolError("fake: config operation failed: create machine: image %q is not a local archive or directory and the machine has no network", m.Image)
-		}
+	if ex := fakeImageFetchable(m); ex != nil {
+		return *ex
 	}
 	for _, v := range append(sf.strs("volumes"), pa.flags["volume"]...) {
-		parts := strings.Split(v, ":")
-		if n := len(parts); n > 2 && (parts[n-1] == "ro" || parts[n-1] == "rw") {
-			parts = parts[:n-1]
-		}
-		if len(parts) != 2 || !strings.HasPrefix(parts[1], "/") {
-			return smolError("invalid mount path: %s", v)
-		}
-		if fi, err := os.Stat(parts[0]); err != nil || !fi.IsDir() {
-			return smolError("mount source not found: %s", parts[0])
+		if ex := fakeCheckVolume(v); ex != nil {
+			return *ex
 		}
 		m.Volumes = append(m.Volumes, v)
 	}
@@ -599,8 +639,9 @@ func fakeCreate(dir string, st *fakeState, pa fakeArgs) fakeExit {
 			}
 		}
 	}
-	for _, s := range pa.flags["secret-env"] {
-		g, h, _ := strings.Cut(s, "=")
+	// create only checks the references' shape (src/cli/vm_common.rs:621-625
+	// @ v1.9.3); their values are resolved at every start and exec.
+	for g, h := range fakeSecretEnv(pa.flags["secret-env"]) {
 		m.Secrets[g] = h
 	}
 	for _, l := range pa.flags["label"] {
@@ -637,25 +678,32 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if ex != nil {
 		return *ex
 	}
-	env := []string{"PATH=" + fakeVMPath, "HOME=/root"}
-	env = append(env, m.Env...)
-	secrets := map[string]string{}
-	for g, h := range m.Secrets {
-		secrets[g] = h
-	}
-	for _, s := range pa.flags["secret-env"] {
-		g, h, _ := strings.Cut(s, "=")
-		secrets[g] = h
-	}
-	// Secrets are resolved here, from smolvm's own environment, and travel
-	// to the guest only inside the request.
-	for _, g := range sortedKeys(secrets) {
-		v, ok := os.LookupEnv(secrets[g])
-		if !ok {
-			return smolError("fake: config operation failed: resolve secret %s: host variable %s is not set", g, secrets[g])
+	// The record's secrets, then this exec's --secret-env, resolved from
+	// smolvm's own environment at every exec (src/cli/machine.rs:2714-2725
+	// @ v1.9.3); the values travel to the guest only inside the request.
+	var resolved []string
+	for _, refs := range []map[string]string{m.Secrets, fakeSecretEnv(pa.flags["secret-env"])} {
+		if ex := fakeResolveSecrets(refs); ex != nil {
+			return *ex
 		}
-		env = append(env, g+"="+v)
+		for _, g := range sortedKeys(refs) {
+			resolved = append(resolved, g+"="+os.Getenv(refs[g]))
+		}
 	}
+	// exec runs as the image's USER (src/cli/machine.rs:2754,2790;
+	// src/cli/vm_common.rs:318-320,347 @ v1.9.3) unless a --user the fake
+	// advertises says otherwise.
+	user := m.User
+	if pa.has("user") {
+		user = pa.get("user")
+	}
+	home := "/root"
+	if user != "" && user != "root" && user != "0" {
+		home = "/" // fake: smolvm takes HOME from the image's passwd (crates/smolvm-agent/src/oci.rs:500)
+	}
+	env := []string{"PATH=" + fakeVMPath, "HOME=" + home}
+	env = append(env, m.Env...)
+	env = append(env, resolved...)
 	for _, e := range pa.flags["env"] {
 		if k, _, ok := strings.Cut(e, "="); ok && k != "" {
 			env = append(env, e)
@@ -670,7 +718,7 @@ func fakeExec(dir, name string, pa fakeArgs) fakeExit {
 	if wd == "" {
 		wd = "/"
 	}
-	req := fakeVMRequest{Op: "exec", Argv: pa.trailing, Env: env, Dir: wd, User: pa.get("user"), Detach: pa.has("detach")}
+	req := fakeVMRequest{Op: "exec", Argv: pa.trailing, Env: env, Dir: wd, User: user, Detach: pa.has("detach")}
 	if t := pa.get("timeout"); t != "" {
 		req.Timeout, _ = time.ParseDuration(t) // checked by fakeCheckArgs
 	}
@@ -769,7 +817,7 @@ func fakeCp(dir string, pa fakeArgs) fakeExit {
 	if _, ex := fakeCall(dir, m, fakeVMRequest{Op: "write", Path: p, Data: b}); ex != nil {
 		return *ex
 	}
-	fmt.Fprintf(os.Stderr, "Copied %d bytes\n", len(b))
+	fmt.Fprintf(os.Stderr, "fake: uploaded %d bytes\n", len(b)) // smolvm draws a progress bar (src/cli/machine.rs:4977-4984 @ v1.9.3)
 	return fakeExit{}
 }
 
@@ -799,7 +847,7 @@ func (f fakeSmolfile) strs(k string) []string {
 	return out
 }
 
-// The Smolfile schema of reference/smolvm.md §2.1: every struct denies
+// The Smolfile schema (crates/smolvm-smolfile/src/lib.rs:225-352 @ v1.9.3): every struct denies
 // unknown fields.
 var (
 	fakeSmolfileTop = map[string]string{

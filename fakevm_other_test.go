@@ -13,7 +13,7 @@ import (
 
 var errFakeVM = errors.New("fake: the fake VM needs Linux namespaces")
 
-func fakeVMStart(dir string, m *fakeMachine, tun string) (int, error) { return 0, errFakeVM }
+func fakeVMStart(dir string, m *fakeMachine, tun bool) (int, error) { return 0, errFakeVM }
 
 func fakeVMStop(dir string, pid int) {}
 

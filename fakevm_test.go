@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,17 +26,28 @@ import (
 
 // The fake VM is what `smolvm machine start` boots in the fake smolvm: the
 // test binary run under the name "smolvm-vm", detached (its own session,
-// no parent-death signal: the fake smolvm exits at once) in new user,
-// network and mount namespaces, uid and gid 0 mapped to the caller's.
+// no parent-death signal: the fake smolvm exits at once) in new network
+// and mount namespaces. It needs root: its guest runs as the image's USER
+// (a real uid, as virtiofs shows host uids to it) and its root makes device
+// nodes, as root in smolvm's image containers does.
 //
 //	fake smolvm (start)  -> smolvm-vm DIR ROOT SPEC
 //	                         lo up; ROOT: tmpfs with read-only binds of /usr,
-//	                         /bin, /sbin, /lib*, the device nodes, tmpfs /etc,
-//	                         /tmp, /run, the Smolfile volumes and the
-//	                         --mount-socket sockets; chroot ROOT
+//	                         /bin, /sbin, /lib*; a /dev tmpfs with null, zero,
+//	                         full, random, urandom (and /dev/net/tun only with
+//	                         the "tun" capability); tmpfs /etc, /tmp, /run;
+//	                         the Smolfile volumes and the --mount-socket
+//	                         sockets; chroot ROOT
 //	fake smolvm (exec)   -> DIR/vmPID.sock: one JSON request, the caller's
 //	                         stdin, stdout and stderr as SCM_RIGHTS; the
-//	                         command runs in the VM, the exit code comes back
+//	                         command runs in the VM as the request's user,
+//	                         the exit code comes back
+//
+// smolvm 1.9.3's container /dev is a tmpfs without nodev holding null,
+// zero, full, random, urandom, tty and kmsg
+// (crates/smolvm-agent/src/oci.rs:938-1017,1034-1044 @ v1.9.3), and its
+// root holds every capability, CAP_MKNOD included (oci.rs:505-515): so
+// here too root can mknod /dev/net/tun and nobody else can.
 //
 // The guest's own files are not visible on the host: its root is a tmpfs
 // in the VM's mount namespace, and gvforwarder's tap0 lives in the VM's
@@ -61,7 +73,7 @@ const (
 type fakeVMSpec struct {
 	Volumes []string `json:"volumes"` // HOST:GUEST[:ro|:rw]
 	Sockets []string `json:"sockets"` // HOST:GUEST
-	Tun     string   `json:"tun"`     // host device bound at /dev/net/tun
+	Tun     bool     `json:"tun"`     // bind the host's /dev/net/tun (smolvm PR #1146)
 }
 
 // fakeVMSocket is the control socket of the VM with the given pid.
@@ -70,6 +82,9 @@ func fakeVMSocket(dir string, pid int) string {
 }
 
 var fakeVMSupport = sync.OnceValue(func() error {
+	if os.Geteuid() != 0 {
+		return errors.New("the fake VM needs root: its guest runs as the image's uid and its root makes device nodes")
+	}
 	f, err := os.OpenFile(fakeVMTun, os.O_RDWR, 0)
 	if err != nil {
 		return err
@@ -77,13 +92,9 @@ var fakeVMSupport = sync.OnceValue(func() error {
 	f.Close()
 	cmd := exec.Command("/bin/true")
 	cmd.Env, cmd.Dir = []string{}, "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS}
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("user, network and mount namespaces: %v", err)
+		return fmt.Errorf("network and mount namespaces: %v", err)
 	}
 	return nil
 })
@@ -104,17 +115,10 @@ func needFakeVM(t testing.TB) {
 
 // fakeVMStart boots the machine's VM and returns its pid once it serves
 // its control socket. Warnings (skipped socket bridges) go to stderr.
-func fakeVMStart(dir string, m *fakeMachine, tun string) (int, error) {
-	if tun == "" {
-		tun = fakeVMTun
+func fakeVMStart(dir string, m *fakeMachine, tun bool) (int, error) {
+	if err := fakeVMSupport(); err != nil {
+		return 0, err
 	}
-	// gvforwarder opens the device as the caller's own uid: a user
-	// namespace grants no access to a node the caller cannot open.
-	f, err := os.OpenFile(tun, os.O_RDWR, 0)
-	if err != nil {
-		return 0, fmt.Errorf("the fake VM needs %s: %v", tun, err)
-	}
-	f.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return 0, err
@@ -138,17 +142,12 @@ func fakeVMStart(dir string, m *fakeMachine, tun string) (int, error) {
 	cmd.Args[0] = fakeVMName
 	cmd.Env, cmd.Dir = []string{"PATH=" + fakeVMPath}, "/"
 	cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = logf, logf, []*os.File{sw}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		Setsid:      true,
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS, Setsid: true}
 	booting := time.Now()
 	err = cmd.Start()
 	sw.Close()
 	if err != nil {
-		return 0, fmt.Errorf("create the VM's user, network and mount namespaces: %v", err)
+		return 0, fmt.Errorf("create the VM's network and mount namespaces: %v", err)
 	}
 	pid := cmd.Process.Pid
 	exited := make(chan error, 1)
@@ -425,29 +424,32 @@ func fakeVMBoot(dir, root string, spec fakeVMSpec, warn func(string)) (*net.Unix
 	return ln, nil
 }
 
-// fakeVMDevices binds the device nodes a guest needs. The binds keep the
-// nodes usable (no nodev); tun is checked by opening it, as gvforwarder
-// will.
-func fakeVMDevices(root, tun string) error {
-	if err := os.MkdirAll(root+"/dev/net", 0o755); err != nil {
+// fakeVMDevices gives the guest smolvm's container /dev: a tmpfs without
+// nodev (oci.rs:1034-1044 @ v1.9.3) with the default nodes bound from the
+// host (oci.rs:938-1017; tty and kmsg left out), and /dev/net/tun
+// only when the smolvm binds it in (PR #1146).
+func fakeVMDevices(root string, tun bool) error {
+	if err := os.MkdirAll(root+"/dev", 0o755); err != nil {
 		return err
 	}
-	for _, d := range []struct{ host, guest string }{
-		{"/dev/null", "/dev/null"}, {"/dev/zero", "/dev/zero"}, {"/dev/urandom", "/dev/urandom"},
-		{"/dev/random", "/dev/random"}, {tun, "/dev/net/tun"},
-	} {
-		if err := os.WriteFile(root+d.guest, nil, 0o600); err != nil {
+	if err := syscall.Mount("tmpfs", root+"/dev", "tmpfs", syscall.MS_NOSUID, "mode=755,size=65536k"); err != nil {
+		return fmt.Errorf("mount the /dev tmpfs: %w", err)
+	}
+	nodes := []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+	if tun {
+		if err := os.Mkdir(root+"/dev/net", 0o755); err != nil {
 			return err
 		}
-		if err := syscall.Mount(d.host, root+d.guest, "", syscall.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind %s: %w", d.host, err)
+		nodes = append(nodes, fakeVMTun)
+	}
+	for _, d := range nodes {
+		if err := os.WriteFile(root+d, nil, 0o600); err != nil {
+			return err
+		}
+		if err := syscall.Mount(d, root+d, "", syscall.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", d, err)
 		}
 	}
-	f, err := os.OpenFile(root+"/dev/net/tun", os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("/dev/net/tun is not usable in the VM's namespaces: %v", err)
-	}
-	f.Close()
 	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
 		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
 		if err := os.Symlink(target, root+"/dev/"+name); err != nil {
@@ -523,12 +525,45 @@ func fakeVMReadRequest(c *net.UnixConn) (fakeVMRequest, []*os.File, error) {
 	return req, files, json.Unmarshal(line, &req)
 }
 
+// fakeVMUser maps an image USER (or an exec --user) to a credential: ""
+// and root are root (nil: the VM's own), "UID" and "UID:GID" numeric,
+// a name is looked up in the guest's /etc/passwd.
+func fakeVMUser(user string) (*syscall.Credential, error) {
+	if user == "" || user == "root" || user == "0" || user == "0:0" {
+		return nil, nil
+	}
+	u, g, hasG := strings.Cut(user, ":")
+	uid, err := strconv.ParseUint(u, 10, 32)
+	if err != nil {
+		b, _ := os.ReadFile("/etc/passwd")
+		for line := range strings.Lines(string(b)) {
+			f := strings.Split(strings.TrimSpace(line), ":")
+			if len(f) >= 4 && f[0] == u {
+				uid, _ = strconv.ParseUint(f[2], 10, 32)
+				if !hasG {
+					g, hasG = f[3], true
+				}
+				err = nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("no user %q in the guest's /etc/passwd", u)
+		}
+	}
+	gid := uid
+	if hasG {
+		if gid, err = strconv.ParseUint(g, 10, 32); err != nil {
+			return nil, fmt.Errorf("group %q is not numeric", g)
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
 // fakeVMExec runs one command in the guest.
 func fakeVMExec(c *net.UnixConn, req fakeVMRequest, files []*os.File) fakeVMReply {
-	switch req.User {
-	case "", "root", "0", "0:0":
-	default:
-		return fakeVMReply{Code: 1, Err: fmt.Sprintf("fake: exec --user %s: the fake VM maps only root", req.User)}
+	cred, err := fakeVMUser(req.User)
+	if err != nil {
+		return fakeVMReply{Code: 1, Err: fmt.Sprintf("fake: exec as %q: %v", req.User, err)}
 	}
 	if len(req.Argv) == 0 {
 		return fakeVMReply{Code: 1, Err: "fake: exec without a command"}
@@ -548,7 +583,7 @@ func fakeVMExec(c *net.UnixConn, req fakeVMRequest, files []*os.File) fakeVMRepl
 	cmd := exec.Command(req.Argv[0], req.Argv[1:]...)
 	cmd.Env, cmd.Dir = req.Env, req.Dir
 	// Every guest process dies with the VM, as it would with a real one.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !req.Detach, Setsid: req.Detach, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !req.Detach, Setsid: req.Detach, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if req.Detach {
 		// The VM's own log takes the output of what runs detached.
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -570,7 +605,7 @@ func fakeVMExec(c *net.UnixConn, req fakeVMRequest, files []*os.File) fakeVMRepl
 	}()
 	stop := context.AfterFunc(ctx, func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 	defer stop()
-	err := cmd.Wait()
+	err = cmd.Wait()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -586,24 +621,35 @@ func fakeVMExec(c *net.UnixConn, req fakeVMRequest, files []*os.File) fakeVMRepl
 	return fakeVMReply{Code: 127, Err: fmt.Sprintf("fake: exec %s: %v", req.Argv[0], err)}
 }
 
-// fakeVMFixture is a fake smolvm and a Smolfile for tests of the VM.
+// fakeVMFixture is a fake smolvm, an image and a Smolfile for tests of
+// the VM.
 type fakeVMFixture struct {
 	fake     *fakeSmolvmBin
 	s        *smolvm
+	image    string // a docker save archive whose User is fakeImageUser
 	smolfile string
 }
 
+// fakeImageUser is the USER of the fixtures' images: not root, so that
+// whatever must run as root has to ask for it.
+const fakeImageUser = "1000"
+
 // newFakeVMFixture renders a Smolfile with volumes (HOST:GUEST[:ro]) and a
-// fresh workspace at /workspace, for a current smolvm (exec --user).
+// fresh workspace at /workspace, with an image whose USER is uid 1000, for
+// a smolvm with exec --user.
 func newFakeVMFixture(t *testing.T, volumes ...string) *fakeVMFixture {
 	t.Helper()
 	dir := t.TempDir()
-	ws, image := filepath.Join(dir, "workspace"), filepath.Join(dir, "image")
-	for _, d := range []string{ws, image} {
-		if err := os.Mkdir(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
+	ws, image := filepath.Join(dir, "workspace"), filepath.Join(dir, "image.tar")
+	// The image's user works in the workspace, as the host user's own
+	// project directory would let an image user of the same uid.
+	if err := os.Mkdir(ws, 0o700); err != nil {
+		t.Fatal(err)
 	}
+	if err := os.Chmod(ws, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	writeTestImage(t, image, fakeImageUser)
 	sf, err := renderSmolfile(smolfileSpec{Image: image, Workdir: "/workspace", CPUs: 1, MemMiB: 512,
 		Volumes: append([]string{ws + ":/workspace"}, volumes...)})
 	if err != nil {
@@ -614,8 +660,14 @@ func newFakeVMFixture(t *testing.T, volumes ...string) *fakeVMFixture {
 		t.Fatal(err)
 	}
 	fake := newFakeSmolvm(t)
+	fake.control(t, fakeControl{Caps: []string{fakeCapExecUser}})
 	parent := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
-	return &fakeVMFixture{fake: fake, s: fake.driver(t, parent), smolfile: path}
+	return &fakeVMFixture{fake: fake, s: fake.driver(t, parent), image: image, smolfile: path}
+}
+
+// spec is a createSpec for the fixture's image and Smolfile.
+func (f *fakeVMFixture) spec(name string, sockets ...socketMount) createSpec {
+	return createSpec{Name: name, Image: f.image, Smolfile: f.smolfile, Sockets: sockets}
 }
 
 // vmLog is the fake VM's log (the output of what runs detached).
@@ -638,7 +690,7 @@ func (f *fakeVMFixture) guestRun(ctx context.Context, name string, argv ...strin
 func vmNamespaces(t *testing.T, pid int) []string {
 	t.Helper()
 	var nss []string
-	for _, kind := range []string{"net", "user", "mnt"} {
+	for _, kind := range []string{"net", "mnt"} {
 		l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
 		if err != nil {
 			t.Fatalf("namespace %s of %d: %v", kind, pid, err)
@@ -678,8 +730,7 @@ func TestFakeVMGuest(t *testing.T) {
 		}
 	}()
 	const name = "sb-guest"
-	if err := f.s.create(ctx, createSpec{Name: name, Smolfile: f.smolfile,
-		Sockets: []socketMount{{Host: sock, Guest: "/run/x/s.sock"}}}); err != nil {
+	if err := f.s.create(ctx, f.spec(name, socketMount{Host: sock, Guest: "/run/x/s.sock"})); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.start(ctx, name, nil); err != nil {
@@ -690,7 +741,7 @@ func TestFakeVMGuest(t *testing.T) {
 		t.Fatalf("machine pid %d is not a running fake VM", vm)
 	}
 	nss := vmNamespaces(t, vm)
-	for i, kind := range []string{"net", "user", "mnt"} {
+	for i, kind := range []string{"net", "mnt"} {
 		if own, _ := os.Readlink("/proc/self/ns/" + kind); own == nss[i] {
 			t.Errorf("the VM shares the test's %s namespace", kind)
 		}
@@ -708,7 +759,9 @@ func TestFakeVMGuest(t *testing.T) {
 		{[]string{"ls", ro}, "", true}, // the host's tree is not there
 		{[]string{"id", "-u"}, "0\n", false},
 		{[]string{"pwd"}, "/workspace\n", false},
-		{[]string{"sh", "-c", "test -S /run/x/s.sock && test -c /dev/net/tun && test -c /dev/null && echo ok"}, "ok\n", false},
+		{[]string{"sh", "-c", "test -S /run/x/s.sock && test -c /dev/null && test ! -e /dev/net/tun && echo ok"}, "ok\n", false},
+		// Root makes the tun node the container lacks, and it works.
+		{[]string{"sh", "-c", "mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && test -c /dev/net/tun && echo ok"}, "ok\n", false},
 	} {
 		out, err := f.guestRun(ctx, name, tc.argv...)
 		switch {
@@ -730,6 +783,13 @@ func TestFakeVMGuest(t *testing.T) {
 	if err != nil || echo.String() != "stdin reaches the guest\n" {
 		t.Errorf("exec -i cat = %q, %v", echo.String(), err)
 	}
+	// Without --user, exec runs as the image's USER, which cannot make
+	// device nodes.
+	var id bytes.Buffer
+	err = f.s.exec(ctx, name, execOpts{Stdout: &id}, "sh", "-c", "id -u; mknod /tmp/t c 10 200 2>/dev/null && echo mknod; true")
+	if err != nil || id.String() != fakeImageUser+"\n" {
+		t.Errorf("exec as the image's user printed %q, %v; want %q", id.String(), err, fakeImageUser+"\n")
+	}
 	ifs, err := procInterfaces(vm)
 	if err != nil || len(ifs) != 1 || ifs[0] != "lo" {
 		t.Errorf("the VM's interfaces = %v, %v; want only lo", ifs, err)
@@ -747,74 +807,71 @@ func TestFakeVMGuest(t *testing.T) {
 	}
 }
 
-// TestFakeVMStartFails checks that a VM that cannot boot fails start with
-// the fake's message and leaves the machine created.
+// TestFakeVMStartFails checks that an image that is not a docker save
+// archive fails the first start with crane's reason and leaves the machine
+// created.
 func TestFakeVMStartFails(t *testing.T) {
 	t.Parallel()
 	needFakeVM(t)
 	ctx := context.Background()
 	f := newFakeVMFixture(t)
-	if err := f.s.create(ctx, createSpec{Name: "sb-notun", Smolfile: f.smolfile}); err != nil {
+	writeOCIArchive(t, f.image)
+	if err := f.s.create(ctx, f.spec("sb-oci")); err != nil {
 		t.Fatal(err)
 	}
-	f.fake.control(t, fakeControl{Tun: filepath.Join(t.TempDir(), "no-tun")})
-	err := f.s.start(ctx, "sb-notun", nil)
-	if err == nil || !strings.Contains(err.Error(), "fake: start machine sb-notun: the fake VM needs") {
-		t.Fatalf("start without a tun device = %v", err)
+	err := f.s.start(ctx, "sb-oci", nil)
+	if err == nil || !strings.Contains(err.Error(), "file manifest.json not found in tar") {
+		t.Fatalf("start with an OCI archive = %v", err)
 	}
-	if st, err := f.s.status(ctx, "sb-notun"); err != nil || st.State != "created" || st.PID != nil {
+	if st, err := f.s.status(ctx, "sb-oci"); err != nil || st.State != "created" || st.PID != nil {
 		t.Errorf("after a failed start: %+v, %v; want created without a pid", st, err)
 	}
 }
 
-// buildStaticGuest puts what the guest runs in dir: a copy of gvforwarder
-// and a static smolbottle (the guest has no libc of ours to rely on).
-func buildStaticGuest(t *testing.T, ctx context.Context, dir, gvforwarder string) {
+// buildStaticGuest fills p's guest directory as up does (fillGuestDir):
+// gvforwarder and a static smolbottle (the guest has no libc of ours to
+// rely on). It returns the directory.
+func buildStaticGuest(t *testing.T, ctx context.Context, p *plan, gvforwarder string) string {
 	t.Helper()
-	b, err := os.ReadFile(gvforwarder)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "gvforwarder"), b, 0o700); err != nil {
-		t.Fatal(err)
-	}
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goTool); err != nil {
 		if goTool, err = exec.LookPath("go"); err != nil {
 			t.Fatalf("no go command to build the guest's smolbottle: %v", err)
 		}
 	}
-	out := filepath.Join(dir, "smolbottle")
+	out := filepath.Join(t.TempDir(), "smolbottle")
 	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, msg)
 	}
-	if err := checkStaticELF(out); err != nil {
-		t.Fatalf("the guest's smolbottle: %v", err)
+	dir := filepath.Join(p.Stage, guestDir)
+	if err := mkdirPrivate(dir); err != nil {
+		t.Fatal(err)
 	}
+	p.Tools.Gvforwarder = gvforwarder
+	if err := fillGuestDir(p, out); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // TestFakeVMConfinedNetwork runs the guest side of a bottle's network for
 // real: confined gvproxy on the host (startConfined), then up's machine
-// steps (machineSteps) with the fake smolvm: create with gvproxy's socket
-// bridged in by --mount-socket, start, gvforwarder by exec --detach; then
-// smolbottle _guestnet and _probe from the read-only /opt/smolbottle
-// volume. The guest reaches the relayed sidecar and nothing else; delete
-// leaves no process behind.
-//
-// The plan's last two steps pass _guestnet "-subnet N" and _probe
-// "-subnet N -ports P", which neither command accepts (guestnet.go takes
-// -subnet 192.168.N.0/24, probe.go only -plan JSON); they run here with
-// the flags the commands do take.
+// steps (upMachineSteps) with the fake smolvm, an image whose USER is uid
+// 1000 and exec --user: create with the image on the argv and gvproxy's
+// socket bridged in by --mount-socket, start, _guestnet -prepare as root
+// (the container has no /dev/net/tun: it makes one), gvforwarder by exec
+// --detach, _guestnet, and _probe as the image's user, all from the
+// read-only /opt/smolbottle volume filled as up fills it. The guest
+// reaches the relayed sidecar and nothing else; delete leaves no process
+// behind.
 func TestFakeVMConfinedNetwork(t *testing.T) {
 	gvproxy, gvforwarder := netTools(t)
 	needFakeVM(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	guestBin := t.TempDir()
-	buildStaticGuest(t, ctx, guestBin, gvforwarder)
 	sidecarPort := startEcho(t)
 	// A host loopback service that is not relayed: nothing may reach it.
 	other, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -838,21 +895,21 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	n := netFor(93)
 	stage := t.TempDir()
 	p := &plan{Machine: "sb-net", Stage: stage, Net: n, Sidecars: []sidecar{{Name: "sidecar", Port: sidecarPort}}}
-	steps := machineSteps(p)
-	if len(steps) != 5 || steps[0].sub != "create" || steps[1].sub != "start" || !steps[2].exec.Detach {
-		t.Fatalf("up's machine steps changed: %+v", steps)
-	}
+	p.Tools.SmolvmExecUser = true
+	guestBin := buildStaticGuest(t, ctx, p, gvforwarder)
 	var gvlog lockedBuffer
 	cn, err := startConfined(ctx, confineSpec{Gvproxy: gvproxy, Net: n, Stage: stage, Ports: []int{sidecarPort}, Log: &gvlog})
 	if err != nil {
 		t.Fatalf("startConfined: %v\n%s", err, gvlog.tail(2000))
 	}
 	defer cn.Close()
-	if create := steps[0].create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.SocketPath {
-		t.Fatalf("up bridges %+v, but gvproxy listens on %q", create.Sockets, cn.SocketPath)
-	}
 
 	f := newFakeVMFixture(t, guestBin+":"+guestBinDir+":ro")
+	p.Image = f.image
+	steps := upMachineSteps(p)
+	if create := steps.Create.create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.SocketPath {
+		t.Fatalf("up bridges %+v, but gvproxy listens on %q", create.Sockets, cn.SocketPath)
+	}
 	name := p.Machine
 	defer func() {
 		if t.Failed() {
@@ -861,12 +918,12 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	}()
 	sf, err := os.ReadFile(f.smolfile)
 	if err == nil {
-		err = os.WriteFile(steps[0].create.Smolfile, sf, 0o600)
+		err = os.WriteFile(steps.Create.create.Smolfile, sf, 0o600)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.s.create(ctx, steps[0].create); err != nil {
+	if err := f.s.create(ctx, steps.Create.create); err != nil {
 		t.Fatalf("create: %v", err)
 	}
 	if err := f.s.start(ctx, name, nil); err != nil {
@@ -875,11 +932,20 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	vm := f.fake.state(t).Machines[name].PID
 	nss := vmNamespaces(t, vm)
 
-	fwd, err := f.s.execDetached(ctx, name, steps[2].exec, steps[2].cmd...)
-	if err != nil {
-		t.Fatalf("exec --detach %q: %v", steps[2].cmd, err)
+	var prep bytes.Buffer
+	o := steps.Prepare.exec
+	o.Stdout = &prep
+	if err := f.s.exec(ctx, name, o, steps.Prepare.cmd...); err != nil {
+		t.Fatalf("prepare: %v", err)
 	}
-	if _, err := f.guestRun(ctx, name, guestBinDir+"/smolbottle", guestNetCmd, "-iface", guestTap, "-subnet", n.Subnet.String(), "-root", "/"); err != nil {
+	if rep, err := parsePrepareReport(prep.String()); err != nil || rep != (prepareReport{UID: 0, Tun: tunCreated}) {
+		t.Fatalf("prepare reported %+v, %v; want root having created the tun node", rep, err)
+	}
+	fwd, err := f.s.execDetached(ctx, name, steps.Forwarder.exec, steps.Forwarder.cmd...)
+	if err != nil {
+		t.Fatalf("exec --detach %q: %v", steps.Forwarder.cmd, err)
+	}
+	if err := f.s.exec(ctx, name, steps.GuestNet.exec, steps.GuestNet.cmd...); err != nil {
 		t.Fatalf("guest network: %v", err)
 	}
 	if got, err := f.guestRun(ctx, name, "cat", "/etc/resolv.conf"); err != nil || !strings.Contains(got, "nameserver "+n.Gateway.String()+"\n") {
@@ -899,9 +965,12 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// _probe runs as the image's user, as up's step does.
+	// _probe runs as the image's user (uid 1000), as up's step does: the
+	// guest binaries must be executable by it.
 	var out, errb bytes.Buffer
-	err = f.s.exec(ctx, name, execOpts{Stdout: &out, Stderr: &errb}, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON))
+	o = steps.Probe.exec
+	o.Stdout, o.Stderr = &out, &errb
+	err = f.s.exec(ctx, name, o, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON))
 	if err != nil {
 		t.Fatalf("probe: %v (stderr %q)", err, errb.String())
 	}
@@ -937,7 +1006,7 @@ func TestFakeVMExecCancel(t *testing.T) {
 	needFakeVM(t)
 	f := newFakeVMFixture(t)
 	const name = "sb-cancel"
-	if err := f.s.create(context.Background(), createSpec{Name: name, Smolfile: f.smolfile}); err != nil {
+	if err := f.s.create(context.Background(), f.spec(name)); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.start(context.Background(), name, nil); err != nil {

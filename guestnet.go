@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,8 +27,28 @@ import (
 
 // guestNetCmd is the internal subcommand run inside the guest:
 //
+//	smolbottle _guestnet -prepare [-tun /dev/net/tun]
 //	smolbottle _guestnet -iface tap0 -subnet 192.168.N.0/24 [-mtu 1500] [-root /]
+//
+// -prepare runs before gvforwarder, which opens /dev/net/tun to create tap0
+// once it has dialed gvproxy, and retries every second while that fails
+// (cmd/vm/main_linux.go:66-71,94-102 @ gvisor-tap-vsock v0.8.9).
+// smolvm 1.9.3's image containers have no such node: their /dev is a tmpfs
+// with null, zero, full, random, urandom, tty and kmsg
+// (crates/smolvm-agent/src/oci.rs:938-1017,1034-1044 @ v1.9.3); their root
+// holds CAP_MKNOD (oci.rs:505-515, the full set by default) and crun sets
+// no device cgroup (crates/smolvm-agent/src/crun.rs:155-165), so root
+// makes the node. smolvm PR #1146 binds it in; which release first has it
+// is unverified, so the node is made only when missing. -prepare prints a
+// prepareReport; as a uid other than root it changes nothing.
 const guestNetCmd = "_guestnet"
+
+// The tun device: misc character device 10:200.
+const (
+	tunPath  = "/dev/net/tun"
+	tunMajor = 10
+	tunMinor = 200
+)
 
 const (
 	guestIface = "tap0"
@@ -37,15 +58,26 @@ const (
 
 // runGuestNet configures iface from the subnet's address plan and writes
 // resolv.conf and hosts under root.
-func runGuestNet(ctx context.Context, args []string, stderr io.Writer) error {
+func runGuestNet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(guestNetCmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	prepare := fs.Bool("prepare", false, "make /dev/net/tun when missing (as root) and report the uid")
+	tun := fs.String("tun", tunPath, "the tun device node (-prepare)")
 	iface := fs.String("iface", guestIface, "interface gvforwarder created")
 	subnet := fs.String("subnet", "", "the bottle's 192.168.N.0/24")
 	mtu := fs.Int("mtu", gvproxyMTU, "interface MTU")
 	root := fs.String("root", "", "write etc/resolv.conf and etc/hosts under this directory (empty: do not write)")
 	if err := fs.Parse(args); err != nil {
 		return usageError("%v", err)
+	}
+	if *prepare {
+		rep, err := prepareTun(*tun)
+		if err != nil {
+			return err
+		}
+		b, _ := json.Marshal(rep)
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
 	}
 	n, err := netForSubnet(*subnet)
 	if err != nil {
@@ -61,6 +93,40 @@ func runGuestNet(ctx context.Context, args []string, stderr io.Writer) error {
 		return writeGuestFiles(*root, n)
 	}
 	return nil
+}
+
+// prepareTun makes the tun node at path when it is missing and this
+// process is root, and checks that it opens.
+func prepareTun(path string) (prepareReport, error) {
+	rep := prepareReport{UID: os.Getuid()}
+	if rep.UID != 0 {
+		rep.Tun = tunSkipped
+		return rep, nil
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return rep, fmt.Errorf("make %s: %v", path, err)
+		}
+		// Only root (gvforwarder) opens it.
+		if err := syscall.Mknod(path, syscall.S_IFCHR|0o600, tunMajor<<8|tunMinor); err != nil {
+			return rep, fmt.Errorf("mknod %s c %d %d: %v", path, tunMajor, tunMinor, err)
+		}
+		rep.Tun = tunCreated
+	case err != nil:
+		return rep, err
+	case fi.Mode()&os.ModeCharDevice == 0:
+		return rep, fmt.Errorf("%s exists and is not a character device", path)
+	default:
+		rep.Tun = tunPresent
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return rep, fmt.Errorf("%s does not open: %v", path, err)
+	}
+	f.Close()
+	return rep, nil
 }
 
 // netForSubnet maps "192.168.N.0/24" back to its address plan.

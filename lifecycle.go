@@ -187,9 +187,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err != nil {
 		return p, err
 	}
-	steps := machineSteps(p)
+	steps := upMachineSteps(p)
 	prog.step("creating machine %s (image import may take a while)", p.Machine)
-	if err := sv.create(ctx, steps[0].create); err != nil {
+	if err := sv.create(ctx, steps.Create.create); err != nil {
 		if isAlreadyExists(err) {
 			return p, withHint(fmt.Errorf("machine %s already exists: %w", p.Machine, err),
 				"another bottle (with another -stage) or a crashed one holds it; if nothing uses it: smolvm machine delete --name "+p.Machine+" -f")
@@ -204,19 +204,23 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err := sv.start(ctx, p.Machine, nil); err != nil {
 		return p, err
 	}
+	prog.step("preparing the guest for gvforwarder (root, /dev/net/tun)")
+	if err := prepareGuest(ctx, sv, p, steps.Prepare); err != nil {
+		return p, err
+	}
 	prog.step("starting gvforwarder in the guest")
-	if _, err := sv.execDetached(ctx, p.Machine, steps[2].exec, steps[2].cmd...); err != nil {
+	if _, err := sv.execDetached(ctx, p.Machine, steps.Forwarder.exec, steps.Forwarder.cmd...); err != nil {
 		return p, fmt.Errorf("start gvforwarder in the guest: %w", err)
 	}
 	prog.step("configuring the guest network")
 	var out bytes.Buffer
-	o := steps[3].exec
+	o := steps.GuestNet.exec
 	o.Stderr = &out
-	if err := sv.exec(ctx, p.Machine, o, steps[3].cmd...); err != nil {
+	if err := sv.exec(ctx, p.Machine, o, steps.GuestNet.cmd...); err != nil {
 		return p, withTail(fmt.Errorf("the guest network did not come up: %w", err), out.String())
 	}
 	prog.step("egress self-test from inside the guest")
-	if err := egressSelfTest(ctx, sv, p, st); err != nil {
+	if err := egressSelfTest(ctx, sv, p, steps.Probe.exec, st); err != nil {
 		return p, err
 	}
 	prog.step("ready: %s", p.Machine)
@@ -226,7 +230,10 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 // fillGuestDir copies the binaries the guest runs into the read-only
 // guest directory: gvforwarder, and smolbottle itself for the guest
 // network and the self-test. Both must be static, since they run inside
-// whatever image the user brings.
+// whatever image the user brings. The guest sees them with their host
+// owner and mode (virtiofs), and the self-test runs as the image's user,
+// whatever uid that is: so the directory is 0755 and the binaries 0555.
+// Nothing in them is secret.
 func fillGuestDir(p *plan, self string) error {
 	if testOnlyGuestSelf != "" {
 		self = testOnlyGuestSelf
@@ -241,18 +248,56 @@ func fillGuestDir(p *plan, self string) error {
 		if err != nil {
 			return err
 		}
-		if err := writeFileAtomic(filepath.Join(dir, name), data, 0o500); err != nil {
+		if err := writeFileAtomic(filepath.Join(dir, name), data, guestBinMode); err != nil {
 			return fmt.Errorf("copy %s into the guest directory: %w", name, err)
 		}
 	}
+	return os.Chmod(dir, guestDirMode)
+}
+
+// The guest binaries' modes: readable and executable by every guest uid,
+// writable by none.
+const (
+	guestBinMode = 0o555
+	guestDirMode = 0o755
+)
+
+// prepareGuest runs _guestnet -prepare, as root when smolvm has exec
+// --user, else as the image's USER. It makes /dev/net/tun when missing and
+// reports its uid: gvforwarder and the network setup need root, so an
+// image whose USER is not root cannot run on a smolvm without exec --user.
+func prepareGuest(ctx context.Context, sv *smolvm, p *plan, step machineStep) error {
+	var out, errb bytes.Buffer
+	o := step.exec
+	o.Stdout, o.Stderr = &out, &errb
+	if err := sv.exec(ctx, p.Machine, o, step.cmd...); err != nil {
+		return withTail(fmt.Errorf("prepare the guest: %w", err), errb.String())
+	}
+	rep, err := parsePrepareReport(out.String())
+	if err != nil {
+		return err
+	}
+	if rep.UID != 0 {
+		return errNoGuestRoot(rep.UID, p.Tools.SmolvmExecUser)
+	}
 	return nil
+}
+
+// errNoGuestRoot is up's error when the root steps did not run as root.
+func errNoGuestRoot(uid int, hasUser bool) error {
+	if hasUser {
+		return fmt.Errorf("smolvm machine exec --user root ran as uid %d in the guest", uid)
+	}
+	return withHint(fmt.Errorf("the image's USER is uid %d, and this smolvm has no `machine exec --user` (%s)", uid, capExecUser.Adds),
+		"gvforwarder must run as root in the guest: "+capExecUser.For,
+		"use an image whose USER is root, or a smolvm with `machine exec --user`")
 }
 
 // egressSelfTest runs the probes from inside the guest: proxy.internal
 // resolves and every sidecar answers; other names, a direct address, the
 // supervisor's canary on host loopback, the metadata address and IPv6 all
 // fail. A forbidden probe that succeeds stops the bottle.
-func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) error {
+func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, o execOpts, st bottleState) error {
 	ports := make([]int, len(p.Sidecars))
 	for i, s := range p.Sidecars {
 		ports[i] = s.Port
@@ -263,7 +308,7 @@ func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, st bottleState) er
 		return err
 	}
 	var out, errb bytes.Buffer
-	o := execOpts{Stdout: &out, Stderr: &errb}
+	o.Stdout, o.Stderr = &out, &errb
 	if err := sv.exec(ctx, p.Machine, o, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON)); err != nil {
 		return withTail(fmt.Errorf("egress self-test did not run: %w", err), errb.String())
 	}

@@ -159,8 +159,8 @@ func TestUpGuestNetworkNeverComesUp(t *testing.T) {
 	f.control(t, fakeControl{Fail: map[string]string{"exec": "connect: guest agent did not answer"}})
 	var out, errb bytes.Buffer
 	err := run(context.Background(), b.upArgs("net"), &out, &errb)
-	if err == nil || !strings.Contains(err.Error(), "gvforwarder") {
-		t.Fatalf("up = %v, want a gvforwarder failure", err)
+	if err == nil || !strings.Contains(err.Error(), "prepare the guest") {
+		t.Fatalf("up = %v, want the first guest step (prepare) to fail", err)
 	}
 	if !madeMachine(t, f) {
 		t.Errorf("up failed before creating the machine; the fault was meant for the guest network")

@@ -51,7 +51,9 @@
 // binaries it finds on PATH (or beside itself) and checks their versions. It
 // writes only under the stage directory (default
 // ~/.local/state/smolbottle/SLUG): directories 0700, files 0600, each
-// written whole. Child programs get an explicit environment and argv,
+// written whole, except the guest binaries (guest/, 0755 with 0555 files:
+// the image's user, any uid, runs them; nothing in them is secret). Child
+// programs get an explicit environment and argv,
 // never a shell. Nothing listens on anything but 127.0.0.1 or a unix socket
 // in a 0700 directory.
 //
@@ -216,7 +218,7 @@ Commands:
   version                print the version
 
 Plan flags (also for up and run):
-  -image PATH          local OCI/docker archive (.tar, .tar.gz, .tgz) or rootfs directory
+  -image PATH          local docker-save archive (.tar, .tar.gz, .tgz) or image directory
   -workspace DIR       mounted at /workspace (default: current directory)
   -allow HOST          egress allow-list entry, repeatable: NAME or *.DOMAIN
                        (default api.anthropic.com; giving -allow replaces it)

@@ -49,6 +49,10 @@ type check struct {
 	OK      bool     `json:"ok"`
 	Detail  []string `json:"detail,omitempty"` // what was found, or what is wrong
 	Hint    string   `json:"hint,omitempty"`
+	// Status, when set, replaces ok/MISSING for a capability smolbottle
+	// copes without ("present", "missing", "unknown"); such a row never
+	// fails the preflight.
+	Status string `json:"status,omitempty"`
 }
 
 // tools holds the absolute paths the rest of smolbottle runs.
@@ -243,10 +247,11 @@ var (
 	pipelockVerRE   = regexp.MustCompile(`(?m)^pipelock version (\S+)`)
 )
 
-// checkSmolvm finds smolvm and checks that it is smol-machines' CLI with
-// the flags the design needs: machine create --mount-socket (the gvproxy
-// socket reaches the guest this way) and machine exec --user (gvforwarder
-// must run as root in the guest; smolvm 1.9.2 lacks it, PR #1148 added it).
+// checkSmolvm finds smolvm, checks that it is smol-machines' CLI with
+// machine create --mount-socket (the gvproxy socket reaches the guest this
+// way), and reports the capabilities up copes without (smolvmcaps.go):
+// machine exec --user, and /dev/net/tun in image containers, which cannot
+// be seen from the host.
 func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, string) {
 	c := check{Name: "smolvm", Hint: hintSmolvm}
 	p, err := findProgram("smolvm", env)
@@ -268,24 +273,22 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 	c.Version = m[1]
 	c.OK = true
 	c.Detail = []string{"smol-machines CLI (machine subcommand present)"}
-	checks := []check{c}
-	flags := []struct{ sub, flag, why string }{
-		{"create", "--mount-socket", "bridges gvproxy's socket into the guest"},
-		{"exec", "--user", "starts gvforwarder as root in the guest (smolvm with PR #1148)"},
+	hasFlag := func(sub, flag string) bool {
+		out, err := probeProgram(ctx, p, "machine", sub, "--help")
+		return err == nil && helpHasFlag(out, flag)
 	}
-	for _, f := range flags {
-		fc := check{Name: "smolvm machine " + f.sub + " " + f.flag, Path: p, OK: true, Detail: []string{f.why}}
-		out, err := probeProgram(ctx, p, "machine", f.sub, "--help")
-		if err != nil || !strings.Contains(out, f.flag) {
-			fc.OK = false
-			fc.Hint = "upgrade smolvm to a release whose `machine " + f.sub + " --help` lists " + f.flag
-		}
-		if f.flag == "--user" {
-			t.SmolvmExecUser = fc.OK
-		}
-		checks = append(checks, fc)
+	ms := check{Name: "smolvm " + capMountSocket.Name, Path: p, OK: hasFlag("create", "--mount-socket"), Detail: capMountSocket.detail()}
+	if !ms.OK {
+		ms.Hint = "upgrade smolvm to a release whose `machine create --help` lists --mount-socket"
 	}
-	if !checks[1].OK || !checks[2].OK {
+	t.SmolvmExecUser = hasFlag("exec", "--user")
+	eu := check{Name: "smolvm " + capExecUser.Name, Path: p, OK: true, Status: "missing", Detail: capExecUser.detail()}
+	if t.SmolvmExecUser {
+		eu.Status = "present"
+	}
+	tun := check{Name: "smolvm " + capTun.Name, OK: true, Status: "unknown", Detail: capTun.detail()}
+	checks := []check{c, ms, eu, tun}
+	if !ms.OK {
 		return checks, ""
 	}
 	return checks, p
@@ -431,7 +434,10 @@ func firstLine(out string, err error) string {
 func writeChecks(w io.Writer, checks []check) {
 	for _, c := range checks {
 		status := "ok"
-		if !c.OK {
+		switch {
+		case c.Status != "":
+			status = c.Status
+		case !c.OK:
 			status = "MISSING"
 		}
 		fmt.Fprintf(w, "%-8s %s\n", status, c.Name)

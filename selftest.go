@@ -78,7 +78,7 @@ func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer
 	case dropExecCmd:
 		return runDropExec(args[1:], stderr)
 	case guestNetCmd:
-		return runGuestNet(ctx, args[1:], stderr)
+		return runGuestNet(ctx, args[1:], stdout, stderr)
 	case probeCmd:
 		return runProbeCmd(ctx, args[1:], stdout, stderr)
 	case selftestHostCmd:
@@ -835,7 +835,7 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 		}
 		if i == 0 {
 			// Exactly what the VM runs: smolbottle _guestnet.
-			err = runGuestNet(ctx, []string{"-iface", iface, "-subnet", subnetList[i]}, stderr)
+			err = runGuestNet(ctx, []string{"-iface", iface, "-subnet", subnetList[i]}, io.Discard, stderr)
 		} else {
 			// The host virtual IP is on-link: no route needed.
 			err = setLinkMTU(iface, gvproxyMTU)

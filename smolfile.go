@@ -8,13 +8,13 @@ import (
 	"strings"
 )
 
-// Smolfile facts (reference/smolvm.md §2): smolvm reads it with a strict
+// Smolfile facts (crates/smolvm-smolfile/src/lib.rs:225-252 @ v1.9.3): smolvm reads it with a strict
 // TOML 1.0 parser into structs with deny_unknown_fields, so only the keys
 // below appear. There is no net key: a machine without network intent gets
 // no network device at all, and its only network is the gvproxy socket
 // mounted with --mount-socket (a flag, not a Smolfile key). Secrets are
-// from_env references that smolvm resolves from its own environment; their
-// values never reach this file.
+// from_env references that smolvm resolves from its own environment at
+// every start and exec (not at create); their values never reach this file.
 
 // envVar is one guest environment variable, in a fixed order.
 type envVar struct {
@@ -24,7 +24,7 @@ type envVar struct {
 
 // smolfileSpec is everything the Smolfile depends on.
 type smolfileSpec struct {
-	Image   string   // absolute path of a local OCI/docker archive or rootfs directory
+	Image   string   // the local image; create's --image overrides it, and only --image resolves a local path
 	Workdir string   // guest working directory
 	CPUs    int      // virtual CPUs
 	MemMiB  int      // memory in MiB
@@ -34,7 +34,7 @@ type smolfileSpec struct {
 }
 
 // Limits of the Smolfile's integer fields: smolvm declares cpus as u8 and
-// memory as u32 (reference/smolvm.md §2.1), and a machine needs at least one
+// memory as u32 (crates/smolvm-smolfile/src/lib.rs:250-252 @ v1.9.3), and a machine needs at least one
 // of each.
 const (
 	maxSmolCPUs   = math.MaxUint8

@@ -20,21 +20,36 @@ import (
 	"time"
 )
 
-// smolvm CLI facts this driver relies on (reference/smolvm.md §1, 1.9.2):
-//   - every command error is "Error: <msg>" on stderr with exit 1; clap's
-//     argument errors are "error: …" with exit 2;
-//   - without --name a command acts on "default" (start even creates it),
-//     so --name is always passed; exec accepts only the long form;
-//   - delete without -f prompts, and on EOF prints "Cancelled" and exits 0
-//     having deleted nothing, so -f is always passed;
-//   - exec exits with the guest's exit code and never starts a machine;
+// smolvm CLI facts this driver relies on, read in smol-machines/smolvm's
+// source at v1.9.3 (the contract table in smolvmcontract_test.go holds the
+// fake smolvm to each, with its line):
+//   - every command error is "Error: <msg>" on stderr with exit 1
+//     (src/main.rs:214-215); clap's argument errors are "error: …" with
+//     exit 2;
+//   - without --name a command acts on "default", so --name is always
+//     passed; exec accepts only the long form (src/cli/machine.rs:2631-2633);
+//   - delete without -f prompts, so -f is always passed;
+//   - exec never starts a machine and exits with the guest's exit code;
+//     exec --detach prints the guest pid (src/cli/machine.rs:2758);
+//   - exec runs as the image's USER: 1.9.3 has no exec --user
+//     (src/cli/machine.rs:2626-2674, src/cli/vm_common.rs:318-320,347);
+//     smolvm PR #1148 adds one, whose exact form is unverified;
+//   - a local image is resolved only when given as create --image
+//     (src/cli/machine.rs:3163-3176); an image named only in the Smolfile
+//     is stored verbatim and handed to the registry puller at the first
+//     start (src/cli/vm_common.rs:1503-1519), which refuses a path;
+//   - local archives must be `docker save` archives, flattened by crane in
+//     the guest (crates/smolvm-agent/src/storage.rs:1180-1191,1293-1302);
+//   - [secrets] from_env references are only validated by create
+//     (src/cli/vm_common.rs:621-625) and resolved from smolvm's own
+//     environment at every start and every exec (src/cli/vm_common.rs:1497,
+//     498-507, src/cli/machine.rs:2714; src/secrets.rs:411-414,452);
 //   - start falls back to the host's proxy variables for the in-guest image
 //     pull, so they are scrubbed from smolvm's environment;
 //   - cp splits its first argument at the first ':', so a host path holding
 //     ':' is misread as a machine path; it copies single regular files only;
-//   - create -e values are stored in the machine record and shown by ls -v,
-//     so secrets travel only as from_env references, resolved from smolvm's
-//     environment when they are used.
+//   - create refuses volume sources under protected host paths
+//     (src/data/storage.rs:52-68,173-187).
 const (
 	smolvmWaitDelay   = 10 * time.Second // after SIGTERM on cancel, before SIGKILL
 	smolvmTailBytes   = 4 << 10          // stderr kept for error messages
@@ -56,8 +71,8 @@ type smolvm struct {
 	// variables a call names, never copied wholesale.
 	lookup func(string) (string, bool)
 	// secrets names the host variables the machine's Smolfile [secrets]
-	// refer to; smolvm resolves them from its environment on create and
-	// on every exec, so only those calls get them.
+	// refer to; smolvm resolves them from its environment at every start
+	// and every exec, so only those calls get them.
 	secrets   []string
 	waitDelay time.Duration
 
@@ -152,11 +167,13 @@ type socketMount struct {
 	Guest string // absolute guest path
 }
 
-// createSpec is everything machine create is given. The image, volumes,
-// env and from_env secret references are in the Smolfile; the machine gets
-// no network device (no --net, -p or egress flag ever appears).
+// createSpec is everything machine create is given. The image goes on
+// the argv (--image), since smolvm resolves a local image only there; the
+// volumes, env and from_env secret references are in the Smolfile; the
+// machine gets no network device (no --net, -p or egress flag ever appears).
 type createSpec struct {
 	Name     string
+	Image    string        // absolute path of a `docker save` archive
 	Smolfile string        // absolute path
 	Sockets  []socketMount // host unix sockets bridged into the guest
 }
@@ -169,7 +186,12 @@ func createArgs(spec createSpec) ([]string, error) {
 	if !filepath.IsAbs(spec.Smolfile) {
 		return nil, fmt.Errorf("smolfile path %q is not absolute", spec.Smolfile)
 	}
-	args := []string{"machine", "create", "--name", spec.Name, "--smolfile", spec.Smolfile}
+	if !filepath.IsAbs(spec.Image) {
+		return nil, fmt.Errorf("image path %q is not absolute", spec.Image)
+	}
+	// --image wins over the Smolfile's image (src/cli/smolfile.rs:142 @
+	// v1.9.3) and is the only place a local path is resolved.
+	args := []string{"machine", "create", "--name", spec.Name, "--image", spec.Image, "--smolfile", spec.Smolfile}
 	seen := map[string]bool{}
 	for _, m := range spec.Sockets {
 		if err := checkSocketMount(m); err != nil {
@@ -184,7 +206,7 @@ func createArgs(spec createSpec) ([]string, error) {
 	return args, nil
 }
 
-// checkSocketMount applies the --mount-socket rules (smolvm.md addendum):
+// checkSocketMount applies the --mount-socket rules (src/cli/machine.rs:143-200 @ v1.9.3):
 // the argument is split at the first ':', the guest path must be absolute
 // and free of ';' and '|'.
 func checkSocketMount(m socketMount) error {
@@ -225,7 +247,7 @@ type execOpts struct {
 	Workdir     string        // guest directory; "" for the machine's default
 	Env         []envVar      // non-secret guest variables, passed as -e K=V
 	Secrets     []string      // host variables passed as --secret-env NAME=NAME
-	User        string        // needs a smolvm with exec --user (not 1.9.2)
+	User        string        // needs a smolvm with exec --user (PR #1148; not 1.9.3)
 	Interactive bool          // -i: keep stdin open
 	TTY         bool          // -t: allocate a pseudo-terminal
 	Detach      bool          // -d: print the guest pid and return
@@ -270,8 +292,8 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 	}
 	if o.User != "" {
 		if !hasUser {
-			return nil, withHint(errors.New("this smolvm has no exec --user"),
-				"smolvm 1.9.2 runs exec as the image's USER; --user arrived in a later release")
+			return nil, withHint(errors.New("this smolvm has no machine exec --user"),
+				"smolvm 1.9.3 runs exec as the image's USER; smol-machines/smolvm PR #1148 adds --user")
 		}
 		if !guestUserRE.MatchString(o.User) {
 			return nil, fmt.Errorf("guest user %q is not valid", o.User)
@@ -416,7 +438,7 @@ func (c *capBuffer) Write(p []byte) (int, error) {
 // smolvmCall is one invocation.
 type smolvmCall struct {
 	args    []string
-	secrets bool     // the call resolves from_env secrets (create, exec)
+	secrets bool     // the call resolves from_env secrets (start, exec)
 	extra   []string // further secret variables this call names
 	stdin   io.Reader
 	stdout  io.Writer // nil: captured and returned
@@ -437,7 +459,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 		v, ok := s.lookup(name)
 		if !ok || v == "" {
 			return nil, withHint(fmt.Errorf("secret variable %s is not set", name),
-				"export it in the shell that runs smolbottle; smolvm reads it from there at exec time")
+				"export it in the shell that runs smolbottle; smolvm reads it from there at every start and exec")
 		}
 		env = append(env, name+"="+v)
 		secretValues = append(secretValues, v)
@@ -484,7 +506,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	redacted := redact(tail.String(), secretValues)
 	if errors.Is(err, fs.ErrNotExist) && !fileExists(s.path) {
 		return nil, withHint(fmt.Errorf("smolvm not found at %q", s.path),
-			"install smolvm 1.9.2 or later (https://smolmachines.com) and put it on PATH")
+			"install smol-machines' smolvm 1.9.3 or later (https://smolmachines.com) and put it on PATH")
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return nil, fmt.Errorf("smolvm %s: %w", sub, ctxErr)
@@ -541,25 +563,29 @@ func redact(s string, values []string) string {
 }
 
 // create creates the machine; an existing name is an error that
-// isAlreadyExists recognises. The named secrets are in smolvm's
-// environment for this call only.
+// isAlreadyExists recognises. create only checks the shape of the secret
+// references (src/cli/vm_common.rs:621-625 @ v1.9.3), so it gets no
+// secret values.
 func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 	args, err := createArgs(spec)
 	if err != nil {
 		return err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args, secrets: true})
+	_, err = s.call(ctx, smolvmCall{args: args})
 	return err
 }
 
 // start boots a created or stopped machine; an already running one is
-// fine. progress, when set, receives smolvm's stderr as it comes.
+// fine. progress, when set, receives smolvm's stderr as it comes. start
+// resolves the secret references from its own environment
+// (src/cli/vm_common.rs:1497 @ v1.9.3), so the named secrets are in it for
+// this call.
 func (s *smolvm) start(ctx context.Context, name string, progress io.Writer) error {
 	args, err := nameArgs("start", name)
 	if err != nil {
 		return err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args, stderr: progress})
+	_, err = s.call(ctx, smolvmCall{args: args, secrets: true, stderr: progress})
 	return err
 }
 

@@ -58,18 +58,20 @@ func TestCreateArgs(t *testing.T) {
 		spec createSpec
 		want []string // nil: an error is expected
 	}{
-		{"minimal", createSpec{Name: "sb-x", Smolfile: "/stage/Smolfile"},
-			[]string{"machine", "create", "--name", "sb-x", "--smolfile", "/stage/Smolfile"}},
-		{"socket", createSpec{Name: "sb-x", Smolfile: "/s/Smolfile", Sockets: []socketMount{sock}},
-			[]string{"machine", "create", "--name", "sb-x", "--smolfile", "/s/Smolfile",
+		{"minimal", createSpec{Name: "sb-x", Image: "/img.tar", Smolfile: "/stage/Smolfile"},
+			[]string{"machine", "create", "--name", "sb-x", "--image", "/img.tar", "--smolfile", "/stage/Smolfile"}},
+		{"socket", createSpec{Name: "sb-x", Image: "/img.tar", Smolfile: "/s/Smolfile", Sockets: []socketMount{sock}},
+			[]string{"machine", "create", "--name", "sb-x", "--image", "/img.tar", "--smolfile", "/s/Smolfile",
 				"--mount-socket", "/stage/sock/gvproxy.sock:/run/smolbottle/gvproxy.sock"}},
-		{"bad name", createSpec{Name: "x--y", Smolfile: "/s"}, nil},
-		{"relative smolfile", createSpec{Name: "x", Smolfile: "Smolfile"}, nil},
-		{"colon in host socket", createSpec{Name: "x", Smolfile: "/s", Sockets: []socketMount{{"/a:b/s.sock", "/run/s"}}}, nil},
-		{"relative host socket", createSpec{Name: "x", Smolfile: "/s", Sockets: []socketMount{{"s.sock", "/run/s"}}}, nil},
-		{"relative guest socket", createSpec{Name: "x", Smolfile: "/s", Sockets: []socketMount{{"/s.sock", "run/s"}}}, nil},
-		{"pipe in guest socket", createSpec{Name: "x", Smolfile: "/s", Sockets: []socketMount{{"/s.sock", "/run/a|b"}}}, nil},
-		{"guest socket twice", createSpec{Name: "x", Smolfile: "/s", Sockets: []socketMount{sock, sock}}, nil},
+		{"bad name", createSpec{Name: "x--y", Image: "/img.tar", Smolfile: "/s"}, nil},
+		{"relative smolfile", createSpec{Name: "x", Image: "/img.tar", Smolfile: "Smolfile"}, nil},
+		{"colon in host socket", createSpec{Name: "x", Image: "/img.tar", Smolfile: "/s", Sockets: []socketMount{{"/a:b/s.sock", "/run/s"}}}, nil},
+		{"relative host socket", createSpec{Name: "x", Image: "/img.tar", Smolfile: "/s", Sockets: []socketMount{{"s.sock", "/run/s"}}}, nil},
+		{"relative guest socket", createSpec{Name: "x", Image: "/img.tar", Smolfile: "/s", Sockets: []socketMount{{"/s.sock", "run/s"}}}, nil},
+		{"pipe in guest socket", createSpec{Name: "x", Image: "/img.tar", Smolfile: "/s", Sockets: []socketMount{{"/s.sock", "/run/a|b"}}}, nil},
+		{"guest socket twice", createSpec{Name: "x", Image: "/img.tar", Smolfile: "/s", Sockets: []socketMount{sock, sock}}, nil},
+		{"no image", createSpec{Name: "x", Smolfile: "/s"}, nil},
+		{"relative image", createSpec{Name: "x", Image: "img.tar", Smolfile: "/s"}, nil},
 	} {
 		got, err := createArgs(tc.spec)
 		if tc.want == nil {
@@ -253,6 +255,7 @@ func TestClassify(t *testing.T) {
 type smolvmFixture struct {
 	fake     *fakeSmolvmBin
 	s        *smolvm
+	image    string // a directory image without a config: its USER is root
 	smolfile string
 	sock     string
 }
@@ -262,7 +265,7 @@ const testSecret = "sk-ant-test-0123456789-very-secret"
 func newSmolvmFixture(t *testing.T) *smolvmFixture {
 	t.Helper()
 	fake := newFakeSmolvm(t)
-	fake.control(t, fakeControl{Mode: "old"}) // 1.9.2, the release the reference reads
+	// smolvm 1.9.3 as released: no capabilities switched on.
 	stage := t.TempDir()
 	for _, d := range []string{"image", "workspace"} {
 		if err := os.Mkdir(filepath.Join(stage, d), 0o700); err != nil {
@@ -284,13 +287,14 @@ func newSmolvmFixture(t *testing.T) *smolvmFixture {
 	}
 	parent := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "HTTPS_PROXY=http://127.0.0.1:9",
 		"http_proxy=http://127.0.0.1:9", "ANTHROPIC_API_KEY=" + testSecret, "SECRET_TOO=also-" + testSecret}
-	return &smolvmFixture{fake: fake, s: fake.driver(t, parent, "ANTHROPIC_API_KEY"), smolfile: path, sock: filepath.Join(stage, "gv.sock")}
+	return &smolvmFixture{fake: fake, s: fake.driver(t, parent, "ANTHROPIC_API_KEY"), image: filepath.Join(stage, "image"),
+		smolfile: path, sock: filepath.Join(stage, "gv.sock")}
 }
 
 func (f *smolvmFixture) create(t *testing.T, name string) {
 	t.Helper()
 	err := f.s.create(context.Background(), createSpec{
-		Name: name, Smolfile: f.smolfile,
+		Name: name, Image: f.image, Smolfile: f.smolfile,
 		Sockets: []socketMount{{Host: f.sock, Guest: "/run/smolbottle/gvproxy.sock"}},
 	})
 	if err != nil {
@@ -307,7 +311,7 @@ func TestSmolvmLifecycle(t *testing.T) {
 	const name = "sb-life"
 
 	v, err := s.version(ctx)
-	if err != nil || v != (smolvmVersion{1, 9, 2}) {
+	if err != nil || v != (smolvmVersion{1, 9, 3}) {
 		t.Fatalf("version = %v, %v", v, err)
 	}
 	f.create(t, name)
@@ -431,7 +435,7 @@ func TestSmolvmCreateExists(t *testing.T) {
 	t.Parallel()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-dup")
-	err := f.s.create(context.Background(), createSpec{Name: "sb-dup", Smolfile: f.smolfile})
+	err := f.s.create(context.Background(), createSpec{Name: "sb-dup", Image: f.image, Smolfile: f.smolfile})
 	if !isAlreadyExists(err) {
 		t.Fatalf("second create = %v, want already exists", err)
 	}
@@ -446,18 +450,23 @@ func TestSmolvmCreateFaults(t *testing.T) {
 	f := newSmolvmFixture(t)
 	ctx := context.Background()
 	bad := filepath.Join(t.TempDir(), "Smolfile")
-	for _, tc := range []struct{ smolfile, want string }{
-		{"image = \"/nonexistent/image\"\n", "not a local archive"},
-		{"user = \"node\"\n", "unknown field `user`"},
-		{"[network]\ndeny_cidrs = []\n", "unknown field `deny_cidrs`"},
-		{"[secrets]\nK = { from_env = \"K\", from_file = \"/k\" }\n", "invalid type"},
-		{"cpus = \"2\"\n", "invalid type"},
-		{"volumes = [\"/nonexistent/dir:/w\"]\n", "mount source not found: /nonexistent/dir"},
+	for _, tc := range []struct{ smolfile, image, want string }{
+		{"", "/nonexistent/image.tar", "config operation failed: --image: cannot read archive /nonexistent/image.tar"},
+		{"user = \"node\"\n", "", "unknown field `user`"},
+		{"[network]\ndeny_cidrs = []\n", "", "unknown field `deny_cidrs`"},
+		{"[secrets]\nK = { from_env = \"K\", from_file = \"/k\" }\n", "", "invalid type"},
+		{"cpus = \"2\"\n", "", "invalid type"},
+		{"volumes = [\"/nonexistent/dir:/w\"]\n", "", "mount source not found: /nonexistent/dir"},
+		{"volumes = [\"/run:/w\"]\n", "", "source path on host is a protected system path and cannot be mounted: /run"},
 	} {
 		if err := os.WriteFile(bad, []byte(tc.smolfile), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		err := f.s.create(ctx, createSpec{Name: "sb-bad", Smolfile: bad})
+		image := f.image
+		if tc.image != "" {
+			image = tc.image
+		}
+		err := f.s.create(ctx, createSpec{Name: "sb-bad", Image: image, Smolfile: bad})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("create with %q = %v, want %q", tc.smolfile, err, tc.want)
 		}
@@ -471,7 +480,7 @@ func TestSmolvmStartFails(t *testing.T) {
 	t.Parallel()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-nostart")
-	f.fake.control(t, fakeControl{Mode: "old", Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
+	f.fake.control(t, fakeControl{Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
 	err := f.s.start(context.Background(), "sb-nostart", nil)
 	want := "smolvm machine start: agent operation failed: start: krun_start_enter returned: -22 (EINVAL)"
 	if err == nil || err.Error() != want {
@@ -577,10 +586,13 @@ func TestSmolvmSecretNeverInArgv(t *testing.T) {
 				t.Errorf("secret value in smolvm argv %q", r.Argv)
 			}
 		}
+		// smolvm resolves the Smolfile's secrets at every start and exec
+		// (src/cli/vm_common.rs:1497, src/cli/machine.rs:2714 @ v1.9.3),
+		// and create only checks them (vm_common.rs:621-625).
 		hasSecret := slices.ContainsFunc(r.Env, func(e string) bool { return strings.Contains(e, testSecret) })
-		needs := len(r.Argv) > 1 && (r.Argv[1] == "create" || r.Argv[1] == "exec")
-		if hasSecret && !needs {
-			t.Errorf("smolvm %q got a secret in its environment", r.Argv)
+		needs := len(r.Argv) > 1 && (r.Argv[1] == "start" || r.Argv[1] == "exec")
+		if hasSecret != needs && !slices.Contains(r.Argv, "--help") {
+			t.Errorf("smolvm %q: secret in its environment = %v, want %v", r.Argv, hasSecret, needs)
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(f.fake.dir, fakeSmolvmState))
@@ -602,7 +614,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 		if err := f.s.start(context.Background(), "sb-hang", nil); err != nil {
 			t.Fatal(err)
 		}
-		f.fake.control(t, fakeControl{Mode: "old", Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
+		f.fake.control(t, fakeControl{Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
 		f.s.waitDelay = 300 * time.Millisecond
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		start := time.Now()
@@ -626,15 +638,15 @@ func TestSmolvmExecUser(t *testing.T) {
 	if err := f.s.start(ctx, "sb-user", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.s.exec(ctx, "sb-user", execOpts{User: "root"}, "true"); err == nil || !strings.Contains(err.Error(), "no exec --user") {
-		t.Errorf("exec --user on 1.9.2 = %v", err)
+	if err := f.s.exec(ctx, "sb-user", execOpts{User: "root"}, "true"); err == nil || !strings.Contains(err.Error(), "no machine exec --user") {
+		t.Errorf("exec --user on 1.9.3 = %v", err)
 	}
 	if ok, err := f.s.hasFlag(ctx, "exec", "--workdir"); !ok || err != nil {
 		t.Errorf("hasFlag(exec, --workdir) = %v, %v", ok, err)
 	}
 
 	newer := newSmolvmFixture(t)
-	newer.fake.control(t, fakeControl{}) // a current smolvm, with exec --user
+	newer.fake.control(t, fakeControl{Caps: []string{fakeCapExecUser}}) // smolvm PR #1148
 	newer.create(t, "sb-user")
 	if err := newer.s.start(ctx, "sb-user", nil); err != nil {
 		t.Fatal(err)
@@ -691,7 +703,7 @@ func TestSmolvmCp(t *testing.T) {
 	}
 }
 
-// TestFakeSmolvmRejects checks that the fake refuses what smolvm 1.9.2
+// TestFakeSmolvmRejects checks that the fake refuses what smolvm 1.9.3
 // refuses, so the driver tests mean something.
 func TestFakeSmolvmRejects(t *testing.T) {
 	t.Parallel()
@@ -795,13 +807,18 @@ func TestFakeSmolvmModes(t *testing.T) {
 	if ok, err := f.s.hasFlag(ctx, "create", "--mount-socket"); ok || err != nil {
 		t.Errorf("hasFlag(create, --mount-socket) = %v, %v on a smolvm without it", ok, err)
 	}
-	err := f.s.create(ctx, createSpec{Name: "sb-nomount", Smolfile: f.smolfile,
+	err := f.s.create(ctx, createSpec{Name: "sb-nomount", Image: f.image, Smolfile: f.smolfile,
 		Sockets: []socketMount{{Host: f.sock, Guest: "/run/s.sock"}}})
 	if e := smolvmErrorAs(err); e == nil || e.Code != 2 || !strings.Contains(e.Msg, "'--mount-socket'") {
 		t.Errorf("create with --mount-socket on a smolvm without it = %v", err)
 	}
-	if ok, err := f.s.hasFlag(ctx, "exec", "--user"); !ok || err != nil {
-		t.Errorf("hasFlag(exec, --user) = %v, %v on a current smolvm", ok, err)
+	if ok, err := f.s.hasFlag(ctx, "exec", "--user"); ok || err != nil {
+		t.Errorf("hasFlag(exec, --user) = %v, %v on smolvm 1.9.3", ok, err)
+	}
+	withUser := newFakeSmolvm(t)
+	withUser.control(t, fakeControl{Caps: []string{fakeCapExecUser}})
+	if ok, err := withUser.driver(t, nil).hasFlag(ctx, "exec", "--user"); !ok || err != nil {
+		t.Errorf("hasFlag(exec, --user) = %v, %v with the exec-user capability", ok, err)
 	}
 }
 

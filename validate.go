@@ -167,9 +167,36 @@ func checkHostPath(field, p string) (string, error) {
 	return abs, nil
 }
 
-// Host directories smolvm refuses to mount (src/data/storage.rs:36-68) or
-// that no agent should be given: the trees are refused with everything
-// below them, the others only as themselves.
+// smolvmProtectedSources are the host paths smolvm refuses as volume
+// sources on Linux, after resolving symlinks: with everything below them
+// when Tree is set, else only as themselves (src/data/storage.rs:52-68,
+// 173-187 @ v1.9.3).
+var smolvmProtectedSources = []struct {
+	Path string
+	Tree bool
+}{
+	{"/", false}, {"/var", false}, {"/var/run", true}, {"/var/log", true}, {"/etc", true},
+	{"/boot", true}, {"/usr", true}, {"/bin", true}, {"/sbin", true}, {"/lib", true},
+	{"/proc", true}, {"/sys", true}, {"/dev", true}, {"/run", true},
+}
+
+// checkVolumeSource refuses a volume source (resolved, absolute) that
+// smolvm would refuse at create, naming the rule; what names the volume.
+func checkVolumeSource(what, real string) error {
+	for _, p := range smolvmProtectedSources {
+		if real == p.Path || p.Tree && within(real, p.Path) {
+			rule := "is " + p.Path
+			if real != p.Path {
+				rule = "is under " + p.Path
+			}
+			return fmt.Errorf("%s %q %s: smolvm refuses to mount /, /var, or anything under /var/run, /var/log, /etc, /boot, /usr, /bin, /sbin, /lib, /proc, /sys, /dev or /run", what, real, rule)
+		}
+	}
+	return nil
+}
+
+// Host directories no agent should be given as its workspace: the trees
+// are refused with everything below them, the others only as themselves.
 var (
 	protectedTrees = []string{"/etc", "/usr", "/proc", "/run", "/sys", "/dev", "/boot"}
 	protectedDirs  = []string{"/", "/bin", "/sbin", "/lib", "/lib64", "/var", "/home", "/root", "/tmp"}
@@ -199,6 +226,9 @@ func checkWorkspace(p string) (string, error) {
 	if strings.ContainsAny(real, ":,") {
 		return "", fmt.Errorf("workspace %q resolves to %q, which contains ':' or ','", abs, real)
 	}
+	if err := checkVolumeSource("workspace", real); err != nil {
+		return "", withHint(err, "give the agent a project directory outside those")
+	}
 	system := slices.Contains(protectedDirs, real)
 	for _, d := range protectedTrees {
 		system = system || real == d || strings.HasPrefix(real, d+"/")
@@ -209,8 +239,10 @@ func checkWorkspace(p string) (string, error) {
 	return real, nil
 }
 
-// checkImage validates -image: a local OCI/docker archive (.tar, .tar.gz,
-// .tgz) or an unpacked root filesystem directory. smolvm refuses registry
+// checkImage validates -image: a local `docker save` archive (.tar,
+// .tar.gz, .tgz; smolvm 1.9.3 flattens nothing else, with crane in the
+// guest: crates/smolvm-agent/src/storage.rs:1180-1191,1293-1302) or a
+// directory, which smolvm uses in place (src/data/image_source.rs:177-194). smolvm refuses registry
 // images on a machine without network (src/config.rs:841-884), and a bottle
 // never has smolvm networking, so a registry reference gets a hint instead.
 func checkImage(p string) (string, error) {
@@ -224,7 +256,7 @@ func checkImage(p string) (string, error) {
 	if _, err := os.Stat(p); err != nil && looksLikeRegistryRef(p) {
 		return "", withHint(fmt.Errorf("image %q is a registry reference; a bottle needs a local image", p),
 			"smolvm cannot pull into a machine without network; make a local archive first:",
-			"docker save "+p+" -o image.tar   (or: skopeo copy docker://"+p+" oci-archive:image.tar)",
+			"docker save "+p+" -o image.tar   (or podman save, whose default is the same docker-archive format; an OCI archive is not accepted)",
 			"then pass -image image.tar")
 	}
 	abs, err := checkHostPath("image", p)
