@@ -12,9 +12,9 @@ import (
 
 func TestDoctor(t *testing.T) {
 	tests := []struct {
-		name, mode, remove string
-		code               int
-		want               []string
+		name, mode, remove, guest string
+		code                      int
+		want                      []string
 	}{
 		{name: "all present", code: 0, want: []string{
 			"ok       smolvm", "version  1.14.3", "smol-machines CLI",
@@ -24,10 +24,24 @@ func TestDoctor(t *testing.T) {
 		{name: "old smolvm", mode: "old", code: 1, want: []string{
 			"version  1.9.2", "MISSING  smolvm machine exec --user", "fix: upgrade smolvm"}},
 		{name: "nothing but gvisor", remove: "smolvm pipelock", code: 1, want: []string{
-			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy"}},
+			"MISSING  smolvm", "smolvm not found", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy"}},
+		// A dynamic smolbottle cannot run in the guest: doctor (and plan)
+		// say so instead of up, after the machine is made.
+		{name: "dynamic smolbottle", guest: "ls", code: 1, want: []string{
+			"MISSING  smolbottle", "is dynamically linked", "fix: build it static: in the smolbottle checkout, make build"}},
 	}
+	staticSmolbottle(t)
+	static := testOnlyGuestSelf
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			testOnlyGuestSelf = static
+			if tt.guest != "" {
+				dyn, err := exec.LookPath(tt.guest)
+				if err != nil {
+					t.Skip("no ls to serve as a dynamic executable")
+				}
+				testOnlyGuestSelf = dyn
+			}
 			b := newTestBottle(t, tt.mode)
 			for _, r := range strings.Fields(tt.remove) {
 				os.Remove(filepath.Join(b.path, r))

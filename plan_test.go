@@ -63,9 +63,7 @@ func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(b.image, []byte("not really a tar; smolvm reads it, we do not"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDockerSave(t, b.image)
 	return b
 }
 
@@ -94,6 +92,7 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 	b := newTestBottle(t, "")
 	opts := b.opts("demo")
 	opts.GitGate, opts.Supervise = true, true
+	opts.GitGateCmd, opts.SuperviseCmd = "/bin/true {port}", "/bin/true {port}"
 	opts.Allow = []string{"api.anthropic.com", "*.NPMJS.org", "api.anthropic.com"}
 	p, err := resolvePlan(context.Background(), opts, b.env(t, "ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE"))
 	if err != nil {
@@ -222,18 +221,21 @@ func TestPlanBadInput(t *testing.T) {
 		{"workspace is a file", func(o *planOptions) { o.Workspace = file }, "not a directory", 1},
 		{"workspace /etc", func(o *planOptions) { o.Workspace = "/etc" }, "system directory", 1},
 		{"workspace newline", func(o *planOptions) { o.Workspace = "/tmp/a\nb" }, "control character", 1},
-		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 1},
-		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 1},
-		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 1},
-		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 1},
-		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 1},
-		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 1},
+		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 2},
+		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 2},
+		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 2},
+		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 2},
+		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 2},
+		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 2},
 		{"unknown backend", func(o *planOptions) { o.Backend = "docker" }, `unknown backend "docker" (known: smolmachines)`, 2},
 		{"cpus zero", func(o *planOptions) { o.CPUs = 0 }, "-cpus 0 is outside", 2},
 		{"mem tiny", func(o *planOptions) { o.MemMiB = 16 }, "-mem 16 MiB is outside", 2},
 		{"egress proxy off loopback", func(o *planOptions) { o.EgressProxy = "10.0.0.1:3128" }, "must be on 127.0.0.1", 2},
 		{"egress proxy no port", func(o *planOptions) { o.EgressProxy = "127.0.0.1" }, "not HOST:PORT", 2},
 		{"stage too long", func(o *planOptions) { o.Stage = long }, "too long for a unix socket", 1},
+		{"stage is a file", func(o *planOptions) { o.Stage = file }, `stage "` + file + `" is not a directory`, 1},
+		{"git-gate without its command", func(o *planOptions) { o.GitGate = true }, "-git-gate needs -git-gate-cmd", 2},
+		{"empty image directory", func(o *planOptions) { o.Image = b.workspace }, "not a root filesystem", 1},
 		{"stage live", func(o *planOptions) { o.Stage = live }, "already holds a live bottle", 1},
 		{"stage stale", func(o *planOptions) { o.Stage = stale }, "holds a stale bottle", 1},
 		{"stage not ours", func(o *planOptions) { o.Stage = notOurs }, "was not made by smolbottle", 1},
@@ -330,11 +332,12 @@ func TestPlanEgressProxySkipsPipelock(t *testing.T) {
 // text and JSON.
 func TestPlanCLI(t *testing.T) {
 	b := newTestBottle(t, "")
+	staticSmolbottle(t)
 	t.Setenv("PATH", b.path)
 	t.Setenv("SMOLBOTTLE_STATE", b.state)
 	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE")
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate"}, &out, &errb)
+	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate", "-git-gate-cmd", "/bin/true {port}"}, &out, &errb)
 	if err != nil {
 		t.Fatalf("plan: %v\n%s", err, errb.String())
 	}
@@ -373,7 +376,7 @@ func TestUsageGolden(t *testing.T) {
 	}
 	errb.Reset()
 	err = run(context.Background(), []string{"frobnicate"}, &out, &errb)
-	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\n" {
+	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\nsmolbottle: hint: smolbottle help lists the subcommands\n" {
 		t.Errorf("unknown subcommand: exit %d, stderr %q", code, errb.String())
 	}
 }
