@@ -18,7 +18,7 @@ STATIC  := CGO_ENABLED=0
 # bin/smolbottle beside bin/gvproxy and bin/gvforwarder (make tools), where
 # every subcommand looks first.
 build:
-	$(STATIC) go build -o $(BIN)/smolbottle .
+	$(STATIC) go build -buildvcs=auto -o $(BIN)/smolbottle .
 
 # The README's test command: everything CI runs.
 test: tools check
