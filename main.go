@@ -17,11 +17,14 @@
 //	smolbottle doctor
 //	smolbottle selftest [-v] [-unconfined]
 //	smolbottle version
+//	smolbottle COMMAND -h
 //
 // Plan resolves a bottle without starting anything: it runs the preflight,
-// derives the bottle's subnet from its slug, allocates one loopback port per
-// sidecar, writes the stage directory and prints what up would run and what
-// down would undo. -json prints the same plan as JSON.
+// checks the image as smolvm will read it (a docker save archive or a root
+// filesystem directory), derives the bottle's subnet from its slug,
+// allocates one loopback port per sidecar, writes the stage directory and
+// prints what up would run and what down would undo. -json prints the
+// same plan as JSON.
 //
 // Up plans the bottle, then starts a supervisor that owns the confined
 // gvproxy, its relays and the sidecars; creates and starts the machine with
@@ -33,11 +36,16 @@
 // its exit status through. Cp copies one file in. Down stops the
 // supervisor and everything it owns, deletes the machine and removes the
 // stage but its logs; it is idempotent and works after a crash; -n prints
-// what it would do. Ls lists bottles as planned, running or stale.
+// what it would do. Ls lists bottles as planned, running or stale, those
+// planned with -stage included.
 //
-// Doctor prints what the preflight finds: each program with its path and
-// version, whether the smolvm on PATH is smol-machines' and has the flags
-// the design needs, and whether user and network namespaces can be created.
+// Every subcommand finds the programs it runs the same way: in
+// smolbottle's own directory first, then on PATH (make build and make
+// install put them side by side). Doctor prints what the preflight finds:
+// each program with its path and version, whether smolvm is
+// smol-machines' and has the flags the design needs, whether smolbottle
+// itself is static, and whether user and network namespaces can be
+// created.
 // Selftest proves the confinement: it runs the real gvproxy confined and
 // the real gvforwarder in namespaces it creates and prints the
 // reachability matrix.
