@@ -175,6 +175,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err := checkStageFree(p.Stage, p.Slug); err != nil {
 		return nil, err
 	}
+	if err := checkStageLink(p); err != nil {
+		return nil, err
+	}
 	if err := p.writeStage(); err != nil {
 		return nil, err
 	}

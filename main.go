@@ -348,6 +348,9 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if err := checkStageLink(p); err != nil {
+		return err
+	}
 	if err := p.writeStage(); err != nil {
 		return err
 	}

@@ -29,6 +29,25 @@ const (
 // stageLinkPath is where slug's pointer lives under root.
 func stageLinkPath(root, slug string) string { return filepath.Join(root, slug+stageLinkSuffix) }
 
+// checkStageLink refuses to plan slug in a new stage while its pointer
+// names another stage that still holds the slug's bottle: overwriting or
+// removing the pointer would hide that bottle from ls and down.
+func checkStageLink(p *plan) error {
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return nil
+	}
+	old, err := readStageLink(root, p.Slug)
+	if err != nil || old == p.Stage {
+		return nil // none, or unusable: recordStage replaces it
+	}
+	if q, err := readPlan(old); err == nil && q.Slug == p.Slug {
+		return withHint(fmt.Errorf("bottle %q is already staged in %q", p.Slug, old),
+			"remove it first with: smolbottle down "+p.Slug+"; or choose another slug")
+	}
+	return nil
+}
+
 // recordStage writes slug's pointer when its stage is not the default one,
 // and removes a pointer left by an earlier -stage when it is.
 func recordStage(p *plan) error {

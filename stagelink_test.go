@@ -31,6 +31,13 @@ func TestStagedElsewhere(t *testing.T) {
 		t.Fatalf("plan -stage: exit %d\n%s", code, got)
 	}
 	link := stageLinkPath(b.state, "away")
+	// Planning the slug again elsewhere would orphan the first stage.
+	for _, other := range [][]string{{"-stage", filepath.Join(b.dir, "other")}, nil} {
+		args := append(append([]string{"plan"}, other...), "-image", b.image, "-workspace", b.workspace, "away")
+		if got, code := cli(args...); code != 1 || !strings.Contains(got, `bottle "away" is already staged in "`+stage+`"`) {
+			t.Errorf("plan %q over a -stage bottle: exit %d\n%s", other, code, got)
+		}
+	}
 	if fi, err := os.Lstat(link); err != nil || fi.Mode().Perm() != 0o600 || !fi.Mode().IsRegular() {
 		t.Fatalf("stage pointer %s: %v %v, want a 0600 file", link, fi, err)
 	}
@@ -134,7 +141,16 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 	b := newTestBottle(t, "")
 	staticSmolbottle(t)
 	useBottle(t, b)
-	for i := range 3 {
+	// What an earlier attempt left: kept, never shown again.
+	logs := filepath.Join(b.state, "side", logsDir)
+	const earlier = "smolbottle: error: an earlier attempt failed this way\n"
+	if err := os.MkdirAll(logs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(logs, supervisorLog), []byte(earlier), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
 		if code := exitCode(&errb, err); code != 1 {
@@ -143,15 +159,15 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 		if n := strings.Count(errb.String(), "sidecar git-gate exited during startup"); n != 1 {
 			t.Errorf("attempt %d: the error shows %d times, want once:\n%s", i, n, errb.String())
 		}
-		if n := strings.Count(errb.String(), "smolbottle: error:"); n != 1 {
-			t.Errorf("attempt %d: %d error lines:\n%s", i, n, errb.String())
+		if n := strings.Count(errb.String(), "smolbottle: error:"); n != 1 || strings.Contains(errb.String(), "earlier attempt") {
+			t.Errorf("attempt %d: %d error lines, or an earlier attempt's:\n%s", i, n, errb.String())
 		}
 	}
-	log, err := os.ReadFile(filepath.Join(b.state, "side", logsDir, supervisorLog))
+	log, err := os.ReadFile(filepath.Join(logs, supervisorLog))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(string(log), "smolbottle: error: sidecar git-gate exited during startup"); n != 3 {
-		t.Errorf("supervisor.log holds %d attempts, want all 3:\n%s", n, log)
+	if !strings.HasPrefix(string(log), earlier) {
+		t.Errorf("supervisor.log lost the earlier attempt:\n%s", log)
 	}
 }
