@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -199,5 +200,36 @@ func TestVersion(t *testing.T) {
 		if err := run(context.Background(), []string{arg}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "smolbottle ") {
 			t.Errorf("%s: %v %q", arg, err, out.String())
 		}
+	}
+}
+
+// TestLsAfterStage: a bottle planned with -stage is listed by ls and found
+// by slug, through the pointer plan leaves in the state root (without the
+// preflight's tools: the plan is written as plan would write it).
+func TestLsAfterStage(t *testing.T) {
+	c := newCLIBoundary(t)
+	stage := filepath.Join(c.dir, "elsewhere")
+	p := &plan{Slug: "away", Backend: defaultBackend, Machine: machineName("away"), Stage: stage, Net: netFor(7)}
+	data, _ := json.Marshal(p)
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stage, planFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := recordStage(p); err != nil {
+		t.Fatal(err)
+	}
+	got, code := c.transcript("ls")
+	golden(t, filepath.Join("cli", "ls-after-stage.txt"), []byte(got))
+	if code != 0 || !strings.Contains(got, "away") || !strings.Contains(got, "$TMP/elsewhere") {
+		t.Errorf("ls after -stage:\n%s", got)
+	}
+	if q, err := openBottle("away", ""); err != nil || q.Stage != stage {
+		t.Errorf("openBottle by slug = %v, %v", q, err)
+	}
+	got, _ = c.transcript("down", "-n", "away")
+	if strings.Contains(got, "machine delete") || strings.Contains(got, "nothing to do") {
+		t.Errorf("down -n of a planned -stage bottle:\n%s", got)
 	}
 }

@@ -38,6 +38,19 @@ type testBottle struct {
 
 func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 	t.Helper()
+	return makeTestBottle(t, smolvmMode, true)
+}
+
+// newBoundaryBottle is a test bottle without gvproxy and gvforwarder, for
+// bad input refused before the preflight: it runs on a plain go test,
+// without make tools.
+func newBoundaryBottle(t testing.TB) testBottle {
+	t.Helper()
+	return makeTestBottle(t, "", false)
+}
+
+func makeTestBottle(t testing.TB, smolvmMode string, gvisor bool) testBottle {
+	t.Helper()
 	// Short paths: the stage's socket paths must fit in sun_path.
 	dir, err := os.MkdirTemp("", "sbt")
 	if err != nil {
@@ -54,6 +67,9 @@ func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 	linkAs(t, b.path, "smolvm")
 	linkAs(t, b.path, "pipelock")
 	for _, name := range []string{"gvproxy", "gvforwarder"} {
+		if !gvisor {
+			break
+		}
 		if err := os.Symlink(realTool(t, name), filepath.Join(b.path, name)); err != nil {
 			t.Fatal(err)
 		}
@@ -187,7 +203,7 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 // TestPlanBadInput runs each bad input through the CLI and checks the
 // error line, the exit status and that nothing was written.
 func TestPlanBadInput(t *testing.T) {
-	b := newTestBottle(t, "")
+	b := newBoundaryBottle(t)
 	notOurs := filepath.Join(b.dir, "notours")
 	os.MkdirAll(filepath.Join(notOurs, "x"), 0o700)
 	live := filepath.Join(b.dir, "live")
