@@ -29,9 +29,9 @@ type bottleInfo struct {
 }
 
 // listBottles reads every stage under root, and every stage a pointer
-// under root names (bottles planned with -stage). A stage with a state file whose
-// supervisor is alive is running; one whose supervisor is gone is stale and
-// needs down; one with only a plan is planned.
+// under root names (bottles planned with -stage). A stage with a state
+// file whose supervisor is alive is running; one whose supervisor is gone
+// is stale and needs down; one with only a plan is planned.
 func listBottles(root string) ([]bottleInfo, error) {
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
