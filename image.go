@@ -25,10 +25,15 @@ import (
 //     (src/data/image_source.rs:30-32; crates/smolvm-agent/src/storage.rs:1331-1337).
 //   - It is flattened by `crane export - -` and its config found through
 //     manifest.json's first entry's "Config" member
-//     (crates/smolvm-agent/src/storage.rs:1183-1190, 1297-1306); crane's
-//     docker-save reader also needs each "Layers" member.
+//     (crates/smolvm-agent/src/storage.rs:1183-1191, 1297-1306).
+//   - crane reads a docker save tarball with go-containerregistry's
+//     pkg/v1/tarball (image.go @ 01ccdb622dfd, not the exact version smolvm
+//     bundles): without a tag, manifest.json must hold exactly one image
+//     (findDescriptor), with at least one layer (areLayersCompressed: "0
+//     layers found"); members are matched by path.Clean'd name, and a
+//     symlink or hard link entry is followed (followLinks).
 //   - A directory is a root filesystem when it has a bin, usr, etc or sbin
-//     directory (crates/smolvm-agent/src/storage.rs:2963-2967); otherwise
+//     directory (crates/smolvm-agent/src/storage.rs:2962-2965); otherwise
 //     smolvm reads its subdirectories as layers, which a user's directory
 //     is not.
 //
@@ -103,8 +108,8 @@ type dockerManifest struct {
 }
 
 // checkDockerSave walks a tar stream's headers, reads manifest.json and
-// checks that its first entry names a config and at least one layer, each
-// a regular file in the archive.
+// checks that it lists one image naming a config and at least one layer,
+// each a file (or a link) in the archive.
 func checkDockerSave(r io.Reader) error {
 	tr := tar.NewReader(r)
 	members := map[string]bool{}
@@ -124,7 +129,8 @@ func checkDockerSave(r io.Reader) error {
 			return fmt.Errorf("tar: %w", err)
 		}
 		name := path.Clean(h.Name)
-		if h.Typeflag == tar.TypeReg {
+		switch h.Typeflag {
+		case tar.TypeReg, tar.TypeSymlink, tar.TypeLink:
 			members[name] = true
 		}
 		if name == "manifest.json" {
@@ -143,7 +149,10 @@ func checkDockerSave(r io.Reader) error {
 	if err := json.Unmarshal(manifest, &m); err != nil {
 		return fmt.Errorf("manifest.json: %w", err)
 	}
-	if len(m) == 0 || m[0].Config == "" {
+	if len(m) != 1 {
+		return fmt.Errorf("manifest.json lists %d images; save exactly one (docker save IMAGE)", len(m))
+	}
+	if m[0].Config == "" {
 		return errors.New("manifest.json names no config")
 	}
 	if len(m[0].Layers) == 0 {

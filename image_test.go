@@ -16,6 +16,7 @@ import (
 type tarMember struct {
 	name string
 	data []byte
+	link string // a symlink to link instead of a file
 }
 
 // writeTar writes members as a tar archive, gzipped when gz is set.
@@ -24,7 +25,11 @@ func writeTar(t testing.TB, path string, gz bool, members ...tarMember) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, m := range members {
-		if err := tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.data)), Typeflag: tar.TypeReg}); err != nil {
+		h := &tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.data)), Typeflag: tar.TypeReg}
+		if m.link != "" {
+			h = &tar.Header{Name: m.name, Mode: 0o777, Linkname: m.link, Typeflag: tar.TypeSymlink}
+		}
+		if err := tw.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
 		tw.Write(m.data)
@@ -51,10 +56,10 @@ func writeTar(t testing.TB, path string, gz bool, members ...tarMember) {
 func dockerSaveMembers(manifest string) []tarMember {
 	layer := bytes.Repeat([]byte{0}, 1024) // an empty tar is two zero blocks
 	return []tarMember{
-		{"blobs/sha256/c0ffee", []byte(`{"architecture":"amd64","os":"linux","config":{"User":"root"}}`)},
-		{"blobs/sha256/1a7e2", layer},
-		{"index.json", []byte(`{"schemaVersion":2,"manifests":[]}`)},
-		{"manifest.json", []byte(manifest)},
+		{name: "blobs/sha256/c0ffee", data: []byte(`{"architecture":"amd64","os":"linux","config":{"User":"root"}}`)},
+		{name: "blobs/sha256/1a7e2", data: layer},
+		{name: "index.json", data: []byte(`{"schemaVersion":2,"manifests":[]}`)},
+		{name: "manifest.json", data: []byte(manifest)},
 	}
 }
 
@@ -79,8 +84,14 @@ func TestImageCheck(t *testing.T) {
 	writeTar(t, at("badjson.tar"), false, dockerSaveMembers(`{"Config":`)...)
 	writeTar(t, at("noconfig.tar"), false, dockerSaveMembers(`[{"Layers":["blobs/sha256/1a7e2"]}]`)...)
 	writeTar(t, at("nolayers.tar"), false, dockerSaveMembers(`[{"Config":"blobs/sha256/c0ffee","Layers":[]}]`)...)
+	writeTar(t, at("two.tar"), false, dockerSaveMembers("["+goodManifest[1:len(goodManifest)-1]+","+goodManifest[1:])...)
 	writeTar(t, at("missing.tar"), false, dockerSaveMembers(`[{"Config":"blobs/sha256/c0ffee","Layers":["blobs/sha256/gone"]}]`)...)
-	writeTar(t, at("oci.tar"), false, tarMember{"oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)}, tarMember{"index.json", []byte(`{}`)})
+	writeTar(t, at("oci.tar"), false, tarMember{name: "oci-layout", data: []byte(`{"imageLayoutVersion":"1.0.0"}`)}, tarMember{name: "index.json", data: []byte(`{}`)})
+	// A layer shared with another image is a link in older docker saves;
+	// go-containerregistry follows it (followLinks).
+	linked := append(dockerSaveMembers(`[{"Config":"blobs/sha256/c0ffee","Layers":["./l2/layer.tar"]}]`),
+		tarMember{name: "l2/layer.tar", link: "../blobs/sha256/1a7e2"})
+	writeTar(t, at("linked.tar"), false, linked...)
 	big := dockerSaveMembers(strings.Repeat(" ", maxManifestBytes+1))
 	writeTar(t, at("bigman.tar"), false, big...)
 	os.WriteFile(at("zstd.tar"), []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}, 0o600)
@@ -93,12 +104,14 @@ func TestImageCheck(t *testing.T) {
 	tests := []struct{ name, want string }{
 		{"good.tar", ""},
 		{"good.tar.gz", ""},
+		{"linked.tar", ""},
 		{"rootfs", ""},
 		{"random.tar", "not a tar archive"},
 		{"noman.tar", "has no manifest.json"},
 		{"badjson.tar", "manifest.json: "},
 		{"noconfig.tar", "names no config"},
 		{"nolayers.tar", "names no layers"},
+		{"two.tar", "lists 2 images"},
 		{"missing.tar", `names "blobs/sha256/gone", which is not in the archive`},
 		{"oci.tar", "has no manifest.json"},
 		{"bigman.tar", "manifest.json is larger than"},
