@@ -164,3 +164,23 @@ func TestImageExampleCommands(t *testing.T) {
 		t.Fatalf("test manifest does not parse: %v", err)
 	}
 }
+
+// BenchmarkImageCheck measures plan's image check on a 256 MiB layer: a
+// plain archive is seeked over, a gzipped one must be decompressed.
+func BenchmarkImageCheck(b *testing.B) {
+	dir := b.TempDir()
+	members := dockerSaveMembers(goodManifest)
+	members[1].data = make([]byte, 256<<20)
+	for _, gz := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "gzip"}[gz]
+		path := filepath.Join(dir, name+".tar")
+		writeTar(b, path, gz, members...)
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := checkImage(path); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
