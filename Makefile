@@ -5,11 +5,21 @@ GVMOD   := github.com/containers/gvisor-tap-vsock
 CCVER   := 2.1.332
 BIN     := $(CURDIR)/bin
 FUZZTIME ?= 10s
+# make install copies smolbottle and its tools here, side by side: the
+# lookup (findProgram) searches smolbottle's own directory first.
+PREFIX  ?= $(HOME)/.local
+BINDIR  ?= $(PREFIX)/bin
+# Every binary is built static (CGO_ENABLED=0), with or without gcc:
+# smolbottle is copied into the guest, whatever image it runs, and gvproxy
+# runs in a jail with no loader or libc.
+STATIC  := CGO_ENABLED=0
 
 .PHONY: build test check deps vet race verify fuzz bench tools install demo clean
 
+# bin/smolbottle beside bin/gvproxy and bin/gvforwarder (make tools), where
+# every subcommand looks first.
 build:
-	go build -o smolbottle .
+	$(STATIC) go build -buildvcs=auto -o $(BIN)/smolbottle .
 
 # The README's test command: everything CI runs.
 test: tools check
@@ -53,10 +63,10 @@ tools: $(BIN)/gvproxy $(BIN)/gvforwarder pipelock $(BIN)/claude
 # Static (CGO_ENABLED=0): the jail holds the binary and nothing else, no
 # loader or libc.
 $(BIN)/gvproxy:
-	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/gvproxy@$(GVTAG)
+	$(STATIC) GOBIN=$(BIN) go install $(GVMOD)/cmd/gvproxy@$(GVTAG)
 
 $(BIN)/gvforwarder:
-	CGO_ENABLED=0 GOBIN=$(BIN) go install $(GVMOD)/cmd/vm@$(GVTAG)
+	$(STATIC) GOBIN=$(BIN) go install $(GVMOD)/cmd/vm@$(GVTAG)
 	mv $(BIN)/vm $(BIN)/gvforwarder
 
 # Claude Code, pinned, for the tests that run the real client. npm warns
@@ -91,10 +101,14 @@ pipelock:
 # The README's main-job command: the reachability matrix of a confined
 # gvproxy with the real guest agent, in namespaces it creates.
 demo: build tools
-	./smolbottle selftest
+	$(BIN)/smolbottle selftest
 
-install:
-	go install .
+# Until the module is published, this is how to install from a clone:
+# smolbottle, gvproxy and gvforwarder together in $(BINDIR) (pipelock and
+# smolvm come from their own releases, on PATH).
+install: build tools
+	mkdir -p $(BINDIR)
+	install -m 0755 $(BIN)/smolbottle $(BIN)/gvproxy $(BIN)/gvforwarder $(BINDIR)/
 
 clean:
 	rm -rf smolbottle bin

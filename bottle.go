@@ -243,7 +243,7 @@ func checkAllowList(entries []string) ([]string, error) {
 	for _, e := range entries {
 		h, err := checkAllow(e)
 		if err != nil {
-			return nil, err
+			return nil, inputError(err) // a malformed value, like a bad -cpus: exit 2
 		}
 		if !slices.Contains(out, h) {
 			out = append(out, h)
@@ -274,6 +274,13 @@ func checkEgressProxy(v string) (int, error) {
 // the sidecar starts. A template without its sidecar enabled is refused
 // rather than ignored.
 func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) ([]string, error) {
+	sidecarFlag := "-" + strings.TrimSuffix(strings.TrimPrefix(flagName, "-"), "-cmd")
+	if tmpl == "" && enabled {
+		// Nothing else would serve the port: smolbottle ships no git
+		// gateway or supervisor of its own.
+		return nil, withHint(usageError("%s needs %s: smolbottle ships no %s server, it starts yours", sidecarFlag, flagName, sidecarFlag[1:]),
+			"pass "+flagName+" '/path/to/server --port {port}' ({port} and {stage} are substituted)")
+	}
 	if tmpl == "" {
 		return nil, nil
 	}
@@ -318,6 +325,9 @@ func stageFor(opts planOptions, getenv func(string) string) (string, error) {
 	real, err := resolveExisting(abs)
 	if err != nil {
 		return "", fmt.Errorf("stage %q: %w", abs, err)
+	}
+	if fi, err := os.Stat(real); err == nil && !fi.IsDir() {
+		return "", withHint(fmt.Errorf("stage %q is not a directory", real), "-stage names a directory smolbottle creates or already made")
 	}
 	return checkHostPath("stage", real)
 }

@@ -12,9 +12,9 @@ import (
 
 func TestDoctor(t *testing.T) {
 	tests := []struct {
-		name, mode, remove string
-		code               int
-		want               []string
+		name, mode, remove, guest string
+		code                      int
+		want                      []string
 	}{
 		// smolvm 1.9.3 as released: it works with a root image, and the
 		// capability table says what is missing and how up copes.
@@ -33,11 +33,25 @@ func TestDoctor(t *testing.T) {
 		{name: "no mount-socket", mode: "nomount", code: 1, want: []string{
 			"MISSING  smolvm machine create --mount-socket", "fix: upgrade smolvm"}},
 		{name: "nothing but gvisor", remove: "smolvm pipelock", code: 1, want: []string{
-			"MISSING  smolvm", "smolvm not found on PATH", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy",
+			"MISSING  smolvm", "smolvm not found", "fix: install smolvm", "MISSING  pipelock", "ok       gvproxy",
 			"fix: export ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"}},
+		// A dynamic smolbottle cannot run in the guest: doctor (and plan)
+		// say so instead of up, after the machine is made.
+		{name: "dynamic smolbottle", guest: "ls", code: 1, want: []string{
+			"MISSING  smolbottle", "is dynamically linked", "fix: build it static: in the smolbottle checkout, make build"}},
 	}
+	staticSmolbottle(t)
+	static := testOnlyGuestSelf
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			testOnlyGuestSelf = static
+			if tt.guest != "" {
+				dyn, err := exec.LookPath(tt.guest)
+				if err != nil {
+					t.Skip("no ls to serve as a dynamic executable")
+				}
+				testOnlyGuestSelf = dyn
+			}
 			b := newTestBottle(t, tt.mode)
 			for _, r := range strings.Fields(tt.remove) {
 				os.Remove(filepath.Join(b.path, r))

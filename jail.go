@@ -189,7 +189,7 @@ func validateConfineSpec(spec confineSpec) error {
 // the jail: it holds no libraries.
 func checkStatic(path string) error {
 	if err := checkStaticELF(path); err != nil {
-		return withHint(err, "build it static: CGO_ENABLED=0 go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@"+gvisorTag+" (make tools does)")
+		return withHint(err, gvisorHint("gvproxy", defaultPreflightEnv(false)))
 	}
 	return nil
 }

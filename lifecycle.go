@@ -11,8 +11,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 )
@@ -26,9 +28,10 @@ type bottleInfo struct {
 	Stage   string `json:"stage"`
 }
 
-// listBottles reads every stage under root. A stage with a state file whose
-// supervisor is alive is running; one whose supervisor is gone is stale and
-// needs down; one with only a plan is planned.
+// listBottles reads every stage under root, and every stage a pointer
+// under root names (bottles planned with -stage). A stage with a state
+// file whose supervisor is alive is running; one whose supervisor is gone
+// is stale and needs down; one with only a plan is planned.
 func listBottles(root string) ([]bottleInfo, error) {
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -37,12 +40,19 @@ func listBottles(root string) ([]bottleInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []bottleInfo
+	var stages []string
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue
+		if e.IsDir() {
+			stages = append(stages, filepath.Join(root, e.Name()))
 		}
-		stage := filepath.Join(root, e.Name())
+	}
+	for _, stage := range linkedStages(root) { // bottles planned with -stage
+		if !slices.Contains(stages, stage) {
+			stages = append(stages, stage)
+		}
+	}
+	var out []bottleInfo
+	for _, stage := range stages {
 		p, err := readPlan(stage)
 		if err != nil {
 			continue // not a stage: ls reports bottles, not every directory
@@ -56,7 +66,9 @@ func listBottles(root string) ([]bottleInfo, error) {
 		}
 		out = append(out, b)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Slug < out[j].Slug })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Slug < out[j].Slug || out[i].Slug == out[j].Slug && out[i].Stage < out[j].Stage
+	})
 	return out, nil
 }
 
@@ -78,11 +90,11 @@ func readPlan(stage string) (*plan, error) {
 
 // cmdLs implements smolbottle ls.
 func cmdLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("ls", stderr)
-	asJSON := fs.Bool("json", false, "")
+	fs := newFlagSet("ls", stdout)
+	asJSON := fs.Bool("json", false, "print the list as JSON")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagError(err)
+		return err
 	}
 	if len(pos) > 0 {
 		return usageError("ls takes no arguments")
@@ -163,13 +175,19 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err := checkStageFree(p.Stage, p.Slug); err != nil {
 		return nil, err
 	}
+	if err := checkStageLink(p); err != nil {
+		return nil, err
+	}
 	if err := p.writeStage(); err != nil {
+		return nil, err
+	}
+	if err := recordStage(p); err != nil {
 		return nil, err
 	}
 	created := false // only a machine this up created is deleted on failure
 	defer func() {
 		if err != nil {
-			prog.step("tearing down after: %v", err)
+			prog.step("failed; tearing down")
 			if derr := teardown(context.WithoutCancel(ctx), p, created); derr != nil {
 				err = fmt.Errorf("%w (and teardown: %v)", err, derr)
 			}
@@ -239,8 +257,7 @@ func fillGuestDir(p *plan, self string) error {
 		self = testOnlyGuestSelf
 	}
 	if err := checkStaticELF(self); err != nil {
-		return withHint(fmt.Errorf("smolbottle itself cannot run in the guest: %w", err),
-			"reinstall it static: CGO_ENABLED=0 go install github.com/smolbottle/smolbottle@latest")
+		return withHint(fmt.Errorf("smolbottle itself cannot run in the guest: %w", err), hintStaticSelf)
 	}
 	dir := filepath.Join(p.Stage, guestDir)
 	for name, src := range map[string]string{"gvforwarder": p.Tools.Gvforwarder, "smolbottle": self} {
@@ -393,21 +410,44 @@ func teardown(ctx context.Context, p *plan, deleteMachine bool) error {
 // bottleFlags are the flags of the commands that act on an existing
 // bottle: down, exec, cp.
 func bottleFlags(fs *flag.FlagSet) *string {
-	return fs.String("stage", "", "")
+	return fs.String("stage", "", "the bottle's stage `DIR`, if it was planned with -stage")
 }
 
-// openBottle finds the plan of slug's bottle.
+// openBottle finds the plan of slug's bottle: in -stage DIR when given,
+// else in the slug's default stage, else where the slug's pointer says
+// (a bottle planned with -stage).
 func openBottle(slug, stage string) (*plan, error) {
 	if err := checkSlug(slug); err != nil {
 		return nil, usageError("%v", err)
 	}
+	explicit := stage != ""
 	var err error
 	if stage, err = stageFor(planOptions{Slug: slug, Stage: stage}, os.Getenv); err != nil {
 		return nil, err
 	}
 	p, err := readPlan(stage)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		root, rerr := stateRoot(os.Getenv)
+		if rerr != nil {
+			return nil, rerr
+		}
+		linked, lerr := readStageLink(root, slug)
+		switch {
+		case lerr == nil:
+			stage = linked
+			p, err = readPlan(stage)
+		case !errors.Is(lerr, fs.ErrNotExist):
+			return nil, lerr
+		}
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errNoBottle{slug, stage}
+	}
+	if errors.Is(err, syscall.ENOTDIR) {
+		return nil, withHint(fmt.Errorf("stage %q is not a directory", stage), "-stage names the directory a bottle was planned in")
+	}
+	if err == nil && p.Slug != slug {
+		return nil, fmt.Errorf("stage %q holds bottle %q, not %q", stage, p.Slug, slug)
 	}
 	return p, err
 }
@@ -431,14 +471,11 @@ func splitCommand(args []string) (before, cmd []string) {
 
 // cmdUp implements smolbottle up.
 func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("up", stderr)
-	quiet := fs.Bool("q", false, "")
+	fs := newFlagSet("up", stdout)
+	quiet := fs.Bool("q", false, "no progress on stderr")
 	opts, err := parsePlanFlags(fs, args)
 	if err != nil {
 		return err
-	}
-	if opts.JSON {
-		return usageError("-json is a plan flag")
 	}
 	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
 	if err != nil {
@@ -451,12 +488,12 @@ func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // cmdDown implements smolbottle down.
 func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("down", stderr)
+	fs := newFlagSet("down", stdout)
 	stage := bottleFlags(fs)
-	dry := fs.Bool("n", false, "")
+	dry := fs.Bool("n", false, "print what down would do; do nothing")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagError(err)
+		return err
 	}
 	if len(pos) != 1 {
 		return usageError("down takes one SLUG")
@@ -471,12 +508,21 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *dry {
-		p.Cleanup.writeText(stdout)
+		// What bottleDown does: only a bottle that was up has a
+		// supervisor to stop and a machine to delete.
+		c := p.Cleanup
+		if _, up, err := readState(p.Stage); err != nil {
+			return err
+		} else if !up {
+			c.Stop, c.Delete = nil, nil
+		}
+		c.writeText(stdout)
 		return nil
 	}
 	if err := bottleDown(ctx, p); err != nil {
 		return err
 	}
+	forgetStage(p.Slug, p.Stage)
 	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
 	return nil
 }
@@ -484,15 +530,15 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // cmdExec implements smolbottle exec SLUG -- CMD [ARG...]. The guest's
 // exit status becomes smolbottle's.
 func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("exec", stderr)
+	fs := newFlagSet("exec", stdout)
 	stage := bottleFlags(fs)
-	tty := fs.Bool("t", false, "")
-	interactive := fs.Bool("i", false, "")
-	workdir := fs.String("w", guestWorkspace, "")
+	tty := fs.Bool("t", false, "allocate a terminal (implies -i)")
+	interactive := fs.Bool("i", false, "pass standard input to the command")
+	workdir := fs.String("w", guestWorkspace, "working `DIR` in the guest")
 	flags, command := splitCommand(args)
 	pos, err := parseInterleaved(fs, flags)
 	if err != nil {
-		return flagError(err)
+		return err
 	}
 	if len(pos) != 1 || len(command) == 0 {
 		return usageError("exec takes SLUG -- CMD [ARG...]")
@@ -523,11 +569,11 @@ func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bo
 
 // cmdCp implements smolbottle cp SLUG HOST_FILE GUEST_PATH.
 func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("cp", stderr)
+	fs := newFlagSet("cp", stdout)
 	stage := bottleFlags(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagError(err)
+		return err
 	}
 	if len(pos) != 3 {
 		return usageError("cp takes SLUG HOST_FILE GUEST_PATH")
@@ -560,16 +606,13 @@ func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // workspace, then down unless -keep. The agent's exit status passes
 // through.
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", stderr)
-	quiet := fs.Bool("q", false, "")
-	keep := fs.Bool("keep", false, "")
+	fs := newFlagSet("run", stdout)
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	keep := fs.Bool("keep", false, "leave the bottle running after the command exits")
 	flags, command := splitCommand(args)
 	opts, err := parsePlanFlags(fs, flags)
 	if err != nil {
 		return err
-	}
-	if opts.JSON {
-		return usageError("-json is a plan flag")
 	}
 	if len(command) == 0 {
 		command = []string{"claude"}
@@ -586,6 +629,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := bottleDown(context.WithoutCancel(ctx), p); err != nil {
 		return errors.Join(runErr, err)
 	}
+	forgetStage(p.Slug, p.Stage)
 	return runErr
 }
 
@@ -595,12 +639,4 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 func isTerminal(f *os.File) bool {
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && fi.Name() != os.DevNull
-}
-
-// flagError turns a flag parse error into a usage error (-h stays help).
-func flagError(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	return usageError("%v", err)
 }

@@ -358,7 +358,8 @@ func TestLifecycleArgs(t *testing.T) {
 		}
 	}
 	var out, errb bytes.Buffer
-	if err := run(context.Background(), []string{"down", "-n", "args"}, &out, &errb); err != nil || !strings.Contains(out.String(), "machine delete --name smolbottle-args -f") {
+	// down -n says what down does: after a mere plan, no machine delete.
+	if err := run(context.Background(), []string{"down", "-n", "args"}, &out, &errb); err != nil || strings.Contains(out.String(), "machine delete") || !strings.Contains(out.String(), "plan.json") {
 		t.Errorf("down -n: %v\n%s", err, out.String())
 	}
 	if _, err := os.Stat(filepath.Join(p.Stage, smolfileName)); err != nil {
@@ -435,6 +436,7 @@ func startRan(t *testing.T, f *fakeSmolvmBin) bool {
 // it is refused before it touches anything.
 func TestUpLocked(t *testing.T) {
 	b := newTestBottle(t, "")
+	staticSmolbottle(t)
 	f := useBottle(t, b)
 	unlock, err := lockStage(filepath.Join(b.state, "busy"))
 	if err != nil {

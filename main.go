@@ -18,11 +18,14 @@
 //	smolbottle doctor
 //	smolbottle selftest [-v] [-unconfined]
 //	smolbottle version
+//	smolbottle COMMAND -h
 //
 // Plan resolves a bottle without starting anything: it runs the preflight,
-// derives the bottle's subnet from its slug, allocates one loopback port per
-// sidecar, writes the stage directory and prints what up would run and what
-// down would undo. -json prints the same plan as JSON.
+// checks the image as smolvm will read it (a docker save archive or a root
+// filesystem directory), derives the bottle's subnet from its slug,
+// allocates one loopback port per sidecar, writes the stage directory and
+// prints what up would run and what down would undo. -json prints the
+// same plan as JSON.
 //
 // Up plans the bottle, then starts a supervisor that owns the confined
 // gvproxy, its relays and the sidecars; creates and starts the machine with
@@ -34,12 +37,17 @@
 // its exit status through. Cp copies one file in. Down stops the
 // supervisor and everything it owns, deletes the machine and removes the
 // stage but its logs; it is idempotent and works after a crash; -n prints
-// what it would do. Ls lists bottles as planned, running or stale.
+// what it would do. Ls lists bottles as planned, running or stale, those
+// planned with -stage included.
 //
-// Doctor prints what the preflight finds: each program with its path and
-// version, whether the smolvm on PATH is smol-machines' and has the flags
-// the design needs, and whether user and network namespaces can be created;
-// then which credentials the host has (names only) and how they are used.
+// Every subcommand finds the programs it runs the same way: in
+// smolbottle's own directory first, then on PATH (make build and make
+// install put them side by side). Doctor prints what the preflight finds:
+// each program with its path and version, whether smolvm is
+// smol-machines' and has the flags the design needs, whether smolbottle
+// itself is static, and whether user and network namespaces can be
+// created; then which credentials the host has (names only) and how
+// they are used.
 // Selftest proves the confinement: it runs the real gvproxy confined and
 // the real gvforwarder in namespaces it creates and prints the
 // reachability matrix.
@@ -88,14 +96,6 @@ import (
 	"syscall"
 )
 
-// errUsage marks an error that is the caller's fault: exit status 2.
-var errUsage = errors.New("usage")
-
-// usageError wraps a message as a usage error.
-func usageError(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
-}
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -103,74 +103,20 @@ func main() {
 	os.Exit(exitCode(os.Stderr, err))
 }
 
-// exitCode prints err the way every smolbottle error is printed and returns
-// the exit status: 0 success, 1 failure, 2 usage.
-func exitCode(stderr io.Writer, err error) int {
-	switch {
-	case err == nil:
-		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	}
-	var ec exitStatus
-	if errors.As(err, &ec) {
-		return int(ec)
-	}
-	msg := err.Error()
-	if errors.Is(err, errUsage) {
-		msg = trimUsagePrefix(msg)
-	}
-	fmt.Fprintf(stderr, "smolbottle: error: %s\n", msg)
-	var h hinted
-	if errors.As(err, &h) {
-		for _, line := range h.hints {
-			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", line)
-		}
-	}
-	if errors.Is(err, errUsage) {
-		return 2
-	}
-	return 1
-}
-
-// exitStatus is returned when a guest command's exit status must pass
-// through unchanged and nothing more is to be printed.
-type exitStatus int
-
-func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
-
-// hinted carries hint lines printed after the error line.
-type hinted struct {
-	err   error
-	hints []string
-}
-
-func (h hinted) Error() string { return h.err.Error() }
-func (h hinted) Unwrap() error { return h.err }
-
-// withHint attaches hint lines to err.
-func withHint(err error, hints ...string) error { return hinted{err, hints} }
-
-func trimUsagePrefix(msg string) string {
-	const p = "usage: "
-	if len(msg) >= len(p) && msg[:len(p)] == p {
-		return msg[len(p):]
-	}
-	return msg
-}
-
 // run is the whole program; it returns instead of exiting so that every
 // deferred cleanup runs.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return usageError("no subcommand")
+		return withHint(usageError("no subcommand"), "smolbottle help lists the subcommands")
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
-	case "version":
+	case "version", "-version", "--version":
+		if len(args) > 1 {
+			return usageError("version takes no arguments")
+		}
 		fmt.Fprintln(stdout, "smolbottle", version())
 		return nil
 	case "plan":
@@ -198,11 +144,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case confineCmd, dropExecCmd, guestNetCmd, probeCmd, selftestHostCmd, selftestPeerCmd, selftestGuestCmd:
 		return runNetInternal(ctx, args, stdout, stderr) // internal: argv built by the network code only
 	default:
-		return usageError("unknown subcommand %q", args[0])
+		return withHint(usageError("unknown subcommand %q", args[0]), "smolbottle help lists the subcommands")
 	}
 }
 
-// usage is printed by `smolbottle help` and on a usage error.
+// usage is printed by `smolbottle help`; each subcommand's -h prints its
+// own usage (commandHelp).
 const usage = `Usage: smolbottle COMMAND [flags] [SLUG]
 
 Commands:
@@ -217,27 +164,14 @@ Commands:
   selftest               prove the confinement: the reachability matrix, in namespaces
   version                print the version
 
-Plan flags (also for up and run):
-  -image PATH          local docker-save archive (.tar, .tar.gz, .tgz) or image directory
-  -workspace DIR       mounted at /workspace (default: current directory)
-  -allow HOST          egress allow-list entry, repeatable: NAME or *.DOMAIN
-                       (default api.anthropic.com; giving -allow replaces it)
-  -git-gate            add the git gateway sidecar, started from -git-gate-cmd
-  -git-gate-cmd ARGV   its command; {port} and {stage} are substituted, split at spaces
-  -supervise           add the supervision sidecar, started from -supervise-cmd
-  -supervise-cmd ARGV  its command, as for -git-gate-cmd
-  -egress-proxy ADDR   use a proxy already running on 127.0.0.1:PORT instead of pipelock
-  -cpus N              virtual CPUs (default 4)
-  -mem MIB             memory in MiB (default 4096)
-  -stage DIR           stage directory (default ~/.local/state/smolbottle/SLUG)
-  -backend NAME        bottle backend (default smolmachines)
-  -json                print the plan as JSON (plan only)
-  -q                   no progress on stderr (up and run)
-  -keep                leave the bottle running after the agent exits (run only)
+Run smolbottle COMMAND -h for a command's flags.
+
+An image is a docker save archive of an image that holds the agent:
+  $ docker build -t smolbottle-agent examples/agent-image
+  $ docker save smolbottle-agent -o agent.tar
 
 Examples:
-  $ docker save node:22 -o node.tar
-  $ smolbottle plan -image node.tar -workspace ~/src/app demo
+  $ smolbottle plan -image agent.tar -workspace ~/src/app demo
   $ smolbottle run -image agent.tar -allow api.anthropic.com -allow '*.npmjs.org' demo
   $ smolbottle exec demo -- npm test
   $ smolbottle down demo
@@ -246,12 +180,101 @@ Examples:
 Exit status: 0 success, 1 failure, 2 usage error; exec and run pass the guest's through.
 `
 
-// version reports the module version stamped by go install, if any.
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
+// commandHelp is the synopsis and summary each subcommand's -h prints
+// above its flags.
+var commandHelp = map[string]string{
+	"plan": `Usage: smolbottle plan [flags] SLUG
+
+Resolve a bottle without starting anything: run the preflight, check the
+image, derive the subnet and ports, write the stage and print what up would
+run and what down would undo.
+`,
+	"up": `Usage: smolbottle up [flags] SLUG
+
+Plan the bottle, start its supervisor (confined gvproxy, relays, sidecars),
+create and start the machine and self-test the egress from inside the guest.
+`,
+	"run": `Usage: smolbottle run [flags] SLUG [-- CMD [ARG...]]
+
+Up, then CMD (default: claude) with a terminal in /workspace, then down
+unless -keep. The command's exit status passes through.
+`,
+	"exec": `Usage: smolbottle exec [flags] SLUG -- CMD [ARG...]
+
+Run a command in a running bottle; its exit status passes through.
+`,
+	"cp": `Usage: smolbottle cp [flags] SLUG HOST_FILE GUEST_PATH
+
+Copy one host file into a running bottle.
+`,
+	"down": `Usage: smolbottle down [flags] SLUG
+
+Stop the supervisor and everything it owns, delete the machine of a bottle
+that was up, and remove the stage but its logs. Idempotent.
+`,
+	"ls": `Usage: smolbottle ls [flags]
+
+List bottles as planned, running or stale, including those planned with
+-stage.
+`,
+	"doctor": `Usage: smolbottle doctor
+
+Report each program smolbottle runs (path, version, static or not) and
+whether namespaces can be created. Programs are looked up in smolbottle's
+own directory first, then on PATH.
+`,
+	"selftest": `Usage: smolbottle selftest [flags]
+
+Prove the confinement: run the real gvproxy confined and the real
+gvforwarder in namespaces this command creates, and print the
+reachability matrix.
+`,
+}
+
+// writeCommandHelp prints a subcommand's synopsis and its flags.
+func writeCommandHelp(w io.Writer, fs *flag.FlagSet) {
+	name := strings.TrimPrefix(fs.Name(), "smolbottle ")
+	fmt.Fprint(w, commandHelp[name])
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
 	}
-	return "(devel)"
+	fmt.Fprint(w, "\nFlags:\n")
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+}
+
+// version is the module version and, in a binary built from a checkout,
+// the VCS revision it was built from (+dirty with uncommitted changes).
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "(unknown)"
+	}
+	return versionOf(bi)
+}
+
+func versionOf(bi *debug.BuildInfo) string {
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			rev = s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "+dirty"
+		}
+	}
+	if rev != "" {
+		v += " rev " + rev + dirty
+	}
+	return v
 }
 
 // stringList is a repeatable string flag.
@@ -260,14 +283,35 @@ type stringList []string
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
+// helpWriter is a FlagSet's output: it swallows the flag package's own
+// messages (flagError rewords them) and remembers where -h prints.
+type helpWriter struct{ w io.Writer }
+
+func (helpWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// newFlagSet returns a FlagSet that returns its errors instead of exiting
+// or printing; -h prints the subcommand's usage on stdout.
+func newFlagSet(name string, stdout io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("smolbottle "+name, flag.ContinueOnError)
+	fs.SetOutput(helpWriter{stdout})
+	fs.Usage = func() {}
+	return fs
+}
+
 // parseInterleaved parses flags that may come before or after the
 // positional arguments (smolbottle plan SLUG -image x works like
-// smolbottle plan -image x SLUG) and returns the positionals.
+// smolbottle plan -image x SLUG) and returns the positionals. Errors come
+// back as usage errors; -h prints the help and returns flag.ErrHelp.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				if hw, ok := fs.Output().(helpWriter); ok {
+					writeCommandHelp(hw.w, fs)
+				}
+			}
+			return nil, flagError(strings.TrimPrefix(fs.Name(), "smolbottle "), err)
 		}
 		if fs.NArg() == 0 {
 			return pos, nil
@@ -277,39 +321,32 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// newFlagSet returns a FlagSet that reports errors to stderr and returns
-// them instead of exiting.
-func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("smolbottle "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	return fs
-}
-
 // parsePlanFlags parses the flags plan (and later up and run) accept.
 func parsePlanFlags(fs *flag.FlagSet, args []string) (planOptions, error) {
 	opts := planOptions{}
 	var allow stringList
-	fs.StringVar(&opts.Image, "image", "", "")
-	fs.StringVar(&opts.Workspace, "workspace", ".", "")
-	fs.Var(&allow, "allow", "")
-	fs.BoolVar(&opts.GitGate, "git-gate", false, "")
-	fs.BoolVar(&opts.Supervise, "supervise", false, "")
-	fs.StringVar(&opts.GitGateCmd, "git-gate-cmd", "", "")
-	fs.StringVar(&opts.SuperviseCmd, "supervise-cmd", "", "")
-	fs.StringVar(&opts.EgressProxy, "egress-proxy", "", "")
-	fs.IntVar(&opts.CPUs, "cpus", defaultCPUs, "")
-	fs.IntVar(&opts.MemMiB, "mem", defaultMemMiB, "")
-	fs.StringVar(&opts.Stage, "stage", "", "")
-	fs.StringVar(&opts.Backend, "backend", defaultBackend, "")
-	fs.BoolVar(&opts.JSON, "json", false, "")
+	fs.StringVar(&opts.Image, "image", "", "`PATH` of a docker save archive (.tar, .tar.gz, .tgz) or a root filesystem directory")
+	fs.StringVar(&opts.Workspace, "workspace", ".", "`DIR` mounted at /workspace")
+	fs.Var(&allow, "allow", "egress allow-list entry, repeatable: `HOST` or *.DOMAIN (default api.anthropic.com; -allow replaces it)")
+	fs.BoolVar(&opts.GitGate, "git-gate", false, "add the git gateway sidecar, started from -git-gate-cmd (required with it)")
+	fs.BoolVar(&opts.Supervise, "supervise", false, "add the supervision sidecar, started from -supervise-cmd (required with it)")
+	fs.StringVar(&opts.GitGateCmd, "git-gate-cmd", "", "the git gateway's `ARGV`, split at spaces; {port} and {stage} are substituted")
+	fs.StringVar(&opts.SuperviseCmd, "supervise-cmd", "", "the supervision sidecar's `ARGV`, as for -git-gate-cmd")
+	fs.StringVar(&opts.EgressProxy, "egress-proxy", "", "`ADDR` 127.0.0.1:PORT of a proxy already running, used instead of pipelock")
+	fs.IntVar(&opts.CPUs, "cpus", defaultCPUs, "`N` virtual CPUs")
+	fs.IntVar(&opts.MemMiB, "mem", defaultMemMiB, "memory in `MiB`")
+	fs.StringVar(&opts.Stage, "stage", "", "stage `DIR` (default ~/.local/state/smolbottle/SLUG)")
+	fs.StringVar(&opts.Backend, "backend", defaultBackend, "bottle backend `NAME`")
+	if fs.Name() == "smolbottle plan" {
+		fs.BoolVar(&opts.JSON, "json", false, "print the plan as JSON")
+	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return opts, flagError(err)
+		return opts, err
 	}
 	switch len(pos) {
 	case 0:
-		return opts, usageError("missing SLUG")
+		return opts, withHint(usageError("missing SLUG"), fs.Name()+" -h shows the usage")
 	case 1:
 		opts.Slug = pos[0]
 	default:
@@ -321,7 +358,7 @@ func parsePlanFlags(fs *flag.FlagSet, args []string) (planOptions, error) {
 
 // cmdPlan implements smolbottle plan.
 func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	opts, err := parsePlanFlags(newFlagSet("plan", stderr), args)
+	opts, err := parsePlanFlags(newFlagSet("plan", stdout), args)
 	if err != nil {
 		return err
 	}
@@ -329,7 +366,13 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if err := checkStageLink(p); err != nil {
+		return err
+	}
 	if err := p.writeStage(); err != nil {
+		return err
+	}
+	if err := recordStage(p); err != nil {
 		return err
 	}
 	if opts.JSON {
@@ -343,10 +386,10 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // cmdDoctor implements smolbottle doctor.
 func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("doctor", stderr)
+	fs := newFlagSet("doctor", stdout)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return flagError(err)
+		return err
 	}
 	if len(pos) > 0 {
 		return usageError("doctor takes no arguments")

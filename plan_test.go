@@ -42,6 +42,19 @@ type testBottle struct {
 
 func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 	t.Helper()
+	return makeTestBottle(t, smolvmMode, true)
+}
+
+// newBoundaryBottle is a test bottle without gvproxy and gvforwarder, for
+// bad input refused before the preflight: it runs on a plain go test,
+// without make tools.
+func newBoundaryBottle(t testing.TB) testBottle {
+	t.Helper()
+	return makeTestBottle(t, "", false)
+}
+
+func makeTestBottle(t testing.TB, smolvmMode string, gvisor bool) testBottle {
+	t.Helper()
 	// Short paths: the stage's socket paths must fit in sun_path.
 	dir, err := os.MkdirTemp("", "sbt")
 	if err != nil {
@@ -56,7 +69,15 @@ func newTestBottle(t testing.TB, smolvmMode string) testBottle {
 		}
 	}
 	linkAs(t, b.path, "smolvm")
+	if !gvisor {
+		// Bad input is refused before the preflight: the fake pipelock
+		// only fills the PATH.
+		linkAs(t, b.path, "pipelock")
+	}
 	for _, name := range []string{"gvproxy", "gvforwarder", "pipelock"} {
+		if !gvisor {
+			break
+		}
 		if err := os.Symlink(realTool(t, name), filepath.Join(b.path, name)); err != nil {
 			t.Fatal(err)
 		}
@@ -97,6 +118,7 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 	b := newTestBottle(t, "")
 	opts := b.opts("demo")
 	opts.GitGate, opts.Supervise = true, true
+	opts.GitGateCmd, opts.SuperviseCmd = "/bin/true {port}", "/bin/true {port}"
 	opts.Allow = []string{"api.anthropic.com", "*.NPMJS.org", "api.anthropic.com"}
 	p, err := resolvePlan(context.Background(), opts, b.env(t, "ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE"))
 	if err != nil {
@@ -194,7 +216,7 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 // TestPlanBadInput runs each bad input through the CLI and checks the
 // error line, the exit status and that nothing was written.
 func TestPlanBadInput(t *testing.T) {
-	b := newTestBottle(t, "")
+	b := newBoundaryBottle(t)
 	notOurs := filepath.Join(b.dir, "notours")
 	os.MkdirAll(filepath.Join(notOurs, "x"), 0o700)
 	live := filepath.Join(b.dir, "live")
@@ -228,12 +250,12 @@ func TestPlanBadInput(t *testing.T) {
 		{"workspace is a file", func(o *planOptions) { o.Workspace = file }, "not a directory", 1},
 		{"workspace /etc", func(o *planOptions) { o.Workspace = "/etc" }, "smolvm refuses to mount", 1},
 		{"workspace newline", func(o *planOptions) { o.Workspace = "/tmp/a\nb" }, "control character", 1},
-		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 1},
-		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 1},
-		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 1},
-		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 1},
-		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 1},
-		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 1},
+		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 2},
+		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 2},
+		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 2},
+		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 2},
+		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 2},
+		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 2},
 		// pipelock refuses strict mode with an empty api_allowlist
 		// (internal/config/validate.go:250-252 @ v2.3.0).
 		{"allow empty", func(o *planOptions) { o.Allow = []string{""} }, "the egress allow-list cannot be empty (pipelock's strict mode refuses it)", 2},
@@ -244,6 +266,9 @@ func TestPlanBadInput(t *testing.T) {
 		{"egress proxy off loopback", func(o *planOptions) { o.EgressProxy = "10.0.0.1:3128" }, "must be on 127.0.0.1", 2},
 		{"egress proxy no port", func(o *planOptions) { o.EgressProxy = "127.0.0.1" }, "not HOST:PORT", 2},
 		{"stage too long", func(o *planOptions) { o.Stage = long }, "too long for a unix socket", 1},
+		{"stage is a file", func(o *planOptions) { o.Stage = file }, `stage "` + file + `" is not a directory`, 1},
+		{"git-gate without its command", func(o *planOptions) { o.GitGate = true }, "-git-gate needs -git-gate-cmd", 2},
+		{"empty image directory", func(o *planOptions) { o.Image = b.workspace }, "not a root filesystem", 1},
 		{"stage live", func(o *planOptions) { o.Stage = live }, "already holds a live bottle", 1},
 		{"stage stale", func(o *planOptions) { o.Stage = stale }, "holds a stale bottle", 1},
 		{"stage not ours", func(o *planOptions) { o.Stage = notOurs }, "was not made by smolbottle", 1},
@@ -339,11 +364,12 @@ func TestPlanEgressProxySkipsPipelock(t *testing.T) {
 // text and JSON.
 func TestPlanCLI(t *testing.T) {
 	b := newTestBottle(t, "")
+	staticSmolbottle(t)
 	t.Setenv("PATH", b.path)
 	t.Setenv("SMOLBOTTLE_STATE", b.state)
 	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE")
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate"}, &out, &errb)
+	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate", "-git-gate-cmd", "/bin/true {port}"}, &out, &errb)
 	if err != nil {
 		t.Fatalf("plan: %v\n%s", err, errb.String())
 	}
@@ -382,7 +408,7 @@ func TestUsageGolden(t *testing.T) {
 	}
 	errb.Reset()
 	err = run(context.Background(), []string{"frobnicate"}, &out, &errb)
-	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\n" {
+	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\nsmolbottle: hint: smolbottle help lists the subcommands\n" {
 		t.Errorf("unknown subcommand: exit %d, stderr %q", code, errb.String())
 	}
 }

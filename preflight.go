@@ -34,11 +34,9 @@ const probeTimeout = 10 * time.Second
 
 // Install hints, one per program.
 const (
-	hintSmolvm      = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
-	hintGvproxy     = "run `make tools`, or: go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@" + gvisorTag
-	hintGvforwarder = "run `make tools`, or: CGO_ENABLED=0 GOBIN=$PWD/bin go install github.com/containers/gvisor-tap-vsock/cmd/vm@" + gvisorTag + " && mv bin/vm bin/gvforwarder"
-	hintPipelock    = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
-	hintUserns      = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
+	hintSmolvm   = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
+	hintPipelock = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
+	hintUserns   = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
 )
 
 // check is one line of the preflight report.
@@ -64,9 +62,10 @@ type tools struct {
 // preflightEnv is what the preflight reads from the outside world; tests
 // fill it in instead of changing the process environment.
 type preflightEnv struct {
-	Path     string // the PATH to search
-	ExeDir   string // directory of the smolbottle binary, searched after PATH
+	Path     string // the PATH to search, after ExeDir
+	ExeDir   string // directory of the smolbottle binary, searched first
 	Self     string // the smolbottle binary, re-executed for the namespace check
+	Guest    string // the smolbottle binary up copies into the guest; "" skips its check
 	Pipelock bool   // pipelock will be launched (no -egress-proxy)
 	CacheDir string // where a passing result is cached; "" for none
 }
@@ -74,7 +73,11 @@ type preflightEnv struct {
 // defaultPreflightEnv describes the running process.
 func defaultPreflightEnv(pipelock bool) preflightEnv {
 	self, _ := os.Executable()
-	return preflightEnv{Path: os.Getenv("PATH"), ExeDir: filepath.Dir(self), Self: self, Pipelock: pipelock}
+	guest := self
+	if testOnlyGuestSelf != "" {
+		guest = testOnlyGuestSelf
+	}
+	return preflightEnv{Path: os.Getenv("PATH"), ExeDir: filepath.Dir(self), Self: self, Guest: guest, Pipelock: pipelock}
 }
 
 // preflight runs every check and returns the report and the tools found.
@@ -111,7 +114,7 @@ const preflightCacheFile = "preflight.json"
 func preflightKey(env preflightEnv) string {
 	var b strings.Builder
 	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	fmt.Fprintf(&b, "boot=%s uid=%d pipelock=%v self=%s\n", strings.TrimSpace(string(boot)), os.Getuid(), env.Pipelock, fileIdent(env.Self))
+	fmt.Fprintf(&b, "boot=%s uid=%d pipelock=%v self=%s guest=%s %s\n", strings.TrimSpace(string(boot)), os.Getuid(), env.Pipelock, fileIdent(env.Self), env.Guest, fileIdent(env.Guest))
 	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
 		p, err := findProgram(name, env)
 		fmt.Fprintf(&b, "%s=%s %s\n", name, p, fileIdent(p))
@@ -166,16 +169,19 @@ func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, erro
 	checks = append(checks, c...)
 	t.Smolvm = smolvmPath
 
-	gv := checkGvisorTool(ctx, env, "gvproxy", hintGvproxy)
+	gv := checkGvisorTool(ctx, env, "gvproxy", gvisorHint("gvproxy", env))
 	t.Gvproxy = gv.Path
 	checks = append(checks, gv)
-	gf := checkGvisorTool(ctx, env, "gvforwarder", hintGvforwarder)
+	gf := checkGvisorTool(ctx, env, "gvforwarder", gvisorHint("gvforwarder", env))
 	t.Gvforwarder = gf.Path
 	checks = append(checks, gf)
 	if env.Pipelock {
 		pl := checkPipelock(ctx, env)
 		t.Pipelock = pl.Path
 		checks = append(checks, pl)
+	}
+	if env.Guest != "" {
+		checks = append(checks, checkGuestSelf(env.Guest))
 	}
 	checks = append(checks, checkNamespaces(ctx, env.Self))
 
@@ -203,14 +209,25 @@ func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, erro
 	return checks, t, nil
 }
 
-// findProgram searches PATH, then the smolbottle binary's own directory,
-// for an executable regular file and returns its absolute path. Relative
-// PATH entries are skipped, as exec.LookPath does since Go 1.19.
+// findProgram is the one place smolbottle finds the programs it runs,
+// for every subcommand: smolbottle's own directory first, then PATH. It
+// returns the absolute path of an executable regular file.
+//
+// Own directory first: that is where `make build tools` and `make install`
+// put the pinned gvproxy and gvforwarder beside smolbottle, and whoever can
+// write there can already replace smolbottle itself. PATH second: an entry
+// earlier on PATH (a project's node_modules/.bin, ~/.local/bin, another
+// package's gvproxy) cannot shadow the tools installed with smolbottle.
+// The own directory is skipped when group or others may write to it (a
+// sticky /tmp lets anyone add a file beside a binary they cannot replace)
+// or when it belongs to neither the user nor root. Relative PATH entries
+// are skipped, as exec.LookPath does since Go 1.19.
 func findProgram(name string, env preflightEnv) (string, error) {
-	dirs := filepath.SplitList(env.Path)
-	if env.ExeDir != "" {
+	var dirs []string
+	if ownDirTrusted(env.ExeDir) {
 		dirs = append(dirs, env.ExeDir)
 	}
+	dirs = append(dirs, filepath.SplitList(env.Path)...)
 	for _, d := range dirs {
 		if !filepath.IsAbs(d) {
 			continue
@@ -221,7 +238,63 @@ func findProgram(name string, env preflightEnv) (string, error) {
 			return p, nil
 		}
 	}
+	if ownDirTrusted(env.ExeDir) {
+		return "", fmt.Errorf("%s not found beside smolbottle (in %s) or on PATH", name, env.ExeDir)
+	}
 	return "", fmt.Errorf("%s not found on PATH", name)
+}
+
+// ownDirTrusted reports whether smolbottle's own directory may supply the
+// programs it runs (see findProgram).
+func ownDirTrusted(dir string) bool {
+	if dir == "" || !filepath.IsAbs(dir) {
+		return false
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && (st.Uid == 0 || int(st.Uid) == os.Getuid())
+}
+
+// hintStaticSelf says how to get a smolbottle that can run in the guest.
+const hintStaticSelf = "build it static: in the smolbottle checkout, make build (CGO_ENABLED=0), then run bin/smolbottle"
+
+// checkGuestSelf checks that smolbottle itself can run in the guest, where
+// up copies it for the guest network and the egress self-test.
+func checkGuestSelf(path string) check {
+	c := check{Name: "smolbottle", Path: path, Hint: hintStaticSelf}
+	if err := checkStaticELF(path); err != nil {
+		c.Detail = []string{"cannot run in the guest: " + err.Error()}
+		return c
+	}
+	c.Detail = []string{"static linux/" + runtime.GOARCH + " executable (runs in the guest too)"}
+	c.OK = true
+	return c
+}
+
+// hintMakeTools is how a checkout gets the pinned tools where findProgram
+// finds them: beside bin/smolbottle.
+const hintMakeTools = "in a smolbottle checkout: make build tools, then run bin/smolbottle"
+
+// gvisorHint says how to install gvproxy or gvforwarder, static and
+// pinned, where findProgram will find it: smolbottle's own directory.
+func gvisorHint(name string, env preflightEnv) string {
+	dir := env.ExeDir
+	if !ownDirTrusted(dir) {
+		dir = "DIR" // a directory on PATH
+	}
+	pkg := map[string]string{"gvproxy": "gvproxy", "gvforwarder": "vm"}[name]
+	cmd := "CGO_ENABLED=0 GOBIN=" + dir + " go install github.com/containers/gvisor-tap-vsock/cmd/" + pkg + "@" + gvisorTag
+	if pkg != name {
+		cmd += " && mv " + filepath.Join(dir, pkg) + " " + filepath.Join(dir, name)
+	}
+	hint := "install it beside smolbottle: " + cmd
+	if dir == "DIR" {
+		hint = "install it where PATH finds it (DIR on PATH): " + cmd
+	}
+	return hint + "; or " + hintMakeTools
 }
 
 // probeProgram runs a program with a minimal environment and a bounded time and
@@ -328,8 +401,9 @@ func checkGvisorTool(ctx context.Context, env preflightEnv, name, hint string) c
 	return c
 }
 
-// checkStaticELF refuses a guest binary that needs a dynamic loader or is
-// built for another architecture.
+// checkStaticELF refuses a binary that needs a dynamic loader or is built
+// for another architecture: gvproxy runs in a jail with no libraries,
+// gvforwarder and smolbottle inside whatever image the user brings.
 func checkStaticELF(path string) error {
 	f, err := elf.Open(path)
 	if err != nil {
@@ -338,11 +412,11 @@ func checkStaticELF(path string) error {
 	defer f.Close()
 	want := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}[runtime.GOARCH]
 	if f.Machine != want {
-		return fmt.Errorf("%s is built for %v, the guest is %s", path, f.Machine, runtime.GOARCH)
+		return fmt.Errorf("%s is built for %v, this machine is %s", path, f.Machine, runtime.GOARCH)
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; the guest image may lack its libc: rebuild it with CGO_ENABLED=0", path)
+			return fmt.Errorf("%s is dynamically linked; rebuild it static, with CGO_ENABLED=0", path)
 		}
 	}
 	return nil

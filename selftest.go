@@ -99,32 +99,30 @@ type selftestOptions struct {
 
 func parseSelftestFlags(fs *flag.FlagSet, args []string) (selftestOptions, error) {
 	var o selftestOptions
-	fs.StringVar(&o.gvproxy, "gvproxy", "", "gvproxy v0.8.9, statically linked (default: bin/gvproxy, then $PATH)")
-	fs.StringVar(&o.gvforwarder, "gvforwarder", "", "gvforwarder v0.8.9 (default: bin/gvforwarder, then $PATH)")
+	fs.StringVar(&o.gvproxy, "gvproxy", "", "gvproxy v0.8.9, statically linked (default: found as every subcommand finds it, smolbottle's own directory, then PATH)")
+	fs.StringVar(&o.gvforwarder, "gvforwarder", "", "gvforwarder v0.8.9 (default: found as gvproxy is)")
 	fs.BoolVar(&o.verbose, "v", false, "print gvproxy's and gvforwarder's logs")
 	fs.BoolVar(&o.unconfined, "unconfined", false, "run the matrix against stock, unconfined gvproxy (rows are expected to FAIL: it shows what the confinement prevents)")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
 		return o, err
 	}
-	if fs.NArg() > 0 {
+	if len(pos) > 0 {
 		return o, usageError("selftest takes no arguments")
 	}
 	return o, nil
 }
 
-// findTool returns the absolute path of a tool: the flag, else bin/name,
-// else $PATH.
+// findTool returns the absolute path of a tool: the flag, else what
+// findProgram finds, the same lookup as every other subcommand's.
 func findTool(flagValue, name string) (string, error) {
 	p := flagValue
 	if p == "" {
-		p = filepath.Join("bin", name)
-		if _, err := os.Stat(p); err != nil {
-			lp, err := exec.LookPath(name)
-			if err != nil {
-				return "", withHint(fmt.Errorf("%s not found in bin/ or $PATH", name), "make tools")
-			}
-			p = lp
+		lp, err := findProgram(name, defaultPreflightEnv(false))
+		if err != nil {
+			return "", withHint(err, hintMakeTools)
 		}
+		p = lp
 	}
 	abs, err := filepath.Abs(p)
 	if err != nil {
@@ -132,7 +130,7 @@ func findTool(flagValue, name string) (string, error) {
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return "", withHint(fmt.Errorf("%s: %v", name, err), "make tools")
+		return "", withHint(fmt.Errorf("%s: %v", name, err), hintMakeTools)
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
 		return "", fmt.Errorf("%s %q is not an executable file", name, abs)
@@ -142,14 +140,9 @@ func findTool(flagValue, name string) (string, error) {
 
 // runSelftest is `smolbottle selftest`.
 func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("selftest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	o, err := parseSelftestFlags(fs, args)
+	o, err := parseSelftestFlags(newFlagSet("selftest", stdout), args)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) || errors.Is(err, errUsage) {
-			return err
-		}
-		return usageError("%v", err)
+		return err
 	}
 	if o.unconfined {
 		fmt.Fprintln(stderr, "smolbottle: warning: -unconfined: gvproxy runs without its jail; the guest can reach the sandbox's whole network")

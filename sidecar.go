@@ -285,15 +285,6 @@ func (s *sidecarProc) healthy(ctx context.Context, client *http.Client, url stri
 	return resp.StatusCode == http.StatusOK
 }
 
-// withTail appends a log tail to err's message, keeping err wrapped.
-func withTail(err error, tail string) error {
-	tail = strings.TrimSpace(tail)
-	if tail == "" {
-		return err
-	}
-	return fmt.Errorf("%w\n%s", err, tail)
-}
-
 // logTail returns the end of what this start wrote to the sidecar's log.
 func (s *sidecarProc) logTail() string {
 	f, err := os.Open(s.logPath)

@@ -274,7 +274,7 @@ func requireUp(p *plan) error {
 	case err != nil:
 		return err
 	case !ok:
-		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it with: smolbottle up "+p.Slug)
+		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
 	case !st.Supervisor.alive():
 		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
 			"clean it up with: smolbottle down "+p.Slug)

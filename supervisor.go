@@ -200,6 +200,11 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 		return bottleState{}, err
 	}
 	defer logf.Close()
+	// The log keeps every attempt; a failure shows only this one's lines.
+	var from int64
+	if fi, err := logf.Stat(); err == nil {
+		from = fi.Size()
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return bottleState{}, err
@@ -258,7 +263,7 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 			syscall.Kill(pid, syscall.SIGKILL)
 			<-exited
 		}
-		return bottleState{}, withTail(err, fileTail(logf.Name(), 2<<10))
+		return bottleState{}, withTail(err, fileTail(logf.Name(), from, 2<<10))
 	}
 	// Written after the start, so a small pipe buffer cannot block up; a
 	// supervisor that died first makes this fail, and its log says why.
@@ -287,8 +292,9 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	return st, nil
 }
 
-// fileTail returns up to n bytes from the end of a file.
-func fileTail(path string, n int64) string {
+// fileTail returns up to n bytes from the end of a file, none before
+// offset from.
+func fileTail(path string, from, n int64) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return ""
@@ -298,7 +304,10 @@ func fileTail(path string, n int64) string {
 	if err != nil {
 		return ""
 	}
-	off := max(fi.Size()-n, 0)
+	off := max(fi.Size()-n, from, 0)
+	if off >= fi.Size() {
+		return ""
+	}
 	b := make([]byte, fi.Size()-off)
 	f.ReadAt(b, off)
 	return string(b)

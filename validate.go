@@ -239,24 +239,23 @@ func checkWorkspace(p string) (string, error) {
 	return real, nil
 }
 
-// checkImage validates -image: a local `docker save` archive (.tar,
-// .tar.gz, .tgz; smolvm 1.9.3 flattens nothing else, with crane in the
-// guest: crates/smolvm-agent/src/storage.rs:1180-1191,1293-1302) or a
-// directory, which smolvm uses in place (src/data/image_source.rs:177-194). smolvm refuses registry
-// images on a machine without network (src/config.rs:841-884), and a bottle
-// never has smolvm networking, so a registry reference gets a hint instead.
+// checkImage validates -image: a local docker save archive (.tar, .tar.gz,
+// .tgz, the names smolvm reads as archives, src/data/image_source.rs:49 @
+// v1.9.3) or an unpacked root filesystem directory, each checked as smolvm
+// reads it (image.go). smolvm refuses registry images on a machine without
+// network (src/config.rs:841-884), and a bottle never has smolvm
+// networking, so a registry reference gets a hint instead.
 func checkImage(p string) (string, error) {
 	if err := checkText("image", p); err != nil {
 		return "", err
 	}
 	if p == "" {
-		return "", withHint(errors.New("no -image given"),
-			"pass a local image archive: docker save IMAGE -o image.tar, then -image image.tar")
+		return "", withHint(errors.New("no -image given"), "pass a docker save archive of an image that holds the agent; "+hintBuildImage)
 	}
 	if _, err := os.Stat(p); err != nil && looksLikeRegistryRef(p) {
 		return "", withHint(fmt.Errorf("image %q is a registry reference; a bottle needs a local image", p),
 			"smolvm cannot pull into a machine without network; make a local archive first:",
-			"docker save "+p+" -o image.tar   (or podman save, whose default is the same docker-archive format; an OCI archive is not accepted)",
+			"docker pull "+p+" && docker save "+p+" -o image.tar   (or: skopeo copy docker://"+p+" docker-archive:image.tar)",
 			"then pass -image image.tar")
 	}
 	abs, err := checkHostPath("image", p)
@@ -274,7 +273,10 @@ func checkImage(p string) (string, error) {
 	case fi.IsDir():
 	case fi.Mode().IsRegular() && (strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")):
 	default:
-		return "", fmt.Errorf("image %q is neither a .tar, .tar.gz or .tgz archive nor a directory", abs)
+		return "", withHint(fmt.Errorf("image %q is neither a .tar, .tar.gz or .tgz archive nor a directory", abs), hintBuildImage)
+	}
+	if err := checkImageContent(abs, fi); err != nil {
+		return "", err
 	}
 	return abs, nil
 }

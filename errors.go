@@ -1,0 +1,142 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Output policy. Standard output carries only what a command was asked for
+// (a plan, a listing, a guest command's output, -h). Everything else goes to
+// standard error, prefixed "smolbottle:", lowercase, with no final period:
+//
+//   - "smolbottle: error: …" once per failed command, printed by exitCode
+//     and nowhere else; user values appear %q-quoted.
+//   - "smolbottle: hint: …" lines after it say what to change, each a
+//     command that works when typed as shown.
+//   - A child's log tail follows the error line, never repeating a line
+//     the error already says (withTail).
+//   - Usage errors (a bad flag, a missing or malformed argument, a value
+//     outside its field's limits) are one error line, at most one hint
+//     pointing at `smolbottle SUBCOMMAND -h`, and exit status 2; -h prints
+//     that subcommand's usage on standard output and exits 0.
+//   - Any other failure exits 1; exec and run pass the guest command's
+//     status through (exitStatus) and print nothing more.
+//
+// Nothing below main exits: errors are returned up to run, and main calls
+// exitCode once.
+
+// errUsage marks an error that is the caller's fault: exit status 2.
+var errUsage = errors.New("usage")
+
+// usageError wraps a message as a usage error.
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
+}
+
+// inputError is a usage error about one user value that failed its
+// validation at the boundary, such as a bad -allow entry.
+func inputError(err error) error {
+	if err == nil || errors.Is(err, errUsage) {
+		return err
+	}
+	return usageErrorFrom(err)
+}
+
+// usageErrorFrom marks err as a usage error, keeping its hints.
+func usageErrorFrom(err error) error {
+	var h hinted
+	if errors.As(err, &h) {
+		return hinted{usageErrorFrom(h.err), h.hints}
+	}
+	return fmt.Errorf("%w: %w", errUsage, err)
+}
+
+// exitCode prints err the way every smolbottle error is printed and returns
+// the exit status: 0 success, 1 failure, 2 usage.
+func exitCode(stderr io.Writer, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	}
+	var ec exitStatus
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
+	msg := err.Error()
+	if errors.Is(err, errUsage) {
+		msg = strings.TrimPrefix(msg, errUsage.Error()+": ")
+	}
+	fmt.Fprintf(stderr, "smolbottle: error: %s\n", msg)
+	var h hinted
+	if errors.As(err, &h) {
+		for _, line := range h.hints {
+			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", line)
+		}
+	}
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	return 1
+}
+
+// exitStatus is returned when a guest command's exit status must pass
+// through unchanged and nothing more is to be printed.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// hinted carries hint lines printed after the error line.
+type hinted struct {
+	err   error
+	hints []string
+}
+
+func (h hinted) Error() string { return h.err.Error() }
+func (h hinted) Unwrap() error { return h.err }
+
+// withHint attaches hint lines to err.
+func withHint(err error, hints ...string) error { return hinted{err, hints} }
+
+// flagError turns a flag package error into one usage error line: Go's own
+// wording ("flag provided but not defined: -x") is replaced, and the hint
+// points at the subcommand's -h. -h itself stays flag.ErrHelp (exit 0).
+func flagError(cmd string, err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: "); ok {
+		msg = fmt.Sprintf("unknown flag %q", name)
+	} else if name, ok := strings.CutPrefix(msg, "flag needs an argument: "); ok {
+		msg = fmt.Sprintf("flag %s needs a value", name)
+	} else if strings.HasPrefix(msg, "invalid ") {
+		// "invalid value "x" for flag -cpus: parse error": drop Go's cause.
+		msg, _, _ = strings.Cut(msg, ": ")
+		msg = strings.Replace(msg, "for flag ", "for ", 1)
+	}
+	return withHint(usageError("%s", msg), "smolbottle "+cmd+" -h lists its flags")
+}
+
+// withTail appends a child's log tail to err's message, keeping err
+// wrapped. Lines the message already holds are left out: a supervisor
+// logs the same error it reports, and a sidecar's tail may be in both.
+func withTail(err error, tail string) error {
+	msg := err.Error()
+	var keep []string
+	for _, line := range strings.Split(strings.TrimSpace(tail), "\n") {
+		l := strings.TrimSpace(strings.TrimPrefix(line, "smolbottle: error: "))
+		if l == "" || strings.Contains(msg, l) {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	if len(keep) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w\n%s", err, strings.Join(keep, "\n"))
+}

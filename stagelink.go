@@ -1,0 +1,180 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// A bottle planned with -stage lives outside the state root. So that ls
+// lists it and down, exec and cp find it by its slug alone, the state root
+// keeps one pointer per such slug: <root>/SLUG.stage, a 0600 file holding
+// the stage's absolute path. A slug never holds a '.', so a pointer never
+// collides with a default stage directory. A pointer is trusted only after
+// it is checked: a regular file (not a symlink) owned by the user, private,
+// small, naming an absolute path whose plan.json is that slug's and was
+// written for that very stage (readPlan).
+
+const (
+	stageLinkSuffix = ".stage"
+	maxStageLink    = 4 << 10
+)
+
+// stageLinkPath is where slug's pointer lives under root.
+func stageLinkPath(root, slug string) string { return filepath.Join(root, slug+stageLinkSuffix) }
+
+// checkStageLink refuses to plan slug in a new stage while its pointer
+// names another stage that still holds the slug's bottle: overwriting or
+// removing the pointer would hide that bottle from ls and down.
+func checkStageLink(p *plan) error {
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return nil
+	}
+	old, err := readStageLink(root, p.Slug)
+	if err != nil || old == p.Stage {
+		return nil // none, or unusable: recordStage replaces it
+	}
+	if q, err := readPlan(old); err == nil && q.Slug == p.Slug {
+		return withHint(fmt.Errorf("bottle %q is already staged in %q", p.Slug, old),
+			"remove it first with: smolbottle down "+p.Slug+"; or choose another slug")
+	}
+	return nil
+}
+
+// recordStage writes slug's pointer when its stage is not the default one,
+// and removes a pointer left by an earlier -stage when it is.
+func recordStage(p *plan) error {
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return nil // no state root: nothing to list from, nothing to record
+	}
+	link := stageLinkPath(root, p.Slug)
+	if isDefaultStage(root, p) {
+		if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return err
+	}
+	return writeFileAtomic(link, []byte(p.Stage+"\n"), 0o600)
+}
+
+// isDefaultStage reports whether p is staged where its slug alone puts it,
+// compared as stageFor resolves it (through symlinks).
+func isDefaultStage(root string, p *plan) bool {
+	def, err := resolveExisting(filepath.Join(root, p.Slug))
+	return err == nil && def == p.Stage
+}
+
+// forgetStage removes slug's pointer if it names stage.
+func forgetStage(slug, stage string) {
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return
+	}
+	if s, err := readStageLink(root, slug); err == nil && s == stage {
+		os.Remove(stageLinkPath(root, slug))
+	}
+}
+
+// readStageLink reads and checks slug's pointer; fs.ErrNotExist when there
+// is none.
+func readStageLink(root, slug string) (string, error) {
+	link := stageLinkPath(root, slug)
+	f, err := os.OpenFile(link, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return "", fmt.Errorf("stage pointer %q is a symlink", link)
+		}
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		return "", fmt.Errorf("stage pointer %q is not a regular file", link)
+	case fi.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("stage pointer %q is mode %v; smolbottle writes it 0600", link, fi.Mode().Perm())
+	case st == nil || int(st.Uid) != os.Getuid():
+		return "", fmt.Errorf("stage pointer %q is not owned by you", link)
+	case fi.Size() > maxStageLink:
+		return "", fmt.Errorf("stage pointer %q is larger than %d bytes", link, maxStageLink)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxStageLink))
+	if err != nil {
+		return "", err
+	}
+	stage := strings.TrimSuffix(string(b), "\n")
+	if !filepath.IsAbs(stage) || filepath.Clean(stage) != stage {
+		return "", fmt.Errorf("stage pointer %q does not hold an absolute path", link)
+	}
+	if _, err := checkHostPath("stage", stage); err != nil {
+		return "", fmt.Errorf("stage pointer %q: %w", link, err)
+	}
+	return stage, nil
+}
+
+// linkedStages returns the slugs and stages of every pointer under root
+// whose stage holds that slug's plan.
+func linkedStages(root string) map[string]string {
+	out := map[string]string{}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return out
+	}
+	for _, e := range entries {
+		slug, ok := strings.CutSuffix(e.Name(), stageLinkSuffix)
+		if !ok || checkSlug(slug) != nil {
+			continue
+		}
+		if stage, err := readStageLink(root, slug); err == nil {
+			out[slug] = stage
+		}
+	}
+	return out
+}
+
+// upCommand is the command that brings p's bottle up again as planned:
+// up does not read an earlier plan, so every choice is on the line.
+func upCommand(p *plan) string {
+	argv := []string{"smolbottle", "up", "-image", p.Image, "-workspace", p.Workspace}
+	if len(p.Allow) != 1 || p.Allow[0] != defaultAllow {
+		for _, a := range p.Allow {
+			argv = append(argv, "-allow", a)
+		}
+	}
+	for _, s := range p.Sidecars {
+		switch {
+		case s.External:
+			argv = append(argv, "-egress-proxy", "127.0.0.1:"+strconv.Itoa(s.Port))
+		case s.Name == "git-gate" || s.Name == "supervise":
+			argv = append(argv, "-"+s.Name, "-"+s.Name+"-cmd", strings.Join(s.Command, " "))
+		}
+	}
+	if p.CPUs != defaultCPUs {
+		argv = append(argv, "-cpus", strconv.Itoa(p.CPUs))
+	}
+	if p.MemMiB != defaultMemMiB {
+		argv = append(argv, "-mem", strconv.Itoa(p.MemMiB))
+	}
+	if p.Backend != defaultBackend {
+		argv = append(argv, "-backend", p.Backend)
+	}
+	if root, err := stateRoot(os.Getenv); err != nil || !isDefaultStage(root, p) {
+		argv = append(argv, "-stage", p.Stage)
+	}
+	return shellQuote(append(argv, p.Slug))
+}
