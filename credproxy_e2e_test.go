@@ -7,28 +7,35 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUpClaudeInGuest runs the real Claude Code inside a bottle (fake VM,
-// real confined gvproxy and gvforwarder, the fake pipelock) against a TLS
-// stand-in for api.anthropic.com on host loopback, which the fake pipelock
-// maps the name to and the supervisor trusts through SSL_CERT_FILE. The
+// real confined gvproxy and gvforwarder, the real pipelock) against a TLS
+// stand-in for the Messages API: the test host api.anthropic.com, which
+// pipelock resolves through its private /etc/hosts (testhost_test.go) and
+// the supervisor trusts through SSL_CERT_FILE. The credential sidecar
+// dials credUpstream:443 through pipelock as it does in production. The
 // guest holds only the placeholder; the stand-in must see the real key;
 // the key must be nowhere in the guest, the stage or any process's argv
 // or environment.
 func TestUpClaudeInGuest(t *testing.T) {
 	needFakeVM(t)
 	claude := realTool(t, "claude")
+	si := &messagesStandIn{}
+	api := newTestHost(t, credUpstream, si)
 	b := newTestBottle(t, "")
+	os.Remove(filepath.Join(b.path, "pipelock"))
+	pipelockResolving(t, b.path, api)
 	staticSmolbottle(t)
 	f := useBottle(t, b)
 	// A key of this run alone: other tests on the machine use testSecret.
@@ -36,14 +43,7 @@ func TestUpClaudeInGuest(t *testing.T) {
 	rand.Read(r)
 	key := "sk-ant-e2e-" + hex.EncodeToString(r)
 	t.Setenv("ANTHROPIC_API_KEY", key)
-
-	ca := newTestCA(t, credUpstream)
-	caFile := filepath.Join(b.dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SSL_CERT_FILE", caFile)
-	si := newMessagesStandIn(t, ca)
+	t.Setenv("SSL_CERT_FILE", api.CAFile)
 	// The guest runs claude from the workspace: its /tmp is noexec and the
 	// host's /tmp is not in it.
 	if err := copyFile(claude, filepath.Join(b.workspace, "claude"), 0o755); err != nil {
@@ -56,29 +56,44 @@ func TestUpClaudeInGuest(t *testing.T) {
 	if err := run(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "cc"}, &out, &errb); err != nil {
 		t.Fatalf("plan: %v %s", err, errb.String())
 	}
-	hosts, _ := json.Marshal(map[string]int{credUpstream: portOf(si.addr)})
-	if err := os.WriteFile(filepath.Join(stage, fakePipelockHosts), hosts, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if err := run(ctx, b.upArgs("cc"), &out, &errb); err != nil {
 		t.Fatalf("up: %v\n%s", err, errb.String())
 	}
 	t.Cleanup(func() { run(context.Background(), []string{"down", "cc"}, io.Discard, io.Discard) })
-	guest := func(args ...string) string {
+	guestCtx := func(ctx context.Context, args ...string) string {
 		var o, e bytes.Buffer
 		err := run(ctx, append([]string{"exec", "cc", "--"}, args...), &o, &e)
 		if err != nil {
-			t.Fatalf("exec %q: %v\n%s%s", args, err, o.String(), e.String())
+			// The sidecar logs each forwarded or failed request, without
+			// values.
+			sup, _ := os.ReadFile(filepath.Join(stage, logsDir, supervisorLog))
+			t.Fatalf("exec %q: %v\n%s%s\n%s:\n%s", args, err, o.String(), e.String(), supervisorLog, sup)
 		}
 		return o.String()
 	}
+	guest := func(args ...string) string { return guestCtx(ctx, args...) }
 
-	if got := guest("/workspace/claude", "-p", "say pong"); strings.TrimSpace(got) != "pong" {
+	// Claude Code retries a failed request 10 times by default, backing
+	// off to about 30 s (a broken path took 181 s to fail, measured);
+	// CLAUDE_CODE_MAX_RETRIES=0 makes it fail at the first error. The
+	// timeout bounds a stand-in that never answers.
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if got := guestCtx(cctx, "env", "CLAUDE_CODE_MAX_RETRIES=0", "/workspace/claude", "-p", "say pong"); strings.TrimSpace(got) != "pong" {
 		t.Errorf("claude -p in the guest printed %q, want pong", got)
 	}
+	// Only pipelock's /etc/hosts names the test host: a request that
+	// reached it went through the egress proxy.
 	seen := si.requests()
 	if len(seen) == 0 || seen[0].Get("X-Api-Key") != key {
 		t.Errorf("the stand-in saw %d requests, x-api-key %q; want the real key", len(seen), headerOf(seen, "X-Api-Key"))
+	}
+	si.mu.Lock()
+	hosts := slices.Clone(si.host)
+	si.mu.Unlock()
+	// The sidecar names the upstream as it dials it, port included.
+	if want := credUpstream + ":443"; len(hosts) == 0 || hosts[0] != want {
+		t.Errorf("the stand-in saw Host %q, want %q", hosts, want)
 	}
 	p, err := readPlan(stage)
 	if err != nil {

@@ -73,11 +73,12 @@ func newTestCA(t testing.TB, names ...string) testCA {
 		leaf: tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}
 }
 
-// messagesStandIn is a TLS stand-in for the Messages API on host loopback.
-// It answers POST /v1/messages with a streamed reply in the event format
-// of the Messages API; between the first event and the rest it waits on
-// hold (when set), so a test can see the first event arrive before the
-// reply is over.
+// messagesStandIn is a stand-in for the Messages API: served over TLS on
+// host loopback by newMessagesStandIn, or as a test host's handler
+// (newTestHost; its zero value serves, addr then empty). It answers POST
+// /v1/messages with a streamed reply in the event format of the Messages
+// API; between the first event and the rest it waits on hold (when set),
+// so a test can see the first event arrive before the reply is over.
 type messagesStandIn struct {
 	addr string
 	hold chan struct{}

@@ -3,17 +3,11 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -124,10 +118,10 @@ func newTestHost(t testing.TB, name string, h http.Handler) *testHost {
 	ipCmd("-n", th.Netns, "link", "set", vn, "up")
 	ipCmd("-n", th.Netns, "link", "set", "lo", "up")
 
-	caPEM, cert := testCertificate(t, name)
-	th.CAPEM = caPEM
+	ca := newTestCA(t, name)
+	th.CAPEM = ca.pem
 	th.CAFile = filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(th.CAFile, caPEM, 0o600); err != nil {
+	if err := os.WriteFile(th.CAFile, ca.pem, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := listenInNetns(th.Netns, "tcp", netip.AddrPortFrom(hostAddr, 443).String())
@@ -135,7 +129,7 @@ func newTestHost(t testing.TB, name string, h http.Handler) *testHost {
 		t.Fatalf("listen in %s: %v", th.Netns, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}, MinVersion: tls.VersionTLS12}}
 	go srv.ServeTLS(ln, "", "")
 	t.Cleanup(func() { srv.Close() })
 	return th
@@ -186,32 +180,6 @@ func setns(fd, nstype int) error {
 		return e
 	}
 	return nil
-}
-
-// testCertificate makes a throwaway CA and a certificate for name signed
-// by it; it returns the CA's PEM and the server's key pair.
-func testCertificate(t testing.TB, name string) ([]byte, tls.Certificate) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	now := time.Now()
-	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "smolbottle test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // pipelockHostsWrap is the file beside a linked "pipelock" that turns it
