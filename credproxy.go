@@ -153,7 +153,9 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 	cp := &credProxy{host: host, creds: creds, values: values, log: log.New(logw, "credentials: ", log.LstdFlags)}
 	cp.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = "https", upstream, ""
+			// Host names the API as a browser would: without :443, which
+			// Go would otherwise keep from the URL.
+			pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = "https", upstream, strings.TrimSuffix(upstream, ":443")
 			for _, c := range cp.creds {
 				if pr.In.Header.Get(c.Header) != "" {
 					pr.Out.Header.Set(c.Header, c.Prefix+cp.values[c.Env])

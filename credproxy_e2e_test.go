@@ -92,7 +92,7 @@ func TestUpClaudeInGuest(t *testing.T) {
 	hosts := slices.Clone(si.host)
 	si.mu.Unlock()
 	// The sidecar names the upstream as it dials it, port included.
-	if want := credUpstream + ":443"; len(hosts) == 0 || hosts[0] != want {
+	if want := credUpstream; len(hosts) == 0 || hosts[0] != want {
 		t.Errorf("the stand-in saw Host %q, want %q", hosts, want)
 	}
 	p, err := readPlan(stage)
