@@ -72,11 +72,13 @@ type confineSpec struct {
 
 // confinedNet is a running confined gvproxy with its relays.
 type confinedNet struct {
-	SocketPath string // gvproxy's listen socket: gvforwarder connects here
+	SocketPath string // gvproxy's listen socket and API: smolbottle's alone
+	LinkPath   string // the guest link front's socket: gvforwarder connects here (gvproxy's own when unconfined)
 	InnerPID   int    // the _confine process (0 when unconfined)
 	GvproxyPID int
 
 	cmd    *exec.Cmd
+	link   *guestLink
 	relays []*relay
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -86,8 +88,8 @@ type confinedNet struct {
 }
 
 // stagePaths are the fixed places of a stage used here.
-func stagePaths(stage string) (sockDir, jailDir, config string) {
-	return filepath.Join(stage, "sock"), filepath.Join(stage, "jail"), filepath.Join(stage, "gvproxy.yaml")
+func stagePaths(stage string) (sock, jail, config string) {
+	return filepath.Join(stage, sockDir), filepath.Join(stage, jailDirName), filepath.Join(stage, gvproxyFile)
 }
 
 // startConfined starts gvproxy confined and the relays for spec.Ports, and
@@ -156,6 +158,17 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	}
 	if err := waitGvproxyReady(runCtx, c.SocketPath, c.done, confineReadyTimeout); err != nil {
 		return fail(err)
+	}
+	c.LinkPath = c.SocketPath
+	if !spec.Unconfined {
+		// The guest gets the front's socket, never gvproxy's (guestlink.go).
+		c.LinkPath = linkPath(spec.Stage)
+		if err := mkdirAllPrivate(filepath.Dir(c.LinkPath)); err != nil {
+			return fail(setupStepError("prepare the stage", err))
+		}
+		if c.link, err = startGuestLink(c.LinkPath, c.SocketPath, logf); err != nil {
+			return fail(setupStepError("listen for the guest link", err))
+		}
 	}
 	context.AfterFunc(runCtx, func() { c.Close() })
 	return c, nil
@@ -282,6 +295,10 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		closeFDs(fds)
 		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
 	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	portCap, bottleCap := relayCaps(lim.Cur)
+	bottle := &connCap{max: bottleCap}
 	for i, fd := range fds {
 		f := os.NewFile(uintptr(fd), "relay")
 		ln, err := net.FileListener(f)
@@ -290,7 +307,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 			closeFDs(fds[i+1:])
 			return setupStepError("take over the relay listeners", err)
 		}
-		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf))
+		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf, portCap, bottle))
 	}
 	return nil
 }
@@ -408,6 +425,9 @@ func (c *confinedNet) Close() error {
 		}
 		if c.cmd != nil {
 			<-c.done
+		}
+		if c.link != nil {
+			c.link.Close()
 		}
 		for _, r := range c.relays {
 			r.Close()

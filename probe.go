@@ -51,6 +51,7 @@ const (
 	probeNoDNS   = "no-dns"  // Host of Type must give no record
 	probeAPI     = "api"     // POST Body to the gateway's expose API; judged by the host
 	probeBurst   = "burst"   // Count dials to Want (black hole) must not stall the echo at Addr
+	probeNoLink  = "no-link" // Body sent on the unix socket Addr must be refused (guestlink.go)
 )
 
 // probe is one row of the matrix.
@@ -208,8 +209,35 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 		return true, postAPI(ctx, plan.Gateway, p.Body)
 	case probeBurst:
 		return burstCheck(ctx, p)
+	case probeNoLink:
+		return mustRefuseLink(p.Addr, p.Body)
 	}
 	return false, fmt.Sprintf("unknown probe kind %q", p.Kind)
+}
+
+// mustRefuseLink sends body on the unix socket at path and passes only when
+// the answer is the guest link front's 403. gvproxy itself answers its API
+// with 200, 400 or 404 and a /connect with silence, holding the link open:
+// all fail.
+func mustRefuseLink(path, body string) (bool, string) {
+	c, err := net.DialTimeout("unix", path, probeDialTimeout)
+	if err != nil {
+		return false, shortErr(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	io.WriteString(c, body) // the front may refuse before all is sent
+	got, err := io.ReadAll(io.LimitReader(c, 512))
+	line, _, _ := strings.Cut(string(got), "\r\n")
+	switch {
+	case strings.HasPrefix(line, "HTTP/1.1 403 "):
+		return true, line
+	case len(got) == 0 && err == nil:
+		return false, "closed without the front's refusal"
+	case len(got) == 0:
+		return false, "no answer: " + shortErr(err)
+	}
+	return false, fmt.Sprintf("answered %q", line)
 }
 
 // mustNotConnect passes when no TCP connection can be opened.

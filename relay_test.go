@@ -16,7 +16,7 @@ func TestRelayCarriesAndCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := startRelay(ln, tcpDialer(target), t.Logf)
+	r := startRelay(ln, tcpDialer(target), t.Logf, relayPortCap, &connCap{max: relayBottleCap})
 	if _, err := echoCheck(context.Background(), ln.Addr().String(), 1<<20, 10*time.Second); err != nil {
 		t.Fatalf("through the relay: %v", err)
 	}
