@@ -52,6 +52,7 @@ const (
 	probeAPI     = "api"     // POST Body to the gateway's expose API; judged by the host
 	probeBurst   = "burst"   // Count dials to Want (black hole) must not stall the echo at Addr
 	probeNoLink  = "no-link" // Body sent on the unix socket Addr must be refused (guestlink.go)
+	probeFlood   = "flood"   // Count held streams to Addr end at a cap; Addr echoes again after release
 )
 
 // probe is one row of the matrix.
@@ -211,6 +212,8 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 		return burstCheck(ctx, p)
 	case probeNoLink:
 		return mustRefuseLink(p.Addr, p.Body)
+	case probeFlood:
+		return floodCheck(ctx, p)
 	}
 	return false, fmt.Sprintf("unknown probe kind %q", p.Kind)
 }
@@ -395,6 +398,94 @@ func burstCheck(ctx context.Context, p probe) (bool, string) {
 	}
 	return true, fmt.Sprintf("sidecar answered in %v with %d dials pending", took.Round(time.Millisecond), p.Count)
 }
+
+// floodCheck opens Count streams to Addr, each sending a first line so that
+// the relay dials the sidecar, and holds them; then it counts how many are
+// still open (the relays close those over their cap), releases them all
+// and waits for the echo at Addr to answer again. It passes when some
+// streams were refused and the echo answers within floodRecoverLimit; the
+// host judges the caps themselves.
+func floodCheck(ctx context.Context, p probe) (bool, string) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		fails int
+	)
+	jobs := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 { // gvproxy takes 10 handshakes at a time (tcp.go:21 @ v0.8.9)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 2 * time.Second}
+			for range jobs {
+				c, err := d.DialContext(ctx, "tcp4", p.Addr)
+				mu.Lock()
+				if err != nil {
+					fails++
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+				if err == nil {
+					io.WriteString(c, "GET / HTTP/1.1\r\n")
+				}
+			}
+		}()
+	}
+	for range p.Count {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	// A refused stream reads EOF or a reset at once; a held one times out.
+	var held, refused int
+	var cw sync.WaitGroup
+	for _, c := range conns {
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 64)
+			_, err := io.ReadFull(c, buf[:len("GET / HTTP/1.1\r\n")])
+			var ne net.Error
+			mu.Lock()
+			if err == nil || errors.As(err, &ne) && ne.Timeout() {
+				held++ // echoed or silent: still open
+			} else {
+				refused++
+			}
+			mu.Unlock()
+		}()
+	}
+	cw.Wait()
+	for _, c := range conns {
+		c.Close()
+	}
+	start := time.Now()
+	var err error
+	tries, firstErr := 0, ""
+	for time.Since(start) < floodRecoverLimit {
+		tries++
+		if _, err = echoCheck(ctx, p.Addr, 1024, floodRecoverLimit); err == nil {
+			break
+		}
+		if firstErr == "" {
+			firstErr = fmt.Sprintf(" (first try: %v after %v)", shortErr(err), time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	detail := fmt.Sprintf("%d streams: %d held, %d closed by the relay, %d dials failed; echo again %v after release, try %d%s", p.Count, held, refused, fails, took, tries, firstErr)
+	if err != nil {
+		return false, detail + ": " + shortErr(err)
+	}
+	return refused > 0, detail
+}
+
+// floodRecoverLimit is a generous bound: the measured figure is in the
+// row's detail.
+const floodRecoverLimit = 5 * time.Second
 
 // shortErr trims the "dial tcp4 1.2.3.4:5->" prefix a reader does not need.
 func shortErr(err error) string {

@@ -255,6 +255,7 @@ type sandbox struct {
 	log                             io.Writer
 	closers                         []func()
 	upstream, listeners             counter
+	flood                           floodStats
 }
 
 func (s *sandbox) close() {
@@ -643,7 +644,10 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	// First, while the socket is still gvproxy's in the unconfined control
 	// (a later API row replaces it there).
 	plan.Probes = append(linkRows, plan.Probes...)
-	plan.Probes = append(plan.Probes, probe{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes})
+	plan.Probes = append(plan.Probes,
+		probe{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
+		probe{Name: floodRow, Kind: probeFlood, Addr: vip(sidecarPort), Count: selftestFlood})
+	stopSampling := s.sampleOwner()
 	out, err := s.runGuest(ctx, []string{cn.LinkPath}, []bottleNet{n}, "matrix", plan)
 	if err != nil {
 		return err
@@ -683,7 +687,9 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 			}
 		}
 	}
+	stopSampling()
 	results = append(results, s.hostRows(cn)...)
+	results = append(results, s.floodRows(cn)...)
 	mode := "confined"
 	if s.unconfined {
 		mode = "UNCONFINED"
@@ -1086,7 +1092,11 @@ func (s *sandbox) echoSidecar() (int, error) {
 			if err != nil {
 				return
 			}
-			go echoServe(c)
+			s.sidecarOpen(+1)
+			go func() {
+				echoServe(c)
+				s.sidecarOpen(-1)
+			}()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, nil
