@@ -30,7 +30,7 @@ import (
 //  4. Bounded: at most linkMaxPending connections wait for their request,
 //     each for at most linkHeadTimeout, reading at most len(linkRequest)
 //     bytes; the excess is closed at once. Refusals are logged up to
-//     linkLogLimit lines, then counted.
+//     refusalLogLines lines, then counted.
 //  5. After the request, bytes pass both ways unchanged: the data path is
 //     gvproxy's own framing (a 2-byte little-endian length before each
 //     Ethernet frame, cmd/vm/main_linux.go:158-224 @ v0.8.9).
@@ -41,7 +41,6 @@ const (
 	linkRefusal     = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 	linkHeadTimeout = 5 * time.Second
 	linkMaxPending  = 4
-	linkLogLimit    = 50
 	linkBufSize     = 256 << 10
 )
 
@@ -57,7 +56,8 @@ type guestLink struct {
 	pending  int
 	linked   bool
 	closed   bool
-	refusals int
+	cut      func() // ends the live link, if any
+	refusals refusalLog
 	wg       sync.WaitGroup
 }
 
@@ -146,20 +146,16 @@ func (g *guestLink) handle(c *net.UnixConn) {
 		c.Close()
 		return
 	}
-	if !g.track(up) {
-		c.Close()
-		up.Close()
-		return
-	}
-	defer g.untrack(up)
+	defer up.Close()
 	if _, err := io.WriteString(up, linkRequest); err != nil {
 		g.logf("guest link: %v", err)
 		c.Close()
-		up.Close()
 		return
 	}
 	g.logf("guest link: up")
-	spliceLink(c, up)
+	if err := g.splice(c, up); err != nil {
+		g.logf("guest link: %v", err)
+	}
 	g.logf("guest link: down")
 }
 
@@ -183,52 +179,43 @@ func readLinkRequest(c net.Conn) ([]byte, error) {
 	return head, nil
 }
 
-// spliceLink copies both ways until either side ends, then closes both: a
+// splice copies both ways until either side ends, then closes both: a
 // link has no half-close worth keeping.
-func spliceLink(a, b *net.UnixConn) {
+func (g *guestLink) splice(a, b *net.UnixConn) error {
+	g.mu.Lock()
+	closed := g.closed
+	g.cut = func() { a.Close(); b.Close() }
+	g.mu.Unlock()
+	if closed {
+		a.Close()
+		return nil
+	}
 	done := make(chan struct{}, 2)
 	cp := func(dst, src *net.UnixConn) {
-		// UnixConn has no splice path; a large buffer keeps the extra hop
-		// to one read and one write per burst of frames.
+		// UnixConn has no splice path: one read and one write per burst.
 		io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, linkBufSize))
+		a.Close()
+		b.Close()
 		done <- struct{}{}
 	}
 	go cp(a, b)
 	go cp(b, a)
 	<-done
-	a.Close()
-	b.Close()
 	<-done
+	g.mu.Lock()
+	g.cut = nil
+	g.mu.Unlock()
+	return nil
 }
 
-// refuse answers 403, closes c (when there is one) and logs why, up to
-// linkLogLimit lines and then one line per 1,000 refusals.
+// refuse answers 403, closes c (when there is one) and logs why.
 func (g *guestLink) refuse(c net.Conn, format string, args ...any) {
 	if c != nil {
 		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		io.WriteString(c, linkRefusal)
 		c.Close()
 	}
-	g.mu.Lock()
-	g.refusals++
-	n := g.refusals
-	g.mu.Unlock()
-	switch {
-	case n <= linkLogLimit:
-		g.logf("guest link: refused: "+format, args...)
-	case n%1000 == 0:
-		g.logf("guest link: %d refusals so far", n)
-	}
-}
-
-func (g *guestLink) track(c net.Conn) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		return false
-	}
-	g.conns[c] = struct{}{}
-	return true
+	g.refusals.log(g.logf, "guest link", format, args...)
 }
 
 func (g *guestLink) untrack(c net.Conn) {
@@ -245,26 +232,10 @@ func (g *guestLink) Close() error {
 	for c := range g.conns {
 		c.Close()
 	}
+	if g.cut != nil {
+		g.cut()
+	}
 	g.mu.Unlock()
 	g.wg.Wait()
 	return err
 }
-
-// Refusals is how many connections or accepts were refused so far.
-func (g *guestLink) Refusals() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.refusals
-}
-
-// acceptBackoff paces retries after a failed accept (EMFILE, ENFILE,
-// ECONNABORTED...): 5 ms doubling to 200 ms, so that a listener recovers
-// as soon as descriptors are free again instead of giving up.
-type acceptBackoff struct{ d time.Duration }
-
-func (b *acceptBackoff) wait() {
-	b.d = min(max(2*b.d, 5*time.Millisecond), 200*time.Millisecond)
-	time.Sleep(b.d)
-}
-
-func (b *acceptBackoff) reset() { b.d = 0 }

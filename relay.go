@@ -35,56 +35,12 @@ import (
 //     after relayFirstByteTimeout.
 //   - A failed accept (EMFILE, ENFILE, ECONNABORTED, ...) is retried after a
 //     short backoff; only Close stops a relay.
-//
-// Caps: each stream costs the owner up to relayFDsPerStream descriptors (the
-// two sockets and splice(2)'s two pipes) and gvproxy about one gonet
-// endpoint. relayPortCap and relayBottleCap are far above what one agent
-// opens (tens of streams) and keep a bottle's share of the owner's
-// descriptors at 512*6 = 3,072, below a raised RLIMIT_NOFILE with
-// relayFDReserve left for the owner's own work (state, stop, logs).
+
 const (
 	relayDialTimeout      = 5 * time.Second
-	relayPortCap          = 256
-	relayBottleCap        = 512
-	relayFDsPerStream     = 6
-	relayFDReserve        = 256
 	relayFirstByteTimeout = 20 * time.Second
 	relayFirstChunk       = 2 << 10
 )
-
-// relayCaps returns the per-port and per-bottle caps for an owner whose
-// soft descriptor limit is nofile: the fixed caps, lowered where the limit
-// is too small to hold them and the reserve.
-func relayCaps(nofile uint64) (port, bottle int) {
-	room := 0
-	if nofile > relayFDReserve {
-		room = int(min(nofile-relayFDReserve, 1<<20)) / relayFDsPerStream
-	}
-	bottle = max(min(relayBottleCap, room), 1)
-	return min(relayPortCap, bottle), bottle
-}
-
-// connCap counts streams against a limit; a bottle's relays share one.
-type connCap struct {
-	mu     sync.Mutex
-	n, max int
-}
-
-func (c *connCap) take() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n >= c.max {
-		return false
-	}
-	c.n++
-	return true
-}
-
-func (c *connCap) give() {
-	c.mu.Lock()
-	c.n--
-	c.mu.Unlock()
-}
 
 // relay accepts connections on one listener and joins each to a fresh
 // connection from dial. Close stops accepting and cuts every open stream, so
@@ -101,7 +57,7 @@ type relay struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	closed  bool
-	refused int
+	refused refusalLog
 	wg      sync.WaitGroup
 }
 
@@ -196,19 +152,8 @@ func (r *relay) release() {
 	r.port.give()
 }
 
-// logRefusal logs the first relayLogLimit refusals, then one line per
-// 1,000: a flood must not fill the disk with the log.
 func (r *relay) logRefusal(format string, args ...any) {
-	r.mu.Lock()
-	r.refused++
-	n := r.refused
-	r.mu.Unlock()
-	switch {
-	case n <= linkLogLimit:
-		r.logf("relay %s: refused: "+format, append([]any{r.ln.Addr()}, args...)...)
-	case n%1000 == 0:
-		r.logf("relay %s: %d refusals so far", r.ln.Addr(), n)
-	}
+	r.refused.log(r.logf, "relay "+r.ln.Addr().String(), format, args...)
 }
 
 func (r *relay) track(c net.Conn) bool {
