@@ -834,8 +834,9 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 		t.Fatalf("startConfined: %v\n%s", err, gvlog.tail(2000))
 	}
 	defer cn.Close()
-	if create := steps[0].create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.SocketPath {
-		t.Fatalf("up bridges %+v, but gvproxy listens on %q", create.Sockets, cn.SocketPath)
+	// The guest gets the link front's socket, never gvproxy's API socket.
+	if create := steps[0].create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.LinkPath || cn.LinkPath == cn.SocketPath {
+		t.Fatalf("up bridges %+v, but the guest link front listens on %q (gvproxy on %q)", create.Sockets, cn.LinkPath, cn.SocketPath)
 	}
 
 	f := newFakeVMFixture(t, guestBin+":"+guestBinDir+":ro")

@@ -419,6 +419,12 @@ func floodCheck(ctx context.Context, p probe) (bool, string) {
 			defer wg.Done()
 			d := net.Dialer{Timeout: 2 * time.Second}
 			for range jobs {
+				mu.Lock()
+				broken := fails > floodMaxFails
+				mu.Unlock()
+				if broken { // no network left: do not wait 2 s per stream
+					continue
+				}
 				c, err := d.DialContext(ctx, "tcp4", p.Addr)
 				mu.Lock()
 				if err != nil {
@@ -485,7 +491,10 @@ func floodCheck(ctx context.Context, p probe) (bool, string) {
 
 // floodRecoverLimit is a generous bound: the measured figure is in the
 // row's detail.
-const floodRecoverLimit = 5 * time.Second
+const (
+	floodRecoverLimit = 5 * time.Second
+	floodMaxFails     = 100
+)
 
 // shortErr trims the "dial tcp4 1.2.3.4:5->" prefix a reader does not need.
 func shortErr(err error) string {
