@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,10 +13,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -53,6 +56,7 @@ const (
 	probeBurst   = "burst"   // Count dials to Want (black hole) must not stall the echo at Addr
 	probeNoLink  = "no-link" // Body sent on the unix socket Addr must be refused (guestlink.go)
 	probeFlood   = "flood"   // Count held streams to Addr end at a cap; Addr echoes again after release
+	probeSpoof   = "spoof"   // Count raw TCP SYNs to Addr from Want, an address the guest does not own; judged by the host
 )
 
 // probe is one row of the matrix.
@@ -214,6 +218,8 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 		return mustRefuseLink(p.Addr, p.Body)
 	case probeFlood:
 		return floodCheck(ctx, p)
+	case probeSpoof:
+		return spoofSYNs(p)
 	}
 	return false, fmt.Sprintf("unknown probe kind %q", p.Kind)
 }
@@ -487,6 +493,69 @@ func floodCheck(ctx context.Context, p probe) (bool, string) {
 		return false, detail + ": " + shortErr(err)
 	}
 	return refused > 0, detail
+}
+
+// spoofSYNs sends Count TCP SYNs to Addr from the address Want over a raw
+// socket, as a guest would to make gvproxy dial for handshakes that never
+// complete, and gives gvproxy a second to act on them.
+func spoofSYNs(p probe) (bool, string) {
+	dst, err := netip.ParseAddrPort(p.Addr)
+	if err != nil {
+		return false, err.Error()
+	}
+	src, err := netip.ParseAddr(p.Want)
+	if err != nil || !src.Is4() || !dst.Addr().Is4() {
+		return false, fmt.Sprintf("want IPv4 addresses, got %q and %q", p.Want, p.Addr)
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+	if err != nil {
+		return false, "raw socket: " + err.Error()
+	}
+	defer syscall.Close(fd)
+	sa := &syscall.SockaddrInet4{Addr: dst.Addr().As4()}
+	for i := range p.Count {
+		if err := syscall.Sendto(fd, synPacket(src, dst, uint16(40000+i), uint32(i+1)*7919), 0, sa); err != nil {
+			return false, "send: " + err.Error()
+		}
+	}
+	time.Sleep(time.Second)
+	return true, fmt.Sprintf("%d SYNs sent from %s", p.Count, src)
+}
+
+// synPacket is an IPv4 packet holding a bare TCP SYN (no options).
+func synPacket(src netip.Addr, dst netip.AddrPort, sport uint16, seq uint32) []byte {
+	b := make([]byte, 40)
+	b[0], b[8], b[9] = 0x45, 64, 6 // IPv4, 20-byte header; TTL; TCP
+	binary.BigEndian.PutUint16(b[2:], 40)
+	binary.BigEndian.PutUint16(b[6:], 0x4000) // don't fragment
+	s4, d4 := src.As4(), dst.Addr().As4()
+	copy(b[12:], s4[:])
+	copy(b[16:], d4[:])
+	binary.BigEndian.PutUint16(b[10:], inetChecksum(b[:20], 0))
+	t := b[20:]
+	binary.BigEndian.PutUint16(t[0:], sport)
+	binary.BigEndian.PutUint16(t[2:], dst.Port())
+	binary.BigEndian.PutUint32(t[4:], seq)
+	t[12], t[13] = 5<<4, 0x02 // 20-byte header; SYN
+	binary.BigEndian.PutUint16(t[14:], 64240)
+	var pseudo uint32 = 6 + 20 // protocol and TCP length
+	for _, a := range [][4]byte{s4, d4} {
+		pseudo += uint32(a[0])<<8 | uint32(a[1])
+		pseudo += uint32(a[2])<<8 | uint32(a[3])
+	}
+	binary.BigEndian.PutUint16(t[16:], inetChecksum(t, pseudo))
+	return b
+}
+
+// inetChecksum is the RFC 1071 checksum of b, starting from sum.
+func inetChecksum(b []byte, sum uint32) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
 }
 
 // floodRecoverLimit is a generous bound: the measured figure is in the

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,6 +59,7 @@ type relay struct {
 	conns   map[net.Conn]struct{}
 	closed  bool
 	refused refusalLog
+	taken   atomic.Int64 // streams accepted, for the selftest
 	wg      sync.WaitGroup
 }
 
@@ -91,6 +93,7 @@ func (r *relay) serve() {
 			continue
 		}
 		backoff.reset()
+		r.taken.Add(1)
 		if !r.port.take() {
 			c.Close()
 			r.logRefusal("over the cap of %d streams for this port", r.port.max)

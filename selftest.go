@@ -568,7 +568,11 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	}
 
 	netStage := filepath.Join(s.stage, "net")
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort}, Log: s.log, Unconfined: s.unconfined})
+	spoofPort, err := s.spoofSidecar()
+	if err != nil {
+		return err
+	}
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort}, Log: s.log, Unconfined: s.unconfined})
 	if err != nil {
 		return err
 	}
@@ -649,7 +653,9 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	plan.Probes = append(linkRows, plan.Probes...)
 	plan.Probes = append(plan.Probes,
 		probe{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
-		probe{Name: floodRow, Kind: probeFlood, Addr: vip(sidecarPort), Count: selftestFlood})
+		probe{Name: floodRow, Kind: probeFlood, Addr: vip(sidecarPort), Count: selftestFlood},
+		// Last: spoofed handshakes hold gvproxy's 10 in-flight slots.
+		probe{Name: spoofRow, Kind: probeSpoof, Addr: vip(spoofPort), Want: spoofSource(n).String(), Count: selftestSpoofs})
 	stopSampling := s.sampleOwner()
 	out, err := s.runGuest(ctx, []string{cn.LinkPath}, []bottleNet{n}, "matrix", plan)
 	if err != nil {
@@ -693,6 +699,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	stopSampling()
 	results = append(results, s.hostRows(cn)...)
 	results = append(results, s.floodRows(cn)...)
+	results = append(results, s.spoofRow(cn))
 	mode := "confined"
 	if s.unconfined {
 		mode = "UNCONFINED"

@@ -4,6 +4,8 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -18,14 +20,62 @@ import (
 // the guest link front, as in the supervisor) had open, and afterwards the
 // peak memory of the owner and of gvproxy.
 const (
-	selftestFlood = 5000
-	floodRow      = "5,000 held streams from the guest end at the cap; the sidecar answers after"
+	selftestSpoofs = 20
+	spoofRow       = "20 spoofed-source SYNs to a sidecar port"
+	selftestFlood  = 5000
+	floodRow       = "5,000 held streams from the guest end at the cap; the sidecar answers after"
 )
 
 type floodStats struct {
 	mu                   sync.Mutex
 	sidecarOpen, sidecar int // streams the sidecar holds now, and at most
 	ownerFDs             int // most descriptors the owner had open
+	spoofed              int // connections the spoof row's sidecar accepted
+}
+
+// spoofSource is an address in the guest's subnet that nothing owns.
+func spoofSource(n bottleNet) netip.Addr {
+	a := n.Subnet.Addr().As4()
+	a[3] = 77
+	return netip.AddrFrom4(a)
+}
+
+// spoofSidecar is the spoof row's sidecar: it counts connections.
+func (s *sandbox) spoofSidecar() (int, error) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	s.closers = append(s.closers, func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.flood.mu.Lock()
+			s.flood.spoofed++
+			s.flood.mu.Unlock()
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// spoofRow: gvproxy dialled the relay for the spoofed SYNs (it dials before
+// the handshake, pkg/services/forwarder/tcp.go:34 @ v0.8.9), and the
+// sidecar behind it saw none of them.
+func (s *sandbox) spoofRow(cn *confinedNet) probeResult {
+	s.flood.mu.Lock()
+	seen := s.flood.spoofed
+	s.flood.mu.Unlock()
+	var taken int64
+	if len(cn.relays) == 2 {
+		taken = cn.relays[1].taken.Load()
+	}
+	return probeResult{Name: spoofRow + ": the relay takes them, the sidecar sees none", Kind: "host",
+		Pass:   taken > 0 && seen == 0,
+		Detail: fmt.Sprintf("relay took %d silent streams; the sidecar accepted %d connections", taken, seen)}
 }
 
 func (s *sandbox) sidecarOpen(delta int) {
