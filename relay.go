@@ -36,7 +36,8 @@ import (
 //     after relayFirstByteTimeout.
 //   - A failed accept (EMFILE, ENFILE, ECONNABORTED, ...) is retried after a
 //     short backoff; only Close stops a relay.
-
+//
+// The caps and the descriptor budget behind them are in limits.go.
 const (
 	relayDialTimeout      = 5 * time.Second
 	relayFirstByteTimeout = 20 * time.Second
