@@ -17,7 +17,8 @@ import (
 )
 
 // Guest-side paths. The guest binaries directory is mounted read-only; the
-// gvproxy socket is bridged in by smolvm --mount-socket.
+// guest link front's socket (not gvproxy's API) is bridged in by smolvm
+// --mount-socket.
 const (
 	guestWorkspace = "/workspace"
 	guestBinDir    = "/opt/smolbottle"
@@ -455,7 +456,8 @@ func (p *plan) render() error {
 	}
 	p.Files = []plannedFile{
 		dir("", "stage directory"),
-		dir(sockDir, "gvproxy socket, the only directory gvproxy may write"),
+		dir(sockDir, "gvproxy's API socket, smolbottle's alone; sealed read-only once gvproxy made it"),
+		dir(linkDir, "guest link socket, bridged into the guest: one VM link, nothing else"),
 		dir(guestDir, "binaries mounted read-only at "+guestBinDir+" (filled by up)"),
 		dir(logsDir, "logs, kept by down"),
 		file(smolfileName, "smolvm machine definition", smol),
@@ -689,7 +691,7 @@ func upMachineSteps(p *plan) machineSteps {
 		Name:     p.Machine,
 		Image:    p.Image,
 		Smolfile: filepath.Join(p.Stage, smolfileName),
-		Sockets:  []socketMount{{Host: filepath.Join(p.Stage, sockDir, gvproxySock), Guest: guestSocket}},
+		Sockets:  []socketMount{{Host: linkPath(p.Stage), Guest: guestSocket}},
 	}
 	root := execOpts{Workdir: "/"}
 	if p.Tools.SmolvmExecUser {

@@ -907,8 +907,9 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	f := newFakeVMFixture(t, guestBin+":"+guestBinDir+":ro")
 	p.Image = f.image
 	steps := upMachineSteps(p)
-	if create := steps.Create.create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.SocketPath {
-		t.Fatalf("up bridges %+v, but gvproxy listens on %q", create.Sockets, cn.SocketPath)
+	// The guest gets the link front's socket, never gvproxy's API socket.
+	if create := steps.Create.create; len(create.Sockets) != 1 || create.Sockets[0].Host != cn.LinkPath || cn.LinkPath == cn.SocketPath {
+		t.Fatalf("up bridges %+v, but the guest link front listens on %q (gvproxy on %q)", create.Sockets, cn.LinkPath, cn.SocketPath)
 	}
 	name := p.Machine
 	defer func() {

@@ -23,24 +23,32 @@ import (
 	"unsafe"
 )
 
-// The confined gvproxy (DESIGN.md §2). Stock gvproxy dials whatever the guest
-// asks for and its guest-reachable API replaces host files with sockets
-// (reference/gvproxy.md §1.5-1.6); no option turns that off. So gvproxy runs
+// The confined gvproxy. Stock gvproxy dials whatever the guest asks for
+// (pkg/services/forwarder/tcp.go:34 @ v0.8.9) and its guest-reachable API on
+// gateway:80 (cmd/gvproxy/main.go:160-168 @ v0.8.9) opens listeners and
+// replaces files with sockets; no option turns that off. So gvproxy runs
 //
-//   - in a new user+network+mount namespace whose only interface is lo: every
-//     dial it makes fails, except to the relay listeners on 127.0.0.1:P;
+//   - in a new user+network+mount+PID namespace whose only interface is lo:
+//     every dial it makes fails, except to the relay listeners on
+//     127.0.0.1:P; _confine is the namespace's init, so gvproxy dies with it;
 //   - chrooted into a read-only tmpfs holding only its binary, its config and
-//     the socket directory (read-write, at the same absolute path, because
-//     gvproxy names the socket by path): the API can touch no host file;
+//     the socket directory (bound at the same absolute path, because gvproxy
+//     names the socket by path, and sealed read-only once gvproxy has made
+//     its socket): the API can touch no host file;
 //   - with every capability dropped and no_new_privs set: it is uid 0 of its
 //     user namespace, which would otherwise hold a full capability set there.
 //
+// The guest never reaches gvproxy's socket (its whole HTTP API): it gets
+// the guest link front's (guestlink.go), which the owner runs.
+//
 // Process tree (each child dies with its parent through Pdeathsig):
 //
-//	owner (startConfined; relays: accept on 127.0.0.1:P of the confined
-//	 │     namespace -> dial 127.0.0.1:P in the host namespace)
-//	 └─ smolbottle _confine   new user+net+mount ns; lo; opens the relay
-//	     │                    listeners and hands them to the owner; jail
+//	owner (startConfined; the guest link front; relays: accept on
+//	 │     127.0.0.1:P of the confined namespace -> dial 127.0.0.1:P in the
+//	 │     host namespace)
+//	 └─ smolbottle _confine   new user+net+mount+PID ns (its init); lo; opens
+//	     │                    the relay listeners and hands them to the
+//	     │                    owner; jail
 //	     └─ smolbottle _dropexec -> gvproxy   chroot, caps dropped, no_new_privs
 //
 // _confine and _dropexec are internal subcommands: argv is built here only.
@@ -72,11 +80,13 @@ type confineSpec struct {
 
 // confinedNet is a running confined gvproxy with its relays.
 type confinedNet struct {
-	SocketPath string // gvproxy's listen socket: gvforwarder connects here
+	SocketPath string // gvproxy's listen socket and API: smolbottle's alone
+	LinkPath   string // the guest link front's socket: gvforwarder connects here (gvproxy's own when unconfined)
 	InnerPID   int    // the _confine process (0 when unconfined)
 	GvproxyPID int
 
 	cmd    *exec.Cmd
+	link   *guestLink
 	relays []*relay
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -86,8 +96,8 @@ type confinedNet struct {
 }
 
 // stagePaths are the fixed places of a stage used here.
-func stagePaths(stage string) (sockDir, jailDir, config string) {
-	return filepath.Join(stage, "sock"), filepath.Join(stage, "jail"), filepath.Join(stage, "gvproxy.yaml")
+func stagePaths(stage string) (sock, jail, config string) {
+	return filepath.Join(stage, sockDir), filepath.Join(stage, jailDirName), filepath.Join(stage, gvproxyFile)
 }
 
 // startConfined starts gvproxy confined and the relays for spec.Ports, and
@@ -156,6 +166,17 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	}
 	if err := waitGvproxyReady(runCtx, c.SocketPath, c.done, confineReadyTimeout); err != nil {
 		return fail(err)
+	}
+	c.LinkPath = c.SocketPath
+	if !spec.Unconfined {
+		// The guest gets the front's socket, never gvproxy's (guestlink.go).
+		c.LinkPath = linkPath(spec.Stage)
+		if err := mkdirAllPrivate(filepath.Dir(c.LinkPath)); err != nil {
+			return fail(setupStepError("prepare the stage", err))
+		}
+		if c.link, err = startGuestLink(c.LinkPath, c.SocketPath, logf); err != nil {
+			return fail(setupStepError("listen for the guest link", err))
+		}
 	}
 	context.AfterFunc(runCtx, func() { c.Close() })
 	return c, nil
@@ -282,6 +303,10 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		closeFDs(fds)
 		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
 	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	portCap, bottleCap := relayCaps(lim.Cur)
+	bottle := &connCap{max: bottleCap}
 	for i, fd := range fds {
 		f := os.NewFile(uintptr(fd), "relay")
 		ln, err := net.FileListener(f)
@@ -290,7 +315,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 			closeFDs(fds[i+1:])
 			return setupStepError("take over the relay listeners", err)
 		}
-		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf))
+		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf, portCap, bottle))
 	}
 	return nil
 }
@@ -408,6 +433,9 @@ func (c *confinedNet) Close() error {
 		}
 		if c.cmd != nil {
 			<-c.done
+		}
+		if c.link != nil {
+			c.link.Close()
 		}
 		for _, r := range c.relays {
 			r.Close()
@@ -622,8 +650,9 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // buildJail mounts the chroot for gvproxy: a tmpfs holding the binary (bind,
-// read-only), the config (a copy) and the socket directory (bind,
-// read-write, same absolute path), then remounts the tmpfs read-only. It
+// read-only), the config (a copy) and the socket directory (bind, same
+// absolute path; writable until gvproxy has made its socket, then sealed by
+// runConfine), then remounts the tmpfs read-only. It
 // runs in the private mount namespace, so the host sees none of it.
 func buildJail(ic innerConfig) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {

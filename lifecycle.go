@@ -22,7 +22,7 @@ import (
 // bottleInfo is one line of smolbottle ls.
 type bottleInfo struct {
 	Slug    string `json:"slug"`
-	State   string `json:"state"` // planned, running, stale
+	State   string `json:"state"` // planned, starting, running, stale
 	Machine string `json:"machine"`
 	Subnet  string `json:"subnet"`
 	Stage   string `json:"stage"`
@@ -30,8 +30,8 @@ type bottleInfo struct {
 
 // listBottles reads every stage under root, and every stage a pointer
 // under root names (bottles planned with -stage). A stage with a state
-// file whose supervisor is alive is running; one whose supervisor is gone
-// is stale and needs down; one with only a plan is planned.
+// file is running, starting or stale (bottleState.stateWord); one with only
+// a plan is planned.
 func listBottles(root string) ([]bottleInfo, error) {
 	entries, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -59,10 +59,7 @@ func listBottles(root string) ([]bottleInfo, error) {
 		}
 		b := bottleInfo{Slug: p.Slug, State: "planned", Machine: p.Machine, Subnet: p.Net.Subnet.String(), Stage: stage}
 		if st, ok, err := readState(stage); err == nil && ok {
-			b.State = "stale"
-			if st.Supervisor.alive() {
-				b.State = "running"
-			}
+			b.State = st.stateWord()
 		}
 		out = append(out, b)
 	}
@@ -239,6 +236,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	}
 	prog.step("egress self-test from inside the guest")
 	if err := egressSelfTest(ctx, sv, p, steps.Probe.exec, st); err != nil {
+		return p, err
+	}
+	if err := markReady(p.Stage); err != nil {
 		return p, err
 	}
 	prog.step("ready: %s", p.Machine)

@@ -19,7 +19,7 @@ import (
 
 func TestLs(t *testing.T) {
 	b := newTestBottle(t, "")
-	for _, slug := range []string{"run", "old", "idle"} {
+	for _, slug := range []string{"run", "old", "idle", "half", "busy"} {
 		p, err := resolvePlan(context.Background(), b.opts(slug), b.env(t))
 		if err != nil {
 			t.Fatal(err)
@@ -28,7 +28,10 @@ func TestLs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeState(t, filepath.Join(b.state, "run"), bottleState{Slug: "run", Supervisor: selfIdent(t)})
+	writeState(t, filepath.Join(b.state, "run"), bottleState{Slug: "run", Supervisor: selfIdent(t), Ready: true})
+	// An up killed midway: its supervisor lives, the machine may not.
+	writeState(t, filepath.Join(b.state, "half"), bottleState{Slug: "half", Supervisor: selfIdent(t), Up: procIdent{PID: os.Getpid(), Start: 1}})
+	writeState(t, filepath.Join(b.state, "busy"), bottleState{Slug: "busy", Supervisor: selfIdent(t), Up: selfIdent(t)})
 	writeState(t, filepath.Join(b.state, "old"), bottleState{Slug: "old", Supervisor: procIdent{PID: os.Getpid(), Start: 1}})
 	os.Mkdir(filepath.Join(b.state, "not-a-stage"), 0o700)
 	t.Setenv("SMOLBOTTLE_STATE", b.state)
@@ -41,7 +44,7 @@ func TestLs(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatalf("ls -json: %v\n%s", err, out.String())
 	}
-	want := map[string]string{"idle": "planned", "old": "stale", "run": "running"}
+	want := map[string]string{"idle": "planned", "old": "stale", "run": "running", "half": "stale", "busy": "starting"}
 	if len(got) != len(want) {
 		t.Fatalf("ls = %+v, want %d bottles", got, len(want))
 	}

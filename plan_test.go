@@ -144,7 +144,7 @@ func TestPlanWritesPrivateStage(t *testing.T) {
 		seen[s.Port] = true
 	}
 	wantFiles := map[string]os.FileMode{
-		"": 0o700, sockDir: 0o700, guestDir: 0o700, logsDir: 0o700,
+		"": 0o700, sockDir: 0o700, linkDir: 0o700, guestDir: 0o700, logsDir: 0o700,
 		smolfileName: 0o600, gvproxyFile: 0o600, pipelockFile: 0o600, planFile: 0o600,
 	}
 	err = filepath.WalkDir(p.Stage, func(path string, d os.DirEntry, err error) error {

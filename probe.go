@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -12,10 +13,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -51,6 +54,9 @@ const (
 	probeNoDNS   = "no-dns"  // Host of Type must give no record
 	probeAPI     = "api"     // POST Body to the gateway's expose API; judged by the host
 	probeBurst   = "burst"   // Count dials to Want (black hole) must not stall the echo at Addr
+	probeNoLink  = "no-link" // Body sent on the unix socket Addr must be refused (guestlink.go)
+	probeFlood   = "flood"   // Count held streams to Addr end at a cap; Addr echoes again after release
+	probeSpoof   = "spoof"   // Count raw TCP SYNs to Addr from Want, an address the guest does not own; judged by the host
 )
 
 // probe is one row of the matrix.
@@ -208,8 +214,39 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 		return true, postAPI(ctx, plan.Gateway, p.Body)
 	case probeBurst:
 		return burstCheck(ctx, p)
+	case probeNoLink:
+		return mustRefuseLink(p.Addr, p.Body)
+	case probeFlood:
+		return floodCheck(ctx, p)
+	case probeSpoof:
+		return spoofSYNs(p)
 	}
 	return false, fmt.Sprintf("unknown probe kind %q", p.Kind)
+}
+
+// mustRefuseLink sends body on the unix socket at path and passes only when
+// the answer is the guest link front's 403. gvproxy itself answers its API
+// with 200, 400 or 404 and a /connect with silence, holding the link open:
+// all fail.
+func mustRefuseLink(path, body string) (bool, string) {
+	c, err := net.DialTimeout("unix", path, probeDialTimeout)
+	if err != nil {
+		return false, shortErr(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	io.WriteString(c, body) // the front may refuse before all is sent
+	got, err := io.ReadAll(io.LimitReader(c, 512))
+	line, _, _ := strings.Cut(string(got), "\r\n")
+	switch {
+	case strings.HasPrefix(line, "HTTP/1.1 403 "):
+		return true, line
+	case len(got) == 0 && err == nil:
+		return false, "closed without the front's refusal"
+	case len(got) == 0:
+		return false, "no answer: " + shortErr(err)
+	}
+	return false, fmt.Sprintf("answered %q", line)
 }
 
 // mustNotConnect passes when no TCP connection can be opened.
@@ -367,6 +404,166 @@ func burstCheck(ctx context.Context, p probe) (bool, string) {
 	}
 	return true, fmt.Sprintf("sidecar answered in %v with %d dials pending", took.Round(time.Millisecond), p.Count)
 }
+
+// floodCheck opens Count streams to Addr, each sending a first line so that
+// the relay dials the sidecar, and holds them; then it counts how many are
+// still open (the relays close those over their cap), releases them all
+// and waits for the echo at Addr to answer again. It passes when some
+// streams were refused and the echo answers within floodRecoverLimit; the
+// host judges the caps themselves.
+func floodCheck(ctx context.Context, p probe) (bool, string) {
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		fails int
+	)
+	jobs := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 { // gvproxy takes 10 handshakes at a time (tcp.go:21 @ v0.8.9)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 2 * time.Second}
+			for range jobs {
+				mu.Lock()
+				broken := fails > floodMaxFails
+				mu.Unlock()
+				if broken { // no network left: do not wait 2 s per stream
+					continue
+				}
+				c, err := d.DialContext(ctx, "tcp4", p.Addr)
+				mu.Lock()
+				if err != nil {
+					fails++
+				} else {
+					conns = append(conns, c)
+				}
+				mu.Unlock()
+				if err == nil {
+					io.WriteString(c, "GET / HTTP/1.1\r\n")
+				}
+			}
+		}()
+	}
+	for range p.Count {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	// A refused stream reads EOF or a reset at once; a held one times out.
+	var held, refused int
+	var cw sync.WaitGroup
+	for _, c := range conns {
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 64)
+			_, err := io.ReadFull(c, buf[:len("GET / HTTP/1.1\r\n")])
+			var ne net.Error
+			mu.Lock()
+			if err == nil || errors.As(err, &ne) && ne.Timeout() {
+				held++ // echoed or silent: still open
+			} else {
+				refused++
+			}
+			mu.Unlock()
+		}()
+	}
+	cw.Wait()
+	for _, c := range conns {
+		c.Close()
+	}
+	start := time.Now()
+	var err error
+	tries, firstErr := 0, ""
+	for time.Since(start) < floodRecoverLimit {
+		tries++
+		if _, err = echoCheck(ctx, p.Addr, 1024, floodRecoverLimit); err == nil {
+			break
+		}
+		if firstErr == "" {
+			firstErr = fmt.Sprintf(" (first try: %v after %v)", shortErr(err), time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(start).Round(time.Millisecond)
+	detail := fmt.Sprintf("%d streams: %d held, %d closed by the relay, %d dials failed; echo again %v after release, try %d%s", p.Count, held, refused, fails, took, tries, firstErr)
+	if err != nil {
+		return false, detail + ": " + shortErr(err)
+	}
+	return refused > 0, detail
+}
+
+// spoofSYNs sends Count TCP SYNs to Addr from the address Want over a raw
+// socket, as a guest would to make gvproxy dial for handshakes that never
+// complete, and gives gvproxy a second to act on them.
+func spoofSYNs(p probe) (bool, string) {
+	dst, err := netip.ParseAddrPort(p.Addr)
+	if err != nil {
+		return false, err.Error()
+	}
+	src, err := netip.ParseAddr(p.Want)
+	if err != nil || !src.Is4() || !dst.Addr().Is4() {
+		return false, fmt.Sprintf("want IPv4 addresses, got %q and %q", p.Want, p.Addr)
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+	if err != nil {
+		return false, "raw socket: " + err.Error()
+	}
+	defer syscall.Close(fd)
+	sa := &syscall.SockaddrInet4{Addr: dst.Addr().As4()}
+	for i := range p.Count {
+		if err := syscall.Sendto(fd, synPacket(src, dst, uint16(40000+i), uint32(i+1)*7919), 0, sa); err != nil {
+			return false, "send: " + err.Error()
+		}
+	}
+	time.Sleep(time.Second)
+	return true, fmt.Sprintf("%d SYNs sent from %s", p.Count, src)
+}
+
+// synPacket is an IPv4 packet holding a bare TCP SYN (no options).
+func synPacket(src netip.Addr, dst netip.AddrPort, sport uint16, seq uint32) []byte {
+	b := make([]byte, 40)
+	b[0], b[8], b[9] = 0x45, 64, 6 // IPv4, 20-byte header; TTL; TCP
+	binary.BigEndian.PutUint16(b[2:], 40)
+	binary.BigEndian.PutUint16(b[6:], 0x4000) // don't fragment
+	s4, d4 := src.As4(), dst.Addr().As4()
+	copy(b[12:], s4[:])
+	copy(b[16:], d4[:])
+	binary.BigEndian.PutUint16(b[10:], inetChecksum(b[:20], 0))
+	t := b[20:]
+	binary.BigEndian.PutUint16(t[0:], sport)
+	binary.BigEndian.PutUint16(t[2:], dst.Port())
+	binary.BigEndian.PutUint32(t[4:], seq)
+	t[12], t[13] = 5<<4, 0x02 // 20-byte header; SYN
+	binary.BigEndian.PutUint16(t[14:], 64240)
+	var pseudo uint32 = 6 + 20 // protocol and TCP length
+	for _, a := range [][4]byte{s4, d4} {
+		pseudo += uint32(a[0])<<8 | uint32(a[1])
+		pseudo += uint32(a[2])<<8 | uint32(a[3])
+	}
+	binary.BigEndian.PutUint16(t[16:], inetChecksum(t, pseudo))
+	return b
+}
+
+// inetChecksum is the RFC 1071 checksum of b, starting from sum.
+func inetChecksum(b []byte, sum uint32) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// floodRecoverLimit is a generous bound: the measured figure is in the
+// row's detail.
+const (
+	floodRecoverLimit = 5 * time.Second
+	floodMaxFails     = 100
+)
 
 // shortErr trims the "dial tcp4 1.2.3.4:5->" prefix a reader does not need.
 func shortErr(err error) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -139,5 +140,21 @@ func TestProbeTCPAndPass(t *testing.T) {
 	}
 	if probesPass([]probeResult{{Pass: true}, {Pass: false}}) {
 		t.Error("a failing row: got pass")
+	}
+}
+
+// TestSynPacketChecksums: the IPv4 and TCP checksums of a spoofed SYN
+// verify (a checksum over the covered bytes, the checksum included, is 0).
+func TestSynPacketChecksums(t *testing.T) {
+	b := synPacket(netip.MustParseAddr("192.168.7.77"), netip.MustParseAddrPort("192.168.7.254:8080"), 40000, 7919)
+	if got := inetChecksum(b[:20], 0); got != 0 {
+		t.Errorf("IPv4 header checksum does not verify: %#x", got)
+	}
+	pseudo := uint32(192<<8|168) + uint32(7<<8|77) + uint32(192<<8|168) + uint32(7<<8|254) + 6 + 20
+	if got := inetChecksum(b[20:], pseudo); got != 0 {
+		t.Errorf("TCP checksum does not verify: %#x", got)
+	}
+	if b[33] != 0x02 || b[9] != 6 {
+		t.Errorf("not a TCP SYN: %x", b)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,27 +18,56 @@ import (
 // stays in the namespace it was made in, so this crosses the boundary with
 // one hop and without any file the jail or the guest could reach. Only TCP
 // is relayed: a guest has no UDP path to the host at all.
-const relayDialTimeout = 5 * time.Second
+//
+// Invariants:
+//   - At most relayPortCap streams per port and relayBottleCap per bottle
+//     are open or waiting; one over the cap is closed at once, so the guest
+//     sees a refusal, not a hang.
+//   - The sidecar is dialled only once the guest side has sent its first
+//     bytes (every sidecar is client-speaks-first HTTP), and a stream that
+//     sends nothing within relayFirstByteTimeout is closed. gvproxy dials
+//     the relay for every SYN before the guest's handshake completes
+//     (pkg/services/forwarder/tcp.go:34 runs before CreateEndpoint at
+//     tcp.go:42, which performs the handshake:
+//     vendor/gvisor.dev/gvisor/pkg/tcpip/transport/tcp/forwarder.go:148-159
+//     @ v0.8.9), and when that handshake fails, as it does for a spoofed
+//     source, it never closes the connection it dialled (tcp.go:44-51). So a
+//     spoofed SYN costs the host sidecar nothing, and its slot here is freed
+//     after relayFirstByteTimeout.
+//   - A failed accept (EMFILE, ENFILE, ECONNABORTED, ...) is retried after a
+//     short backoff; only Close stops a relay.
+//
+// The caps and the descriptor budget behind them are in limits.go.
+const (
+	relayDialTimeout      = 5 * time.Second
+	relayFirstByteTimeout = 20 * time.Second
+	relayFirstChunk       = 2 << 10
+)
 
 // relay accepts connections on one listener and joins each to a fresh
 // connection from dial. Close stops accepting and cuts every open stream, so
 // nothing outlives the bottle.
 type relay struct {
-	ln   net.Listener
-	dial func(ctx context.Context) (net.Conn, error)
-	logf func(format string, args ...any)
+	ln     net.Listener
+	dial   func(ctx context.Context) (net.Conn, error)
+	logf   func(format string, args ...any)
+	port   connCap  // this port's streams
+	bottle *connCap // the bottle's streams, shared by its relays
 
-	ctx    context.Context // cancelled by Close: cuts dials in flight
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	ctx     context.Context // cancelled by Close: cuts dials in flight
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	closed  bool
+	refused refusalLog
+	taken   atomic.Int64 // streams accepted, for the selftest
+	wg      sync.WaitGroup
 }
 
-// startRelay serves ln in the background.
-func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), logf func(string, ...any)) *relay {
-	r := &relay{ln: ln, dial: dial, logf: logf, conns: map[net.Conn]struct{}{}}
+// startRelay serves ln in the background, with at most portCap streams of
+// its own and at most bottle.max together with the relays sharing bottle.
+func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), logf func(string, ...any), portCap int, bottle *connCap) *relay {
+	r := &relay{ln: ln, dial: dial, logf: logf, port: connCap{max: portCap}, bottle: bottle, conns: map[net.Conn]struct{}{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.serve()
@@ -52,37 +82,82 @@ func tcpDialer(addr string) func(ctx context.Context) (net.Conn, error) {
 
 func (r *relay) serve() {
 	defer r.wg.Done()
+	var backoff acceptBackoff
 	for {
 		c, err := r.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				r.logf("relay %s: accept: %v", r.ln.Addr(), err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			r.logRefusal("accept: %v (retrying)", err)
+			backoff.wait()
+			continue
+		}
+		backoff.reset()
+		r.taken.Add(1)
+		if !r.port.take() {
+			c.Close()
+			r.logRefusal("over the cap of %d streams for this port", r.port.max)
+			continue
+		}
+		if !r.bottle.take() {
+			r.port.give()
+			c.Close()
+			r.logRefusal("over the cap of %d streams for the bottle", r.bottle.max)
+			continue
 		}
 		if !r.track(c) {
+			r.release()
 			c.Close()
 			return
 		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
+			defer r.release()
 			defer r.untrack(c)
-			d, err := r.dial(r.ctx)
-			if err != nil {
-				r.logf("relay %s: %v", r.ln.Addr(), err)
-				c.Close()
-				return
-			}
-			if !r.track(d) {
-				c.Close()
-				d.Close()
-				return
-			}
-			defer r.untrack(d)
-			joinConns(c, d)
+			r.serveConn(c)
 		}()
 	}
+}
+
+// serveConn waits for the guest's first bytes, then dials and joins.
+func (r *relay) serveConn(c net.Conn) {
+	first := make([]byte, relayFirstChunk)
+	c.SetReadDeadline(time.Now().Add(relayFirstByteTimeout))
+	n, err := c.Read(first)
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Close()
+		return
+	}
+	d, err := r.dial(r.ctx)
+	if err != nil {
+		r.logf("relay %s: %v", r.ln.Addr(), err)
+		c.Close()
+		return
+	}
+	if !r.track(d) {
+		c.Close()
+		d.Close()
+		return
+	}
+	defer r.untrack(d)
+	if _, err := d.Write(first[:n]); err != nil {
+		c.Close()
+		d.Close()
+		return
+	}
+	joinConns(c, d)
+}
+
+func (r *relay) release() {
+	r.bottle.give()
+	r.port.give()
+}
+
+func (r *relay) logRefusal(format string, args ...any) {
+	r.refused.log(r.logf, "relay "+r.ln.Addr().String(), format, args...)
 }
 
 func (r *relay) track(c net.Conn) bool {
@@ -117,9 +192,9 @@ func (r *relay) Close() error {
 
 // joinConns copies both ways until both directions have ended, passing each
 // half-close on. a and b are handed to io.Copy as the concrete *net.TCPConn
-// and *net.UnixConn values: that lets the runtime use splice(2) between the
-// two sockets instead of copying through user space, which is what keeps the
-// two extra hops of the confined path cheap.
+// values: that lets the runtime use splice(2) between the two sockets
+// instead of copying through user space, which keeps the relay's one extra
+// hop cheap.
 func joinConns(a, b net.Conn) {
 	var wg sync.WaitGroup
 	wg.Add(2)

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,7 +20,7 @@ func TestRelayCarriesAndCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := startRelay(ln, tcpDialer(target), t.Logf)
+	r := startRelay(ln, tcpDialer(target), t.Logf, relayPortCap, &connCap{max: relayBottleCap})
 	if _, err := echoCheck(context.Background(), ln.Addr().String(), 1<<20, 10*time.Second); err != nil {
 		t.Fatalf("through the relay: %v", err)
 	}
@@ -43,5 +47,227 @@ func TestRelayCarriesAndCloses(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp4", ln.Addr().String(), time.Second); err == nil {
 		t.Error("listener still accepts after Close")
+	}
+}
+
+// countingTarget is an echo sidecar that counts the connections it holds
+// and the most it ever held at once.
+type countingTarget struct {
+	mu        sync.Mutex
+	open, max int
+}
+
+func (ct *countingTarget) serve(c net.Conn) {
+	ct.mu.Lock()
+	ct.open++
+	ct.max = max(ct.max, ct.open)
+	ct.mu.Unlock()
+	echoConn(c)
+	ct.mu.Lock()
+	ct.open--
+	ct.mu.Unlock()
+}
+
+func (ct *countingTarget) counts() (open, most int) {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	return ct.open, ct.max
+}
+
+// holdConns opens n connections to addr, each sending first when speak is
+// set, and waits for each to be echoed (speak) or accepted.
+func holdConns(t *testing.T, addr string, n int, speak bool) []net.Conn {
+	t.Helper()
+	var cs []net.Conn
+	t.Cleanup(func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	})
+	for range n {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+		if speak {
+			c.Write([]byte("x"))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatalf("held stream %d: %v", len(cs), err)
+			}
+		}
+	}
+	return cs
+}
+
+// refusedAtOnce reports whether a new stream to addr is closed by the relay
+// (EOF or reset) rather than left hanging; the deadline is generous.
+func refusedAtOnce(t *testing.T, addr string) bool {
+	t.Helper()
+	c, err := net.Dial("tcp4", addr)
+	if err != nil {
+		return true
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// TestRelayCaps: streams beyond the port cap, and beyond the bottle cap
+// shared by two relays, are closed at once; a freed slot serves again.
+func TestRelayCaps(t *testing.T) {
+	ct := &countingTarget{}
+	target := loopbackTCP(t, ct.serve)
+	bottle := &connCap{max: 5}
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := startRelay(ln, tcpDialer(target), t.Logf, 3, bottle)
+		t.Cleanup(func() { r.Close() })
+		addrs = append(addrs, ln.Addr().String())
+	}
+	a := holdConns(t, addrs[0], 3, true)
+	if !refusedAtOnce(t, addrs[0]) {
+		t.Errorf("a 4th stream on a port capped at 3 was not refused")
+	}
+	holdConns(t, addrs[1], 2, true)
+	if !refusedAtOnce(t, addrs[1]) {
+		t.Errorf("a 6th stream in a bottle capped at 5 was not refused")
+	}
+	if _, most := ct.counts(); most > 5 {
+		t.Errorf("the sidecar held %d streams at once, over the bottle cap 5", most)
+	}
+	a[0].Close()
+	var err error
+	for range 100 { // the relay frees the slot once both copies end
+		if _, err = echoCheck(context.Background(), addrs[1], 1, 10*time.Second); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("a freed slot does not serve again: %v", err)
+	}
+}
+
+// TestRelayDialsOnFirstBytes: gvproxy dials the relay for every SYN before
+// the guest's handshake completes and never closes that connection when the
+// handshake fails (pkg/services/forwarder/tcp.go:34-51 @ v0.8.9): a spoofed
+// SYN is a relay stream that never speaks. Such streams must not reach the
+// sidecar, must stay within the cap, and leave no slot taken for good.
+func TestRelayDialsOnFirstBytes(t *testing.T) {
+	ct := &countingTarget{}
+	target := loopbackTCP(t, ct.serve)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRelay(ln, tcpDialer(target), t.Logf, 4, &connCap{max: 4})
+	t.Cleanup(func() { r.Close() })
+	silent := holdConns(t, ln.Addr().String(), 4, false)
+	if !refusedAtOnce(t, ln.Addr().String()) {
+		t.Errorf("a 5th stream on a port capped at 4 was not refused")
+	}
+	if open, most := ct.counts(); open != 0 || most != 0 {
+		t.Errorf("silent streams reached the sidecar: %d open, %d at most", open, most)
+	}
+	// A silent stream that finally speaks is carried.
+	silent[0].Write([]byte("y"))
+	silent[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(silent[0], make([]byte, 1)); err != nil {
+		t.Errorf("a stream that spoke late was not carried: %v", err)
+	}
+}
+
+// flakyListener fails its first n accepts with err, as a listener does
+// when the process runs out of descriptors.
+type flakyListener struct {
+	net.Listener
+	mu  sync.Mutex
+	n   int
+	err error
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if l.n > 0 {
+		l.n--
+		l.mu.Unlock()
+		return nil, l.err
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+// TestRelayRecoversFromAcceptErrors: EMFILE, ENFILE and ECONNABORTED from
+// accept pause the relay; it serves again once accept works.
+func TestRelayRecoversFromAcceptErrors(t *testing.T) {
+	target := loopbackTCP(t, echoConn)
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED} {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl := &flakyListener{Listener: ln, n: 5, err: &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", errno)}}
+		r := startRelay(fl, tcpDialer(target), t.Logf, relayPortCap, &connCap{max: relayBottleCap})
+		if _, err := echoCheck(context.Background(), ln.Addr().String(), 1<<10, 10*time.Second); err != nil {
+			t.Errorf("%v: the relay did not recover: %v", errno, err)
+		}
+		r.Close()
+	}
+}
+
+func TestRelayCapsFitTheLimit(t *testing.T) {
+	for _, tc := range []struct {
+		nofile             uint64
+		wantPort, wantBott int
+	}{
+		{1 << 20, relayPortCap, relayBottleCap},
+		{20000, relayPortCap, relayBottleCap},
+		{1024, 128, 128},
+		{100, 1, 1},
+	} {
+		port, bottle := relayCaps(tc.nofile)
+		if port != tc.wantPort || bottle != tc.wantBott {
+			t.Errorf("relayCaps(%d) = %d, %d, want %d, %d", tc.nofile, port, bottle, tc.wantPort, tc.wantBott)
+		}
+		if tc.nofile > relayFDReserve && uint64(bottle*relayFDsPerStream+relayFDReserve) > tc.nofile {
+			t.Errorf("relayCaps(%d): %d streams leave no reserve", tc.nofile, bottle)
+		}
+	}
+}
+
+// BenchmarkRelayConnect: connect, one byte there and back, close; direct
+// to the sidecar and through a relay, on loopback.
+func BenchmarkRelayConnect(b *testing.B) {
+	target := loopbackTCP(b, echoConn)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := startRelay(ln, tcpDialer(target), b.Logf, relayPortCap, &connCap{max: relayBottleCap})
+	defer r.Close()
+	for _, tc := range []struct{ name, addr string }{{"direct", target}, {"relay", ln.Addr().String()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			buf := make([]byte, 1)
+			for b.Loop() {
+				c, err := net.Dial("tcp4", tc.addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Write(buf)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
 	}
 }

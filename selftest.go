@@ -36,7 +36,7 @@ import (
 //	     ├─ _selftest-peer lan, _selftest-peer internet  (TCP and UDP listeners)
 //	     ├─ _confine -> gvproxy   (startConfined, exactly as a bottle runs it)
 //	     └─ _selftest-guest  new net ns: the VM stand-in
-//	         └─ gvforwarder -url unix://<stage>/net/sock/gvproxy.sock -preexisting
+//	         └─ gvforwarder -url unix://<stage>/net/link/guest.sock -preexisting (the front, guestlink.go)
 //
 // The guest runs the probes (probe.go); the host then checks what the guest
 // cannot see: that nothing reached the resolver or any listener, that the
@@ -248,6 +248,7 @@ type sandbox struct {
 	log                             io.Writer
 	closers                         []func()
 	upstream, listeners             counter
+	flood                           floodStats
 }
 
 func (s *sandbox) close() {
@@ -560,7 +561,11 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	}
 
 	netStage := filepath.Join(s.stage, "net")
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort}, Log: s.log, Unconfined: s.unconfined})
+	spoofPort, err := s.spoofSidecar()
+	if err != nil {
+		return err
+	}
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort}, Log: s.log, Unconfined: s.unconfined})
 	if err != nil {
 		return err
 	}
@@ -604,9 +609,48 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		{Name: "IPv6 on-link [" + guestIPv6Gateway + "]:80", Kind: probeNoTCP6, Addr: "[" + guestIPv6Gateway + "]:80"},
 		{Name: "cloud metadata " + metadataAddr, Kind: probeNoTCP, Addr: metadataAddr},
 		{Name: "32 dials to black hole " + blackHole + " do not stall the sidecar", Kind: probeBurst, Addr: vip(sidecarPort), Want: blackHole, Count: 32},
-		{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
 	}}
-	out, err := s.runGuest(ctx, []string{cn.SocketPath}, []bottleNet{n}, "matrix", plan)
+	apiRows := plan.Probes[:4]
+	// The guest's socket carries one VM link and nothing else: each of
+	// gvproxy's endpoints (pkg/virtualnetwork/mux.go:18-104,
+	// services.go @ v0.8.9) and a second /connect while gvforwarder's link
+	// lives must be refused there.
+	linkReq := func(method, target, body string) string {
+		return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: gvproxy\r\nContent-Length: %d\r\n\r\n%s", method, target, len(body), body)
+	}
+	dnsAdd := `{"name":"internal.","records":[{"name":"api.anthropic.com","ip":"203.0.113.10"}]}`
+	expose := exposeJSON(map[string]string{"local": "127.0.0.1:" + strconv.Itoa(exposePort), "remote": guestTCP})
+	var linkRows []probe
+	for _, r := range []struct{ name, req string }{
+		{"GET /stats", linkReq("GET", "/stats", "")},
+		{"GET /cam", linkReq("GET", "/cam", "")},
+		{"GET /leases", linkReq("GET", "/leases", "")},
+		{"GET /services/dns/all", linkReq("GET", "/services/dns/all", "")},
+		{"POST /services/dns/add", linkReq("POST", "/services/dns/add", dnsAdd)},
+		{"GET /services/forwarder/all", linkReq("GET", "/services/forwarder/all", "")},
+		{"POST /services/forwarder/expose", linkReq("POST", "/services/forwarder/expose", expose)},
+		{"POST /services/forwarder/unexpose", linkReq("POST", "/services/forwarder/unexpose", expose)},
+		{"POST /tunnel", linkReq("POST", "/tunnel?ip="+n.Guest.String()+"&port=22", "")},
+		{"GET /connect", linkReq("GET", "/connect", "")},
+		{"POST /connect with a body", linkReq("POST", "/connect", "x")},
+		{"a second POST /connect while the link lives", linkRequest},
+		{"not HTTP", "\x00\x01garbage\r\n\r\n"},
+	} {
+		linkRows = append(linkRows, probe{Name: "guest socket refuses " + r.name, Kind: probeNoLink, Addr: cn.LinkPath, Body: r.req})
+	}
+	// The link rows first, while the unconfined control's socket is still
+	// gvproxy's (a later API row replaces it there). The flood last: the
+	// streams the relays refuse are closed by gvproxy, whose stack then
+	// holds them in TIME_WAIT, and a later guest dial that reuses one of
+	// those ports can lose its first SYNs.
+	plan.Probes = append(linkRows, plan.Probes...)
+	plan.Probes = append(plan.Probes,
+		probe{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
+		probe{Name: floodRow, Kind: probeFlood, Addr: vip(sidecarPort), Count: selftestFlood},
+		// Last: spoofed handshakes hold gvproxy's 10 in-flight slots.
+		probe{Name: spoofRow, Kind: probeSpoof, Addr: vip(spoofPort), Want: spoofSource(n).String(), Count: selftestSpoofs})
+	stopSampling := s.sampleOwner()
+	out, err := s.runGuest(ctx, []string{cn.LinkPath}, []bottleNet{n}, "matrix", plan)
 	if err != nil {
 		return err
 	}
@@ -617,26 +661,26 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	for i := range results {
 		r := &results[i]
 		switch r.Name {
-		case plan.Probes[0].Name:
+		case apiRows[0].Name:
 			r.Pass, r.Detail = mustNotListen([]string{loopbackAddr(exposePort), at(lanHost, exposePort), at(inetHost, exposePort)}), r.Detail+"; host: nothing listens on :"+strconv.Itoa(exposePort)
 			if !r.Pass {
 				r.Detail = "a host address accepts on :" + strconv.Itoa(exposePort)
 			}
-		case plan.Probes[1].Name:
+		case apiRows[1].Name:
 			got, err := os.ReadFile(victim)
 			r.Pass = err == nil && bytes.Equal(got, victimData)
 			r.Detail += "; host: file intact"
 			if !r.Pass {
 				r.Detail = fmt.Sprintf("host file changed: %v", err)
 			}
-		case plan.Probes[2].Name:
+		case apiRows[2].Name:
 			err := waitGvproxyReady(ctx, cn.SocketPath, nil, time.Second)
 			r.Pass = err == nil
 			r.Detail += "; host: the socket is still gvproxy's API"
 			if !r.Pass {
 				r.Detail = fmt.Sprintf("the socket no longer answers as gvproxy: %v", err)
 			}
-		case plan.Probes[3].Name:
+		case apiRows[3].Name:
 			got, err := os.ReadFile(configPath)
 			r.Pass = err == nil && bytes.Equal(got, configData)
 			r.Detail += "; host: config intact"
@@ -645,7 +689,10 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 			}
 		}
 	}
+	stopSampling()
 	results = append(results, s.hostRows(cn)...)
+	results = append(results, s.floodRows(cn)...)
+	results = append(results, s.spoofRow(cn))
 	mode := "confined"
 	if s.unconfined {
 		mode = "UNCONFINED"
@@ -1018,7 +1065,7 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 			return err
 		}
 		s.closers = append(s.closers, func() { cn.Close() })
-		socks, nets = append(socks, cn.SocketPath), append(nets, n)
+		socks, nets = append(socks, cn.LinkPath), append(nets, n)
 		plan.Probes = append(plan.Probes, probe{Addr: netip.AddrPortFrom(n.HostVIP, uint16(port)).String()})
 	}
 	plan.Gateway = nets[0].Gateway.String()
@@ -1048,7 +1095,11 @@ func (s *sandbox) echoSidecar() (int, error) {
 			if err != nil {
 				return
 			}
-			go echoServe(c)
+			s.sidecarOpen(+1)
+			go func() {
+				echoServe(c)
+				s.sidecarOpen(-1)
+			}()
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, nil

@@ -112,6 +112,16 @@ func TestSelftestDetectsLeaks(t *testing.T) {
 		"gvproxy holds no capability, no_new_privs set",
 		"gvproxy's network namespace has only lo",
 		"gvproxy is chrooted into the jail",
+		"guest socket refuses GET /stats",
+		"guest socket refuses GET /cam",
+		"guest socket refuses GET /leases",
+		"guest socket refuses GET /services/dns/all",
+		"guest socket refuses POST /services/dns/add",
+		"guest socket refuses GET /services/forwarder/all",
+		"guest socket refuses POST /services/forwarder/expose",
+		"guest socket refuses POST /tunnel",
+		"guest socket refuses a second POST /connect while the link lives",
+		"guest socket refuses not HTTP",
 	} {
 		if rows[name] != "FAIL" {
 			t.Errorf("unconfined row %q: got %q, want FAIL", name, rows[name])

@@ -22,7 +22,8 @@ import (
 //	<stage>/Smolfile       smolvm machine definition
 //	<stage>/gvproxy.yaml   gvproxy config
 //	<stage>/pipelock.yaml  egress proxy config
-//	<stage>/sock/          gvproxy's API socket (the only directory gvproxy may write)
+//	<stage>/sock/          gvproxy's API socket, smolbottle's alone (gvproxy creates it, then its jail seals the directory read-only)
+//	<stage>/link/          the guest link front's socket, the one smolvm bridges into the guest (guestlink.go)
 //	<stage>/jail/          gvproxy's chroot mount point, empty outside its namespace
 //	<stage>/guest/         binaries mounted read-only into the guest
 //	<stage>/logs/          logs, kept by down
@@ -37,6 +38,9 @@ const (
 	guestDir     = "guest"
 	logsDir      = "logs"
 	gvproxySock  = "gvproxy.sock"
+	linkDir      = "link"
+	linkSock     = "guest.sock"
+	jailDirName  = "jail"
 )
 
 // stateRoot returns the directory under which bottles are staged by
@@ -56,10 +60,17 @@ func stateRoot(getenv func(string) string) (string, error) {
 	return filepath.Join(home, ".local", "state", "smolbottle"), nil
 }
 
-// checkSocketPaths refuses a stage whose unix socket path (gvproxy's; the
-// relays use no socket files) would not fit in sun_path on every host.
+// linkPath is the guest link front's socket: the one smolvm bridges in.
+func linkPath(stage string) string { return filepath.Join(stage, linkDir, linkSock) }
+
+// checkSocketPaths refuses a stage whose unix socket paths (gvproxy's and
+// the guest link's; the relays use no socket files) would not fit in
+// sun_path on every host.
 func checkSocketPaths(stage string) error {
 	longest := filepath.Join(stage, sockDir, gvproxySock)
+	if l := filepath.Join(stage, linkDir, linkSock); len(l) > len(longest) {
+		longest = l
+	}
 	if len(longest) > maxSocketPath {
 		return withHint(fmt.Errorf("stage %q is too long for a unix socket: %q is %d bytes, the limit is %d",
 			stage, longest, len(longest), maxSocketPath), "pass -stage with a shorter directory, such as /tmp/sb-SLUG")
@@ -76,6 +87,35 @@ type bottleState struct {
 	Supervisor procIdent `json:"supervisor"`
 	Canary     int       `json:"canary"`  // host loopback port the guest must not reach
 	Gvproxy    int       `json:"gvproxy"` // pid of the confined gvproxy, for the record
+	Up         procIdent `json:"up"`      // the up that started the supervisor
+	Ready      bool      `json:"ready"`   // set by up once the bottle passed its self-test
+}
+
+// markReady records that up finished: until then a supervisor whose up is
+// gone is a half-made bottle, which it tears down itself and ls calls stale.
+func markReady(stage string) error {
+	st, ok, err := readState(stage)
+	if err != nil || !ok {
+		return fmt.Errorf("record that up finished: %v", err)
+	}
+	st.Ready = true
+	data, _ := json.Marshal(st)
+	return writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600)
+}
+
+// stateWord is ls's word for a recorded bottle: running only when its
+// supervisor lives and up finished; starting while up still works on it;
+// stale (down cleans it up) otherwise.
+func (st bottleState) stateWord() string {
+	switch {
+	case !st.Supervisor.alive():
+		return "stale"
+	case st.Ready:
+		return "running"
+	case st.Up.alive():
+		return "starting"
+	}
+	return "stale"
 }
 
 // procIdent names a process across pid reuse: the pid plus its start time

@@ -78,6 +78,13 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, ready fun
 		return err
 	}
 	logs := filepath.Join(stage, logsDir)
+	// The up that started this process, watched until it marks the bottle
+	// ready: if it dies before (SIGKILL), nothing else will tear down.
+	upIdent := procIdent{PID: os.Getppid()}
+	upIdent.Start, _ = procStart(upIdent.PID)
+	// Descriptors: the soft limit up to the hard one, so that the relays'
+	// caps (relayCaps) leave relayFDReserve for the control paths.
+	raiseNoFile()
 
 	// The canary: a live listener on host loopback that no relay reaches.
 	canary, err := net.Listen("tcp", "127.0.0.1:0")
@@ -161,17 +168,50 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, ready fun
 	}
 	st := bottleState{Slug: p.Slug, Machine: p.Machine, Subnet: p.Net.N,
 		Supervisor: procIdent{PID: os.Getpid(), Start: self}, Canary: canary.Addr().(*net.TCPAddr).Port,
-		Gvproxy: cn.GvproxyPID}
+		Gvproxy: cn.GvproxyPID, Up: upIdent}
 	data, _ := json.Marshal(st)
 	if err := writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600); err != nil {
 		return err
 	}
 	ready(st.Canary)
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-died:
-		return err
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-died:
+			return err
+		case <-tick.C:
+			if cur, ok, err := readState(stage); err == nil && ok && !cur.Ready && !upIdent.alive() {
+				return errors.New("up died before the bottle was ready: tearing down")
+			}
+		}
+	}
+}
+
+// raiseNoFile sets the soft descriptor limit to the hard one.
+func raiseNoFile() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+// closeOnExecInherited marks every descriptor above stderr close-on-exec:
+// what the caller left open without it (a shell's, a CI runner's) must
+// reach no child. The internal commands that are handed fd 3 read it
+// before they start anything.
+func closeOnExecInherited() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		entries, _ = os.ReadDir("/dev/fd")
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
 	}
 }
 

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"sync"
+	"time"
+)
+
+// Limits that keep a bottle from wearing down the host. Invariants:
+//
+//   - Each relayed stream costs the owner (the supervisor) up to
+//     relayFDsPerStream descriptors: the two sockets and the two pipes
+//     splice(2) uses. relayPortCap streams per sidecar port and
+//     relayBottleCap per bottle are far above what one agent opens (tens)
+//     and keep a bottle's share at 512*6 = 3,072 descriptors. The supervisor
+//     raises its soft RLIMIT_NOFILE to the hard one, and relayCaps lowers
+//     the caps where the limit cannot hold them plus relayFDReserve for the
+//     supervisor's own work (state file, logs, stopping children).
+//   - A listener whose accept fails (EMFILE, ENFILE, ECONNABORTED, ...)
+//     backs off and retries (acceptBackoff); it stops only on Close.
+//   - A flood cannot fill the disk through the log: refusals are logged up
+//     to refusalLogLines lines, then one line per 1,000 (refusalLog).
+const (
+	relayPortCap      = 256
+	relayBottleCap    = 512
+	relayFDsPerStream = 6
+	relayFDReserve    = 256
+	refusalLogLines   = 50
+)
+
+// relayCaps returns the per-port and per-bottle caps for an owner whose
+// soft descriptor limit is nofile: the fixed caps, lowered where the limit
+// is too small to hold them and the reserve.
+func relayCaps(nofile uint64) (port, bottle int) {
+	room := 0
+	if nofile > relayFDReserve {
+		room = int(min(nofile-relayFDReserve, 1<<20)) / relayFDsPerStream
+	}
+	bottle = max(min(relayBottleCap, room), 1)
+	return min(relayPortCap, bottle), bottle
+}
+
+// connCap counts streams against a limit; a bottle's relays share one.
+type connCap struct {
+	mu     sync.Mutex
+	n, max int
+}
+
+func (c *connCap) take() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n >= c.max {
+		return false
+	}
+	c.n++
+	return true
+}
+
+func (c *connCap) give() {
+	c.mu.Lock()
+	c.n--
+	c.mu.Unlock()
+}
+
+// acceptBackoff paces retries after a failed accept (EMFILE, ENFILE,
+// ECONNABORTED...): 5 ms doubling to 200 ms, so that a listener recovers
+// as soon as descriptors are free again instead of giving up.
+type acceptBackoff struct{ d time.Duration }
+
+func (b *acceptBackoff) wait() {
+	b.d = min(max(2*b.d, 5*time.Millisecond), 200*time.Millisecond)
+	time.Sleep(b.d)
+}
+
+func (b *acceptBackoff) reset() { b.d = 0 }
+
+// refusalLog counts refusals and logs the first refusalLogLines of them,
+// then one line per 1,000.
+type refusalLog struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (l *refusalLog) log(logf func(string, ...any), who, format string, args ...any) {
+	l.mu.Lock()
+	l.n++
+	n := l.n
+	l.mu.Unlock()
+	switch {
+	case n <= refusalLogLines:
+		logf(who+": refused: "+format, args...)
+	case n%1000 == 0:
+		logf("%s: %d refusals so far", who, n)
+	}
+}
