@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,6 +35,9 @@ const probeCmd = "_probe"
 
 const (
 	probeDialTimeout = 2 * time.Second
+	// probeQuietLimit is how long a sidecar that does not speak HTTP may
+	// hold a request unanswered and still count as answering.
+	probeQuietLimit  = 2 * time.Second
 	probeUDPWait     = time.Second
 	probeDNSTimeout  = 3 * time.Second
 	probeEchoTimeout = 30 * time.Second
@@ -47,7 +51,7 @@ const (
 const (
 	probeResolve = "resolve" // Host (A) must resolve to exactly Want
 	probeEcho    = "echo"    // Addr must echo Bytes bytes back intact
-	probeTCP     = "tcp"     // a TCP connection to Addr must open
+	probeAnswer  = "answer"  // Addr must take a request and not drop it: the sidecar itself answered
 	probeNoTCP   = "no-tcp"  // a TCP connection to Addr must fail
 	probeNoTCP6  = "no-tcp6" // the same over IPv6
 	probeNoUDP   = "no-udp"  // a datagram to Addr must get no reply
@@ -108,7 +112,7 @@ func startupProbePlan(n bottleNet, ports []int, canary int) probePlan {
 	add(probe{Name: proxyName + " resolves to " + vip, Kind: probeResolve, Host: proxyName + ".", Want: vip})
 	for _, port := range ports {
 		addr := net.JoinHostPort(vip, strconv.Itoa(port))
-		add(probe{Name: "sidecar " + addr + " answers", Kind: probeTCP, Addr: addr})
+		add(probe{Name: "sidecar " + addr + " answers", Kind: probeAnswer, Addr: addr})
 	}
 	if canary > 0 {
 		addr := net.JoinHostPort(vip, strconv.Itoa(canary))
@@ -192,14 +196,8 @@ func runProbe(ctx context.Context, plan probePlan, r *net.Resolver, p probe) (bo
 			return false, err.Error()
 		}
 		return true, fmt.Sprintf("%d bytes each way", n)
-	case probeTCP:
-		d := net.Dialer{Timeout: probeDialTimeout}
-		c, err := d.DialContext(ctx, "tcp4", p.Addr)
-		if err != nil {
-			return false, shortErr(err)
-		}
-		c.Close()
-		return true, "connected"
+	case probeAnswer:
+		return mustAnswer(ctx, p.Addr)
 	case probeNoTCP, probeNoTCP6:
 		network := "tcp4"
 		if p.Kind == probeNoTCP6 {
@@ -247,6 +245,38 @@ func mustRefuseLink(path, body string) (bool, string) {
 		return false, "no answer: " + shortErr(err)
 	}
 	return false, fmt.Sprintf("answered %q", line)
+}
+
+// mustAnswer passes when a request sent to addr reaches the sidecar
+// behind it. A connection alone proves only that the relay accepted: it
+// dials the sidecar on the guest's first bytes (relay.go) and closes the
+// guest's side when that dial fails. So a HEAD request is sent; an HTTP
+// reply passes at once (every sidecar smolbottle starts speaks HTTP), and a
+// connection still open after probeQuietLimit passes too (a user's sidecar
+// may speak another protocol and wait). A close or reset fails.
+func mustAnswer(ctx context.Context, addr string) (bool, string) {
+	d := net.Dialer{Timeout: probeDialTimeout}
+	c, err := d.DialContext(ctx, "tcp4", addr)
+	if err != nil {
+		return false, shortErr(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(probeQuietLimit))
+	if _, err := io.WriteString(c, "HEAD / HTTP/1.1\r\nHost: "+addr+"\r\nConnection: close\r\n\r\n"); err != nil {
+		return false, shortErr(err)
+	}
+	buf := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, buf, len("HTTP/1.1 200"))
+	line, _, _ := strings.Cut(string(buf[:n]), "\r\n")
+	switch {
+	case err == nil && strings.HasPrefix(line, "HTTP/1."):
+		return true, line
+	case err == nil:
+		return true, fmt.Sprintf("answered %q", line)
+	case errors.Is(err, os.ErrDeadlineExceeded) && n == 0:
+		return true, "held the request open without an answer"
+	}
+	return false, "dropped the request: " + shortErr(err)
 }
 
 // mustNotConnect passes when no TCP connection can be opened.

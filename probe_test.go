@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The probes must be able to fail: each "must not" probe is run here
@@ -120,20 +121,34 @@ func TestStartupProbePlan(t *testing.T) {
 	kinds := map[string]int{}
 	for _, p := range plan.Probes {
 		kinds[p.Kind]++
-		if p.Kind == probeTCP && !strings.HasPrefix(p.Addr, "192.168.42.254:") {
+		if p.Kind == probeAnswer && !strings.HasPrefix(p.Addr, "192.168.42.254:") {
 			t.Errorf("sidecar probe to %q, want the host virtual IP", p.Addr)
 		}
 	}
-	if kinds[probeResolve] != 1 || kinds[probeTCP] != 2 || kinds[probeNoDNS] < 4 || kinds[probeNoTCP] < 3 || kinds[probeNoTCP6] != 1 {
+	if kinds[probeResolve] != 1 || kinds[probeAnswer] != 2 || kinds[probeNoDNS] < 4 || kinds[probeNoTCP] < 3 || kinds[probeNoTCP6] != 1 {
 		t.Errorf("got kinds %v", kinds)
 	}
 }
 
-func TestProbeTCPAndPass(t *testing.T) {
-	addr := loopbackTCP(t, func(c net.Conn) { c.Close() })
-	rs := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "up", Kind: probeTCP, Addr: addr}}})
-	if !probesPass(rs) {
-		t.Errorf("listening port: %+v", rs)
+// TestProbeAnswer: the start-up row passes for a sidecar that answers
+// HTTP or holds the request, and fails for one that drops it, which is what
+// the guest sees when the relay's dial to a dead sidecar fails.
+func TestProbeAnswer(t *testing.T) {
+	http := loopbackTCP(t, func(c net.Conn) {
+		io.ReadAtLeast(c, make([]byte, 16), 16)
+		io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+		c.Close()
+	})
+	quiet := loopbackTCP(t, func(c net.Conn) { time.Sleep(probeQuietLimit + time.Second); c.Close() })
+	drops := loopbackTCP(t, func(c net.Conn) { c.Close() })
+	for _, tt := range []struct {
+		name, addr string
+		want       bool
+	}{{"HTTP", http, true}, {"quiet", quiet, true}, {"drops", drops, false}} {
+		rs := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: tt.name, Kind: probeAnswer, Addr: tt.addr}}})
+		if probesPass(rs) != tt.want {
+			t.Errorf("%s: got %+v, want pass=%v", tt.name, rs, tt.want)
+		}
 	}
 	if probesPass(nil) {
 		t.Error("no rows: got pass")
