@@ -72,17 +72,13 @@ type confineSpec struct {
 	Stage   string    // absolute stage directory (0700); sock/, jail/ and gvproxy.yaml are made in it
 	Ports   []int     // sidecar ports on the host's 127.0.0.1, relayed to the guest
 	Log     io.Writer // gvproxy's and the inner side's stderr; nil discards
-	// Unconfined runs gvproxy directly in the caller's namespaces. It exists
-	// for measurements and experiments only; the guest can then reach
-	// everything the caller can.
-	Unconfined bool
 }
 
 // confinedNet is a running confined gvproxy with its relays.
 type confinedNet struct {
 	SocketPath string // gvproxy's listen socket and API: smolbottle's alone
-	LinkPath   string // the guest link front's socket: gvforwarder connects here (gvproxy's own when unconfined)
-	InnerPID   int    // the _confine process (0 when unconfined)
+	LinkPath   string // the guest link front's socket: gvforwarder connects here
+	InnerPID   int    // the _confine process
 	GvproxyPID int
 
 	cmd    *exec.Cmd
@@ -101,85 +97,87 @@ func stagePaths(stage string) (sock, jail, config string) {
 }
 
 // startConfined starts gvproxy confined and the relays for spec.Ports, and
-// returns once gvproxy's socket accepts and its API answers. Any failed step
-// stops everything already started and returns an error naming the step and
-// what to change. ctx bounds the whole life of the network: cancelling it is
-// the same as Close.
+// returns once gvproxy's socket accepts and its API answers and the guest
+// link front listens. Any failed step stops everything already started and
+// returns an error naming the step and what to change. ctx bounds the whole
+// life of the network: cancelling it is the same as Close. There is no way
+// to ask it for an unconfined gvproxy: the selftest's negative control has
+// its own starter (selftestcontrol.go), which nothing up, run or
+// _supervise calls reaches (TestCoreNeverStartsStockGvproxy).
 func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) {
 	if err := validateConfineSpec(spec); err != nil {
 		return nil, err
 	}
-	logw := spec.Log
-	if logw == nil {
-		logw = io.Discard
+	// The jail holds the binary and nothing else: no loader, no libc.
+	if err := checkStatic(spec.Gvproxy); err != nil {
+		return nil, err
 	}
-	logf := func(format string, args ...any) { fmt.Fprintf(logw, "smolbottle: net: "+format+"\n", args...) }
-	sockDir, jailDir, configPath := stagePaths(spec.Stage)
-	c := &confinedNet{SocketPath: filepath.Join(sockDir, "gvproxy.sock"), done: make(chan struct{})}
-	if len(c.SocketPath) > maxSocketPath {
-		return nil, withHint(fmt.Errorf("socket path %q is %d bytes, over the %d-byte limit", c.SocketPath, len(c.SocketPath), maxSocketPath), "use a shorter stage directory")
-	}
-	dirs := []string{sockDir}
-	if !spec.Unconfined {
-		dirs = append(dirs, jailDir)
-	}
-	for _, d := range dirs {
-		if err := mkdirAllPrivate(d); err != nil {
-			return nil, setupStepError("prepare the stage", err)
-		}
-	}
-	// A previous owner killed with SIGKILL leaves dead sockets behind; gvproxy
-	// refuses to start on an existing path.
-	if err := os.Remove(c.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, setupStepError("prepare the stage", err)
-	}
-	c.files = []string{c.SocketPath, configPath}
-	config, err := renderGvproxy(gvproxySpec{Net: spec.Net, SocketPath: c.SocketPath})
+	c, _, logw, logf, err := prepareGvproxy(spec, sockDirs(spec.Stage)...)
 	if err != nil {
-		return nil, setupStepError("render the gvproxy config", err)
+		return nil, err
 	}
-	if err := writeFileAtomic(configPath, config, 0o600); err != nil {
-		return nil, setupStepError("write the gvproxy config", err)
-	}
-
 	runCtx, cancel := context.WithCancel(ctx)
 	c.cancel = cancel
 	fail := func(err error) (*confinedNet, error) {
 		c.Close()
 		return nil, err
 	}
-
-	if spec.Unconfined {
-		cmd := exec.CommandContext(runCtx, spec.Gvproxy, "-config", configPath)
-		cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		setStop(cmd)
-		if err := cmd.Start(); err != nil {
-			return fail(setupStepError("start gvproxy", err))
-		}
-		c.cmd, c.GvproxyPID = cmd, cmd.Process.Pid
-		go c.wait()
-	} else {
-		if err := c.startInner(runCtx, spec, logw, logf); err != nil {
-			return fail(err)
-		}
+	if err := c.startInner(runCtx, spec, logw, logf); err != nil {
+		return fail(err)
 	}
 	if err := waitGvproxyReady(runCtx, c.SocketPath, c.done, confineReadyTimeout); err != nil {
 		return fail(err)
 	}
-	c.LinkPath = c.SocketPath
-	if !spec.Unconfined {
-		// The guest gets the front's socket, never gvproxy's (guestlink.go).
-		c.LinkPath = linkPath(spec.Stage)
-		if err := mkdirAllPrivate(filepath.Dir(c.LinkPath)); err != nil {
-			return fail(setupStepError("prepare the stage", err))
-		}
-		if c.link, err = startGuestLink(c.LinkPath, c.SocketPath, logf); err != nil {
-			return fail(setupStepError("listen for the guest link", err))
-		}
+	// The guest gets the front's socket, never gvproxy's (guestlink.go).
+	c.LinkPath = linkPath(spec.Stage)
+	if err := mkdirAllPrivate(filepath.Dir(c.LinkPath)); err != nil {
+		return fail(setupStepError("prepare the stage", err))
+	}
+	if c.link, err = startGuestLink(c.LinkPath, c.SocketPath, logf); err != nil {
+		return fail(setupStepError("listen for the guest link", err))
 	}
 	context.AfterFunc(runCtx, func() { c.Close() })
 	return c, nil
+}
+
+// sockDirs are the stage directories a confined gvproxy needs.
+func sockDirs(stage string) []string {
+	sock, jail, _ := stagePaths(stage)
+	return []string{sock, jail}
+}
+
+// prepareGvproxy makes dirs, clears a dead socket and writes gvproxy's
+// config; it returns the network with its socket path set.
+func prepareGvproxy(spec confineSpec, dirs ...string) (c *confinedNet, configPath string, logw io.Writer, logf func(string, ...any), err error) {
+	logw = spec.Log
+	if logw == nil {
+		logw = io.Discard
+	}
+	logf = func(format string, args ...any) { fmt.Fprintf(logw, "smolbottle: net: "+format+"\n", args...) }
+	sockDir, _, configPath := stagePaths(spec.Stage)
+	c = &confinedNet{SocketPath: filepath.Join(sockDir, gvproxySock), done: make(chan struct{})}
+	if len(c.SocketPath) > maxSocketPath {
+		return nil, "", nil, nil, withHint(fmt.Errorf("socket path %q is %d bytes, over the %d-byte limit", c.SocketPath, len(c.SocketPath), maxSocketPath), "use a shorter stage directory")
+	}
+	for _, d := range dirs {
+		if err := mkdirAllPrivate(d); err != nil {
+			return nil, "", nil, nil, setupStepError("prepare the stage", err)
+		}
+	}
+	// A previous owner killed with SIGKILL leaves dead sockets behind; gvproxy
+	// refuses to start on an existing path.
+	if err := os.Remove(c.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil, nil, setupStepError("prepare the stage", err)
+	}
+	c.files = []string{c.SocketPath, configPath}
+	config, err := renderGvproxy(gvproxySpec{Net: spec.Net, SocketPath: c.SocketPath})
+	if err != nil {
+		return nil, "", nil, nil, setupStepError("render the gvproxy config", err)
+	}
+	if err := writeFileAtomic(configPath, config, 0o600); err != nil {
+		return nil, "", nil, nil, setupStepError("write the gvproxy config", err)
+	}
+	return c, configPath, logw, logf, nil
 }
 
 func validateConfineSpec(spec confineSpec) error {
@@ -195,12 +193,6 @@ func validateConfineSpec(spec confineSpec) error {
 	for _, p := range spec.Ports {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("sidecar port %d out of range 1..65535", p)
-		}
-	}
-	if !spec.Unconfined {
-		// The jail holds the binary and nothing else: no loader, no libc.
-		if err := checkStatic(spec.Gvproxy); err != nil {
-			return err
 		}
 	}
 	return nil

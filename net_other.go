@@ -36,12 +36,11 @@ func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer
 // confineSpec mirrors jail.go's so that the supervisor builds everywhere;
 // off Linux startConfined fails closed.
 type confineSpec struct {
-	Gvproxy    string
-	Net        bottleNet
-	Stage      string
-	Ports      []int
-	Log        io.Writer
-	Unconfined bool
+	Gvproxy string
+	Net     bottleNet
+	Stage   string
+	Ports   []int
+	Log     io.Writer
 }
 
 type confinedNet struct{ GvproxyPID int }

@@ -565,7 +565,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort}, Log: s.log, Unconfined: s.unconfined})
+	cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort}, Log: s.log}, s.unconfined)
 	if err != nil {
 		return err
 	}
@@ -1060,7 +1060,7 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 	for i, unconfined := range []bool{false, true} {
 		n := netFor(201 + i)
 		stage := filepath.Join(s.stage, "bench"+strconv.Itoa(n.N))
-		cn, err := startConfined(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log, Unconfined: unconfined})
+		cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log}, unconfined)
 		if err != nil {
 			return err
 		}
