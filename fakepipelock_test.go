@@ -43,6 +43,10 @@ import (
 // Linked beside a pipelockHostsWrap file, the same name runs the real
 // pipelock instead (testhost_test.go).
 
+// pipelockHostsWrap is the file beside a linked "pipelock" that turns it
+// into the wrapper: run the real pipelock with its own /etc/hosts.
+const pipelockHostsWrap = "pipelock.wrap.json"
+
 func init() { fakes["pipelock"] = fakePipelock }
 
 // pipelockWrapped is set where the wrapper exists (Linux).

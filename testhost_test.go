@@ -182,10 +182,6 @@ func setns(fd, nstype int) error {
 	return nil
 }
 
-// pipelockHostsWrap is the file beside a linked "pipelock" that turns it
-// into the wrapper: run the real pipelock with its own /etc/hosts.
-const pipelockHostsWrap = "pipelock.wrap.json"
-
 type pipelockWrap struct {
 	Real  string `json:"real"`  // absolute path of the real pipelock
 	Hosts string `json:"hosts"` // the hosts file bound over /etc/hosts
