@@ -13,17 +13,12 @@ import (
 )
 
 type smolfileDoc struct {
-	Image   string               `json:"image"`
-	Workdir string               `json:"workdir"`
-	CPUs    int                  `json:"cpus"`
-	Memory  int                  `json:"memory"`
-	Volumes []string             `json:"volumes"`
-	Env     []string             `json:"env"`
-	Secrets map[string]secretRef `json:"secrets,omitempty"`
-}
-
-type secretRef struct {
-	FromEnv string `json:"from_env"`
+	Image   string   `json:"image"`
+	Workdir string   `json:"workdir"`
+	CPUs    int      `json:"cpus"`
+	Memory  int      `json:"memory"`
+	Volumes []string `json:"volumes"`
+	Env     []string `json:"env"`
 }
 
 func intendedSmolfile(spec smolfileSpec) smolfileDoc {
@@ -37,12 +32,6 @@ func intendedSmolfile(spec smolfileSpec) smolfileDoc {
 	}
 	for _, e := range spec.Env {
 		d.Env = append(d.Env, e.Name+"="+e.Value)
-	}
-	for _, s := range spec.Secrets {
-		if d.Secrets == nil {
-			d.Secrets = map[string]secretRef{}
-		}
-		d.Secrets[s] = secretRef{FromEnv: s}
 	}
 	return d
 }

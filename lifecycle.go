@@ -555,15 +555,18 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // guestExec runs command in the bottle's machine; no credential is passed
 // (the guest has placeholders only); the guest's exit status passes
-// through as exitStatus.
-// Stdin reaches the guest only when interactive.
+// through as exitStatus. Stdin reaches the guest only when interactive:
+// without -i or -t smolvm runs the command without reading its own stdin
+// (src/cli/machine.rs:2761-2771,2787-2794 @ v1.9.3), so smolvm gets none.
 func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bool, command []string, stdout, stderr io.Writer) error {
 	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
 	if err != nil {
 		return err
 	}
-	o := execOpts{Workdir: workdir, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
-		Interactive: interactive, TTY: tty}
+	o := execOpts{Workdir: workdir, Stdout: stdout, Stderr: stderr, Interactive: interactive, TTY: tty}
+	if interactive {
+		o.Stdin = os.Stdin
+	}
 	return sv.exec(ctx, p.Machine, o, command...)
 }
 

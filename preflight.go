@@ -304,7 +304,7 @@ func probeProgram(ctx context.Context, path string, args ...string) (string, err
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "LANG=C"}
+	cmd.Env = probeEnv()
 	cmd.Dir = os.TempDir()
 	cmd.WaitDelay = time.Second
 	var out bytes.Buffer

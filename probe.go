@@ -118,16 +118,6 @@ func startupProbePlan(n bottleNet, ports []int, canary int) probePlan {
 	return plan
 }
 
-// probesPass reports whether every row held.
-func probesPass(rs []probeResult) bool {
-	for _, r := range rs {
-		if !r.Pass {
-			return false
-		}
-	}
-	return len(rs) > 0
-}
-
 // runProbeCmd runs a plan given as JSON and prints the results as JSON.
 func runProbeCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(probeCmd, flag.ContinueOnError)

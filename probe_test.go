@@ -130,14 +130,16 @@ func TestStartupProbePlan(t *testing.T) {
 
 func TestProbeTCPAndPass(t *testing.T) {
 	addr := loopbackTCP(t, func(c net.Conn) { c.Close() })
-	rs := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "up", Kind: probeTCP, Addr: addr}}})
-	if !probesPass(rs) {
-		t.Errorf("listening port: %+v", rs)
+	pl := probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "up", Kind: probeTCP, Addr: addr}}}
+	rs := runProbes(context.Background(), pl)
+	if err := judgeProbes(pl, rs); err != nil {
+		t.Errorf("listening port: %v (%+v)", err, rs)
 	}
-	if probesPass(nil) {
+	if judgeProbes(pl, nil) == nil {
 		t.Error("no rows: got pass")
 	}
-	if probesPass([]probeResult{{Pass: true}, {Pass: false}}) {
+	two := probePlan{Probes: []probe{{Name: "a"}, {Name: "b"}}}
+	if judgeProbes(two, []probeResult{{Name: "a", Pass: true}, {Name: "b", Pass: false}}) == nil {
 		t.Error("a failing row: got pass")
 	}
 }

@@ -38,7 +38,7 @@ func fakeSidecarParent(args []string) int {
 	if err != nil {
 		fakeFatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "child.pid"), []byte(strconv.Itoa(s.pid())), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "child.pid"), []byte(strconv.Itoa(s.cmd.Process.Pid)), 0o600); err != nil {
 		fakeFatal(err)
 	}
 	select {}
@@ -370,7 +370,9 @@ func TestSidecarStopKills(t *testing.T) {
 	if err := s.stop(200 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("stop of a sidecar ignoring SIGTERM = %v", err)
 	}
-	if done, _ := s.exited(); !done {
+	select {
+	case <-s.done:
+	default:
 		t.Error("sidecar survived stop")
 	}
 }
