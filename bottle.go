@@ -455,7 +455,7 @@ func (p *plan) render() error {
 	}
 	p.Files = []plannedFile{
 		dir("", "stage directory"),
-		dir(sockDir, "gvproxy socket, the only directory gvproxy may write"),
+		dir(sockDir, "gvproxy socket; sealed read-only once gvproxy has made it"),
 		dir(guestDir, "binaries mounted read-only at "+guestBinDir+" (filled by up)"),
 		dir(logsDir, "logs, kept by down"),
 		file(smolfileName, "smolvm machine definition", smol),

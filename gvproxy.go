@@ -11,15 +11,20 @@ import (
 	"time"
 )
 
-// gvproxy v0.8.9 facts this renderer relies on (reference/gvproxy.md §1):
-//   - it reads the file with yaml.v3 and silently ignores unknown keys, so a
+// gvproxy v0.8.9 facts this renderer relies on:
+//   - it reads the file with yaml.v3's plain Unmarshal, which silently
+//     ignores unknown keys (cmd/gvproxy/config.go:106 @ v0.8.9), so a
 //     misspelt key is a security bug; the verify/ module decodes our output
 //     with unknown keys rejected;
 //   - an empty or missing nat means {hostIP: 127.0.0.1}, every host
-//     loopback port, so nat is always written out;
-//   - a zone named "" is a catch-all: every other A query gets NXDOMAIN
-//     without an upstream lookup; record names in it are full names;
-//   - it ignores stack.deviceIP and stack.hostIP (those are newer than v0.8.9).
+//     loopback port (cmd/gvproxy/config.go:211-215 @ v0.8.9), so nat is
+//     always written out;
+//   - a zone named "" is a catch-all: its suffix "." ends every name, so
+//     every other A query gets NXDOMAIN without an upstream lookup, and
+//     record names in it are full names (pkg/services/dns/dns.go:59-94 @
+//     v0.8.9);
+//   - it has no stack.deviceIP or stack.hostIP (pkg/types/configuration.go:
+//     8-56 @ v0.8.9; those keys are newer).
 const (
 	proxyName         = "proxy.internal"
 	gvproxyMTU        = 1500

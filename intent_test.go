@@ -63,7 +63,7 @@ type gvproxyRecord struct {
 	IP   string `json:"ip"`
 }
 
-// intendedGvproxy is DESIGN.md §4: one catch-all zone holding only
+// intendedGvproxy is smolbottle's gvproxy policy: one catch-all zone holding only
 // proxy.internal, NAT exactly host VIP -> 127.0.0.1, and nothing else.
 func intendedGvproxy(spec gvproxySpec) gvproxyDoc {
 	vip := spec.Net.HostVIP.String()

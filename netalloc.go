@@ -8,7 +8,7 @@ import (
 	"net/netip"
 )
 
-// Subnet rule (DESIGN.md §4): N = FNV-1a-32(slug) mod 254 + 1, skipping 17
+// Subnet rule (smolbottle's own): N = FNV-1a-32(slug) mod 254 + 1, skipping 17
 // (reserved by the original scheme) and 127 (gvproxy's and podman's default
 // 192.168.127.0/24), then the next N not held by a live bottle, wrapping
 // 254 -> 1. The bottle gets 192.168.N.0/24 with the gateway at .1, the guest

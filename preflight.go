@@ -26,7 +26,7 @@ import (
 // piece at once, each with how to fix it. Nothing here runs at init time.
 
 // gvisorTag is the gvisor-tap-vsock release the confinement was measured
-// with (reference/gvproxy.md §0); gvproxy and gvforwarder must match it.
+// with; gvproxy and gvforwarder must match it.
 const gvisorTag = "v0.8.9"
 
 // probeTimeout bounds each version or help probe of a child program.
@@ -36,7 +36,6 @@ const probeTimeout = 10 * time.Second
 const (
 	hintSmolvm   = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
 	hintPipelock = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
-	hintUserns   = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
 )
 
 // check is one line of the preflight report.
@@ -445,10 +444,10 @@ func checkPipelock(ctx context.Context, env preflightEnv) check {
 	return c
 }
 
-// checkNamespaces creates a user and a network namespace the way the
-// gvproxy confinement does, by re-executing smolbottle into them.
+// checkNamespaces creates the namespaces of gvproxy's jail
+// (confineCloneflags), by re-executing smolbottle into them.
 func checkNamespaces(ctx context.Context, self string) check {
-	c := check{Name: "namespaces", Detail: []string{"user + network + mount namespace"}, Hint: hintUserns}
+	c := check{Name: "namespaces", Detail: []string{"user + network + mount + PID namespaces"}}
 	if runtime.GOOS != "linux" {
 		c.Detail = []string{"no Linux namespaces on " + runtime.GOOS + "; the sandbox-exec confinement is not verified yet"}
 		c.Hint = "run smolbottle on Linux"
@@ -465,18 +464,47 @@ func checkNamespaces(ctx context.Context, self string) check {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		c.Detail = []string{"cannot create them: " + firstLine(out.String(), err)}
+		c.Hint = strings.Join(namespaceHints("/proc/sys"), "; ")
 		return c
 	}
 	c.OK = true
 	return c
 }
 
+// namespaceHints reads the sysctls that forbid unprivileged user namespaces
+// and says which one to change. dir is /proc/sys (a test passes a fake
+// tree).
+func namespaceHints(dir string) []string {
+	is := func(name, v string) bool {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+		return err == nil && strings.TrimSpace(string(b)) == v
+	}
+	var hints []string
+	if is("kernel/unprivileged_userns_clone", "0") {
+		hints = append(hints, "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1")
+	}
+	if is("user/max_user_namespaces", "0") {
+		hints = append(hints, "user namespaces are limited to 0: sysctl -w user.max_user_namespaces=15000")
+	}
+	if is("kernel/apparmor_restrict_unprivileged_userns", "1") {
+		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+	}
+	if len(hints) == 0 {
+		hints = append(hints, "gvproxy runs only confined; it needs user, network, mount and PID namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
+	}
+	return hints
+}
+
 // nsCheckCmd is the hidden subcommand the namespace check re-executes.
 const nsCheckCmd = "_nscheck"
 
-// runNSCheck runs inside the new namespaces: it succeeds when the network
-// namespace is empty, which is what confinement relies on.
+// runNSCheck runs inside the new namespaces: it succeeds when it is the
+// init of a new PID namespace and the network namespace is empty, which is
+// what confinement relies on.
 func runNSCheck() error {
+	if pid := os.Getpid(); pid != 1 {
+		return fmt.Errorf("not in a new PID namespace: pid %d, want 1", pid)
+	}
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return err

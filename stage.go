@@ -22,7 +22,7 @@ import (
 //	<stage>/Smolfile       smolvm machine definition
 //	<stage>/gvproxy.yaml   gvproxy config
 //	<stage>/pipelock.yaml  egress proxy config
-//	<stage>/sock/          gvproxy's API socket (the only directory gvproxy may write)
+//	<stage>/sock/          gvproxy's API socket; sealed read-only once gvproxy has made it
 //	<stage>/jail/          gvproxy's chroot mount point, empty outside its namespace
 //	<stage>/guest/         binaries mounted read-only into the guest
 //	<stage>/logs/          logs, kept by down
