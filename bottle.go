@@ -466,7 +466,7 @@ func (p *plan) render() error {
 			Port:        p.Sidecars[0].Port,
 			MetricsPort: p.MetricsPort,
 			Allow:       p.Allow,
-			LogFile:     filepath.Join(p.Stage, logsDir, "pipelock.jsonl"),
+			LogFile:     filepath.Join(p.Stage, logsDir, pipelockLogFile),
 		})
 		if err != nil {
 			return fmt.Errorf("render pipelock config: %w", err)
@@ -734,7 +734,7 @@ func (smolmachines) cleanup(p *plan) cleanupPlan {
 			c.Remove = append(c.Remove, f.Path)
 		}
 	}
-	c.Remove = append(c.Remove, filepath.Join(p.Stage, "jail"), filepath.Join(p.Stage, stateFile))
+	c.Remove = append(c.Remove, filepath.Join(p.Stage, jailDir), filepath.Join(p.Stage, stateFile))
 	return c
 }
 

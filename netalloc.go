@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"strconv"
 )
 
 // Subnet rule (smolbottle's own): N = FNV-1a-32(slug) mod 254 + 1, skipping 17
@@ -95,3 +96,6 @@ func allocPorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// loopbackAddr returns 127.0.0.1:port.
+func loopbackAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

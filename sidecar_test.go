@@ -485,3 +485,23 @@ func processAlive(pid int) bool {
 	_, rest, _ := strings.Cut(string(b), ") ")
 	return !strings.HasPrefix(rest, "Z")
 }
+
+// TestProcStat reads this process's group and start time the way the
+// supervisor and the state file do.
+func TestProcStat(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	if got, err := procStat(os.Getpid(), 5); err != nil || got != strconv.Itoa(syscall.Getpgrp()) {
+		t.Errorf("process group = %q, %v; want %d", got, err, syscall.Getpgrp())
+	}
+	if start, err := procStart(os.Getpid()); err != nil || !(procIdent{os.Getpid(), start}).alive() {
+		t.Errorf("procStart = %d, %v; want this process's, alive", start, err)
+	}
+	if _, err := procStat(os.Getpid(), 2); err == nil {
+		t.Error("procStat of field 2 (the command name) succeeded")
+	}
+	if _, err := procStat(-1, 5); err == nil {
+		t.Error("procStat of pid -1 succeeded")
+	}
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"math"
 	"strconv"
@@ -70,51 +69,4 @@ func renderSmolfile(spec smolfileSpec) ([]byte, error) {
 		return nil, t.err
 	}
 	return t.buf.Bytes(), nil
-}
-
-// tomlWriter writes TOML 1.0 with every string through tomlString and every
-// key through tomlKey, and keeps the first error. Inline tables stay on one
-// line and no TOML 1.1 syntax is ever produced.
-type tomlWriter struct {
-	buf bytes.Buffer
-	err error
-}
-
-func (t *tomlWriter) fail(field string, err error) {
-	if err != nil && t.err == nil {
-		t.err = fieldError{field, err}
-	}
-}
-
-func (t *tomlWriter) key(k string) string {
-	q, err := tomlKey(k)
-	t.fail(k, err)
-	return q
-}
-
-func (t *tomlWriter) str(field, v string) string {
-	q, err := tomlString(v)
-	t.fail(field, err)
-	return q
-}
-
-func (t *tomlWriter) keyString(k, v string) {
-	t.buf.WriteString(t.key(k) + " = " + t.str(k, v) + "\n")
-}
-
-func (t *tomlWriter) keyInt(k string, v int) {
-	t.buf.WriteString(t.key(k) + " = " + strconv.Itoa(v) + "\n")
-}
-
-// keyStrings writes an array of strings, one element per line.
-func (t *tomlWriter) keyStrings(k string, vs []string) {
-	if len(vs) == 0 {
-		t.buf.WriteString(t.key(k) + " = []\n")
-		return
-	}
-	t.buf.WriteString(t.key(k) + " = [\n")
-	for _, v := range vs {
-		t.buf.WriteString("  " + t.str(k, v) + ",\n")
-	}
-	t.buf.WriteString("]\n")
 }
