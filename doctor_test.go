@@ -107,6 +107,7 @@ func BenchmarkPlanProcess(b *testing.B) {
 	tb := newTestBottle(b, "")
 	bin := filepath.Join(tb.dir, "smolbottle")
 	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // plan checks that it can run in the guest
 	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -160,29 +161,34 @@ func writePreflightCache(dir, key string, c preflightCache) {
 	}
 }
 
-// preflightFresh runs every check.
+// preflightFresh runs every check, each program's at the same time as the
+// others': they are independent, and most of the time is spent waiting for
+// child programs to start. The report keeps a fixed order.
 func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, error) {
 	var t tools
-	var checks []check
-	c, smolvmPath := checkSmolvm(ctx, env, &t)
-	checks = append(checks, c...)
-	t.Smolvm = smolvmPath
-
-	gv := checkGvisorTool(ctx, env, "gvproxy", gvisorHint("gvproxy", env))
-	t.Gvproxy = gv.Path
-	checks = append(checks, gv)
-	gf := checkGvisorTool(ctx, env, "gvforwarder", gvisorHint("gvforwarder", env))
-	t.Gvforwarder = gf.Path
-	checks = append(checks, gf)
+	var smolvmChecks []check
+	var gv, gf, pl, guest, ns check
+	var wg sync.WaitGroup
+	wg.Go(func() { smolvmChecks, t.Smolvm = checkSmolvm(ctx, env, &t) })
+	wg.Go(func() { gv = checkGvisorTool(ctx, env, "gvproxy", gvisorHint("gvproxy", env)) })
+	wg.Go(func() { gf = checkGvisorTool(ctx, env, "gvforwarder", gvisorHint("gvforwarder", env)) })
 	if env.Pipelock {
-		pl := checkPipelock(ctx, env)
-		t.Pipelock = pl.Path
+		wg.Go(func() { pl = checkPipelock(ctx, env) })
+	}
+	if env.Guest != "" {
+		wg.Go(func() { guest = checkGuestSelf(env.Guest) })
+	}
+	wg.Go(func() { ns = checkNamespaces(ctx, env.Self) })
+	wg.Wait()
+	t.Gvproxy, t.Gvforwarder, t.Pipelock = gv.Path, gf.Path, pl.Path
+	checks := append(smolvmChecks, gv, gf)
+	if env.Pipelock {
 		checks = append(checks, pl)
 	}
 	if env.Guest != "" {
-		checks = append(checks, checkGuestSelf(env.Guest))
+		checks = append(checks, guest)
 	}
-	checks = append(checks, checkNamespaces(ctx, env.Self))
+	checks = append(checks, ns)
 
 	var bad []string
 	for _, c := range checks {
@@ -332,11 +338,19 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 		return []check{c}, ""
 	}
 	c.Path = p
-	if out, err := probeProgram(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
+	// The four probes run at once; what they print is judged in order.
+	probes := [][]string{{"machine", "--help"}, {"--version"}, {"machine", "create", "--help"}, {"machine", "exec", "--help"}}
+	outs, errs := make([]string, len(probes)), make([]error, len(probes))
+	var wg sync.WaitGroup
+	for i, args := range probes {
+		wg.Go(func() { outs[i], errs[i] = probeProgram(ctx, p, args...) })
+	}
+	wg.Wait()
+	if errs[0] != nil || !strings.Contains(outs[0], "create") {
 		c.Detail = []string{p + " has no `machine` subcommand: it is not smol-machines' smolvm"}
 		return []check{c}, ""
 	}
-	out, err := probeProgram(ctx, p, "--version")
+	out, err := outs[1], errs[1]
 	m := smolvmVersionRE.FindStringSubmatch(out)
 	if err != nil || m == nil {
 		c.Detail = []string{"`smolvm --version` did not print `smolvm X.Y.Z`: " + firstLine(out, err)}
@@ -345,15 +359,11 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 	c.Version = m[1]
 	c.OK = true
 	c.Detail = []string{"smol-machines CLI (machine subcommand present)"}
-	hasFlag := func(sub, flag string) bool {
-		out, err := probeProgram(ctx, p, "machine", sub, "--help")
-		return err == nil && helpHasFlag(out, flag)
-	}
-	ms := check{Name: "smolvm " + capMountSocket.Name, Path: p, OK: hasFlag("create", "--mount-socket"), Detail: capMountSocket.detail()}
+	ms := check{Name: "smolvm " + capMountSocket.Name, Path: p, OK: errs[2] == nil && helpHasFlag(outs[2], "--mount-socket"), Detail: capMountSocket.detail()}
 	if !ms.OK {
 		ms.Hint = "upgrade smolvm to a release whose `machine create --help` lists --mount-socket"
 	}
-	t.SmolvmExecUser = hasFlag("exec", "--user")
+	t.SmolvmExecUser = errs[3] == nil && helpHasFlag(outs[3], "--user")
 	eu := check{Name: "smolvm " + capExecUser.Name, Path: p, OK: true, Status: "missing", Detail: capExecUser.detail()}
 	if t.SmolvmExecUser {
 		eu.Status = "present"
