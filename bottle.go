@@ -348,12 +348,6 @@ func resolveExisting(path string) (string, error) {
 	}
 }
 
-// within reports whether path is dir or below it.
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-}
-
 // allocSidecars gives pipelock (or the external proxy), and git-gate and
 // supervise when enabled, one loopback port each, plus pipelock's metrics
 // port, which is never relayed to the guest.

@@ -137,10 +137,6 @@ func (p *progress) step(format string, args ...any) {
 	fmt.Fprintf(p.w, "smolbottle: [%5.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// testOnlyGuestSelf replaces the smolbottle binary copied into the guest;
-// tests point it at a static build, since the test binary is not one.
-var testOnlyGuestSelf string
-
 // upOptions are up's flags beyond the plan's.
 type upOptions struct {
 	planOptions
@@ -524,6 +520,22 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	forgetStage(p.Slug, p.Stage)
 	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
+	return nil
+}
+
+// requireUp refuses a bottle that is only planned or whose supervisor is
+// gone: a command there would run without the bottle's network.
+func requireUp(p *plan) error {
+	st, ok, err := readState(p.Stage)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
+	case !st.Supervisor.alive():
+		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
+			"clean it up with: smolbottle down "+p.Slug)
+	}
 	return nil
 }
 

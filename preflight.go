@@ -70,6 +70,10 @@ type preflightEnv struct {
 	CacheDir string // where a passing result is cached; "" for none
 }
 
+// testOnlyGuestSelf replaces the smolbottle binary copied into the guest;
+// tests point it at a static build, since the test binary is not one.
+var testOnlyGuestSelf string
+
 // defaultPreflightEnv describes the running process.
 func defaultPreflightEnv(pipelock bool) preflightEnv {
 	self, _ := os.Executable()

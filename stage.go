@@ -273,19 +273,3 @@ func lockStage(stage string) (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
-
-// requireUp refuses a bottle that is only planned or whose supervisor is
-// gone: a command there would run without the bottle's network.
-func requireUp(p *plan) error {
-	st, ok, err := readState(p.Stage)
-	switch {
-	case err != nil:
-		return err
-	case !ok:
-		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
-	case !st.Supervisor.alive():
-		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
-			"clean it up with: smolbottle down "+p.Slug)
-	}
-	return nil
-}

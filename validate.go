@@ -297,3 +297,9 @@ func looksLikeRegistryRef(s string) bool {
 	first, _, hasSlash := strings.Cut(name, "/")
 	return hasSlash && (strings.Contains(first, ".") || first == "localhost")
 }
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
