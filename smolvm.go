@@ -52,7 +52,7 @@ import (
 const (
 	smolvmWaitDelay   = 10 * time.Second // after SIGTERM on cancel, before SIGKILL
 	smolvmTailBytes   = 4 << 10          // stderr kept for error messages
-	smolvmMaxStdout   = 4 << 20          // --help, exec --detach's pid
+	smolvmMaxStdout   = 4 << 20          // captured stdout: machine SUB --help
 	smolvmMaxName     = 128
 	smolvmMaxCopy     = 4 << 30 // per-transfer cap of machine cp
 	smolvmExists      = "already exists or is being created"
@@ -98,10 +98,10 @@ type socketMount struct {
 	Guest string // absolute guest path
 }
 
-// createSpec is everything machine create is given. The image goes on
-// the argv (--image), since smolvm resolves a local image only there; the
-// volumes and env are in the Smolfile; the
-// machine gets no network device (no --net, -p or egress flag ever appears).
+// createSpec is everything machine create is given. The image goes on the
+// argv (--image), since smolvm resolves a local image only there; the
+// volumes and env are in the Smolfile; the machine gets no network device
+// (no --net, -p or egress flag ever appears).
 type createSpec struct {
 	Name     string
 	Image    string        // absolute path of a `docker save` archive
@@ -183,7 +183,7 @@ type execOpts struct {
 	Stdout, Stderr io.Writer
 }
 
-// execArgs returns the argv of machine exec. user says whether the
+// execArgs returns the argv of machine exec. hasUser says whether the
 // installed smolvm has exec --user.
 func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, error) {
 	if err := checkMachineName(name); err != nil {
@@ -291,12 +291,11 @@ func smolvmErrorAs(err error) *smolvmError {
 	return nil
 }
 
-// isNotFound reports whether err says the machine does not exist (the
-// status --json form included).
+// isNotFound reports whether err says the machine does not exist
+// (src/data/errors.rs:72 @ v1.9.3).
 func isNotFound(err error) bool {
 	e := smolvmErrorAs(err)
-	return e != nil && (strings.HasPrefix(e.Msg, smolvmNotFoundPfx) ||
-		strings.HasPrefix(e.Msg, "config operation failed: machine status: ") && strings.HasSuffix(e.Msg, "' not found"))
+	return e != nil && strings.HasPrefix(e.Msg, smolvmNotFoundPfx)
 }
 
 // isAlreadyExists reports whether err says create found the name taken.

@@ -387,7 +387,7 @@ func TestSmolvmLifecycle(t *testing.T) {
 	if err := s.delete(ctx, name); err != nil {
 		t.Fatalf("delete of a deleted machine: %v", err)
 	}
-	if _, err := s.status(ctx, name); !isNotFound(err) {
+	if _, err := s.status(ctx, name); err == nil || !strings.HasSuffix(err.Error(), "machine 'sb-life' not found") {
 		t.Errorf("status after delete = %v, want not found", err)
 	}
 	if err := s.stop(ctx, name); !isNotFound(err) {
