@@ -531,21 +531,6 @@ func runNSCheck() error {
 	return nil
 }
 
-// firstLine returns the first line of out, or err when out is empty.
-func firstLine(out string, err error) string {
-	out = strings.TrimSpace(out)
-	if i := strings.IndexByte(out, '\n'); i >= 0 {
-		out = out[:i]
-	}
-	if out == "" && err != nil {
-		return err.Error()
-	}
-	if out == "" {
-		return "no output"
-	}
-	return out
-}
-
 // writeChecks prints the preflight report, one program per block.
 func writeChecks(w io.Writer, checks []check) {
 	for _, c := range checks {

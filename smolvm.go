@@ -507,7 +507,7 @@ func parseDetachedPID(out string) (int, error) {
 			return pid, nil
 		}
 	}
-	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", versionLine(out))
+	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", firstLine(out, nil))
 }
 
 // cp copies one regular host file to an absolute guest path.
@@ -521,15 +521,6 @@ func (s *smolvm) cp(ctx context.Context, hostFile, name, guestPath string) error
 	}
 	_, err = s.call(ctx, smolvmCall{args: args})
 	return err
-}
-
-// versionLine shortens unexpected output for an error.
-func versionLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
 }
 
 // hasFlag reports whether `smolvm machine SUB --help` lists flag. The
