@@ -349,12 +349,6 @@ func resolveExisting(path string) (string, error) {
 	}
 }
 
-// within reports whether path is dir or below it.
-func within(path, dir string) bool {
-	rel, err := filepath.Rel(dir, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-}
-
 // allocSidecars gives pipelock (or the external proxy), and git-gate and
 // supervise when enabled, one loopback port each, plus pipelock's metrics
 // port, which is never relayed to the guest.
@@ -468,7 +462,7 @@ func (p *plan) render() error {
 			Port:        p.Sidecars[0].Port,
 			MetricsPort: p.MetricsPort,
 			Allow:       p.Allow,
-			LogFile:     filepath.Join(p.Stage, logsDir, "pipelock.jsonl"),
+			LogFile:     filepath.Join(p.Stage, logsDir, pipelockLogFile),
 		})
 		if err != nil {
 			return fmt.Errorf("render pipelock config: %w", err)
@@ -736,7 +730,7 @@ func (smolmachines) cleanup(p *plan) cleanupPlan {
 			c.Remove = append(c.Remove, f.Path)
 		}
 	}
-	c.Remove = append(c.Remove, filepath.Join(p.Stage, "jail"), filepath.Join(p.Stage, stateFile))
+	c.Remove = append(c.Remove, filepath.Join(p.Stage, jailDirName), filepath.Join(p.Stage, stateFile))
 	return c
 }
 

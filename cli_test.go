@@ -26,7 +26,7 @@ func newCLIBoundary(t *testing.T) cliBoundary {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := cliBoundary{dir: dir, image: filepath.Join(dir, "agent.tar"), workspace: filepath.Join(dir, "ws"),
 		state: filepath.Join(dir, "st"), file: filepath.Join(dir, "file.txt")}
-	writeDockerSave(t, c.image)
+	writeTestImage(t, c.image, "root")
 	os.Mkdir(c.workspace, 0o700)
 	os.WriteFile(c.file, nil, 0o600)
 	t.Setenv("SMOLBOTTLE_STATE", c.state)

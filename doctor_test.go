@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -106,6 +107,7 @@ func BenchmarkPlanProcess(b *testing.B) {
 	tb := newTestBottle(b, "")
 	bin := filepath.Join(tb.dir, "smolbottle")
 	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // plan checks that it can run in the guest
 	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
@@ -143,5 +145,48 @@ func BenchmarkPlanInProcess(b *testing.B) {
 		if err := p.writeStage(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestNamespaceHints: doctor names the sysctl that forbids the jail's
+// namespaces.
+func TestNamespaceHints(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  []string
+	}{
+		{"debian sysctl off", map[string]string{"kernel/unprivileged_userns_clone": "0\n", "user/max_user_namespaces": "100\n"}, []string{"kernel.unprivileged_userns_clone=1"}},
+		{"no namespaces", map[string]string{"user/max_user_namespaces": "0\n"}, []string{"user.max_user_namespaces"}},
+		{"ubuntu apparmor", map[string]string{"kernel/apparmor_restrict_unprivileged_userns": "1\n"}, []string{"kernel.apparmor_restrict_unprivileged_userns=0", "userns,"}},
+		{"nothing restricts", map[string]string{"user/max_user_namespaces": "100\n"}, []string{"container"}},
+	} {
+		dir := t.TempDir()
+		for name, v := range tt.files {
+			p := filepath.Join(dir, name)
+			os.MkdirAll(filepath.Dir(p), 0o700)
+			os.WriteFile(p, []byte(v), 0o600)
+		}
+		got := strings.Join(namespaceHints(dir), "\n")
+		for _, w := range tt.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: got %q, want it to mention %q", tt.name, got, w)
+			}
+		}
+	}
+}
+
+// TestNamespaceCheckIsTheJails: the namespace check runs in exactly the
+// jail's namespaces, a PID namespace among them (its init is pid 1).
+func TestNamespaceCheckIsTheJails(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("Linux namespaces")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := checkNamespaces(context.Background(), self); !c.OK {
+		t.Fatalf("namespace check: %+v", c)
 	}
 }

@@ -140,3 +140,22 @@ func withTail(err error, tail string) error {
 	}
 	return fmt.Errorf("%w\n%s", err, strings.Join(keep, "\n"))
 }
+
+// firstLine shortens a child's unexpected output for an error: its first
+// line, at most 200 bytes, or err when there is no output.
+func firstLine(out string, err error) string {
+	out = strings.TrimSpace(out)
+	if i := strings.IndexByte(out, '\n'); i >= 0 {
+		out = out[:i]
+	}
+	if len(out) > 200 {
+		out = out[:200]
+	}
+	if out == "" && err != nil {
+		return err.Error()
+	}
+	if out == "" {
+		return "no output"
+	}
+	return out
+}

@@ -1074,9 +1074,9 @@ func newFakeSmolvm(t *testing.T) *fakeSmolvmBin {
 
 // driver returns a smolvm driver for the fake with parent as the parent
 // environment and a fresh working directory.
-func (f *fakeSmolvmBin) driver(t *testing.T, parent []string, secrets ...string) *smolvm {
+func (f *fakeSmolvmBin) driver(t *testing.T, parent []string) *smolvm {
 	t.Helper()
-	s, err := newSmolvm(f.path, t.TempDir(), parent, secrets...)
+	s, err := newSmolvm(f.path, t.TempDir(), parent)
 	if err != nil {
 		t.Fatal(err)
 	}

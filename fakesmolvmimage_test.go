@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 )
 
 // The fake smolvm's images, secrets and volumes, each as smolvm v1.9.3's
@@ -262,35 +260,4 @@ func rsplit(s string) (string, string, bool) {
 		return s, "", false
 	}
 	return s[:i], s[i+1:], true
-}
-
-// writeTestImage writes a minimal `docker save` archive at path whose
-// config's User is user ("" for the default, root).
-func writeTestImage(t testing.TB, path, user string) {
-	t.Helper()
-	var layer bytes.Buffer
-	if err := tar.NewWriter(&layer).Close(); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"User": user, "Cmd": []string{"/bin/sh"}}})
-	manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "RepoTags": []string{"smolbottle-test:latest"},
-		"Layers": []string{"layer.tar"}}})
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	for _, m := range []struct {
-		name string
-		data []byte
-	}{{"config.json", cfg}, {"layer.tar", layer.Bytes()}, {"manifest.json", manifest}} {
-		if err := tw.WriteHeader(&tar.Header{Name: m.name, Mode: 0o644, Size: int64(len(m.data)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(m.data)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -52,7 +52,7 @@ type field struct {
 func baseSmolfile() smolfileSpec {
 	return smolfileSpec{
 		Image: "/i.tar", Workdir: "/w", CPUs: 1, MemMiB: 512,
-		Volumes: []string{"/h:/g"}, Env: []envVar{{"A", "1"}}, Secrets: []string{"S"},
+		Volumes: []string{"/h:/g"}, Env: []envVar{{"A", "1"}},
 	}
 }
 
@@ -104,11 +104,6 @@ func fields() []field {
 			sp := baseSmolfile()
 			sp.Env = append(sp.Env, envVar{"V", s})
 			return smolfileCase("smolfile-env-value", sp)
-		}},
-		{name: "secrets[1]", refuse: func(s string) bool { return !representable(s) || s == "" || s == "S" }, set: func(s string) renderCase {
-			sp := baseSmolfile()
-			sp.Secrets = append(sp.Secrets, s)
-			return smolfileCase("smolfile-secrets", sp)
 		}},
 		{name: "listen", refuse: badSocketPath, set: func(s string) renderCase {
 			sp := baseGvproxy()
@@ -269,17 +264,16 @@ func fieldIs(err error, names ...string) bool {
 }
 
 func FuzzRenderSmolfile(f *testing.F) {
-	f.Add("/i.tar", "/w", "/h:/g", "NAME", "value", "SECRET", 2, 4096)
-	f.Add("\xff", "\n[network]", "]", "A=B", "x\"\n[network]", "with.dot", 0, -1)
+	f.Add("/i.tar", "/w", "/h:/g", "NAME", "value", 2, 4096)
+	f.Add("\xff", "\n[network]", "]", "A=B", "x\"\n[network]", 0, -1)
 	for _, h := range hostile {
-		f.Add(h, h, h, h, h, h, 1, 1)
+		f.Add(h, h, h, h, h, 1, 1)
 	}
-	f.Fuzz(func(t *testing.T, image, workdir, volume, envName, envValue, secret string, cpus, mem int) {
+	f.Fuzz(func(t *testing.T, image, workdir, volume, envName, envValue string, cpus, mem int) {
 		spec := smolfileSpec{
 			Image: image, Workdir: workdir, CPUs: cpus, MemMiB: mem,
 			Volumes: []string{"/h:/g", volume},
 			Env:     []envVar{{"A", "1"}, {envName, envValue}},
-			Secrets: []string{"S", secret},
 		}
 		out, err := renderSmolfile(spec)
 		var why []string // the fields that must be refused
@@ -303,9 +297,6 @@ func FuzzRenderSmolfile(f *testing.F) {
 		}
 		if !representable(envName) || !representable(envValue) {
 			why = append(why, "env")
-		}
-		if !representable(secret) || secret == "" || secret == "S" {
-			why = append(why, "secrets[1]")
 		}
 		if len(why) > 0 {
 			if !fieldIs(err, why...) {

@@ -56,7 +56,7 @@ func writeTar(t testing.TB, path string, gz bool, members ...tarMember) {
 func dockerSaveMembers(manifest string) []tarMember {
 	layer := bytes.Repeat([]byte{0}, 1024) // an empty tar is two zero blocks
 	return []tarMember{
-		{name: "blobs/sha256/c0ffee", data: []byte(`{"architecture":"amd64","os":"linux","config":{"User":"root"}}`)},
+		{name: "blobs/sha256/c0ffee", data: imageConfig("root")},
 		{name: "blobs/sha256/1a7e2", data: layer},
 		{name: "index.json", data: []byte(`{"schemaVersion":2,"manifests":[]}`)},
 		{name: "manifest.json", data: []byte(manifest)},
@@ -65,9 +65,20 @@ func dockerSaveMembers(manifest string) []tarMember {
 
 const goodManifest = `[{"Config":"blobs/sha256/c0ffee","RepoTags":["smolbottle-agent:latest"],"Layers":["blobs/sha256/1a7e2"]}]`
 
-// writeDockerSave writes a minimal archive in the shape docker save makes.
-func writeDockerSave(t testing.TB, path string) {
-	writeTar(t, path, false, dockerSaveMembers(goodManifest)...)
+// imageConfig is an image config whose USER is user ("" runs as root).
+func imageConfig(user string) []byte {
+	cfg, _ := json.Marshal(map[string]any{"architecture": "amd64", "os": "linux",
+		"config": map[string]any{"User": user, "Cmd": []string{"/bin/sh"}}})
+	return cfg
+}
+
+// writeTestImage writes a minimal archive in the shape docker save makes,
+// whose image runs as user ("" for the default, root).
+func writeTestImage(t testing.TB, path, user string) {
+	t.Helper()
+	m := dockerSaveMembers(goodManifest)
+	m[0].data = imageConfig(user)
+	writeTar(t, path, false, m...)
 }
 
 // TestImageCheck holds the plan-time image check to smolvm 1.9.3's
@@ -78,7 +89,7 @@ func TestImageCheck(t *testing.T) {
 	random := make([]byte, 10<<10)
 	rand.Read(random)
 	os.WriteFile(at("random.tar"), random, 0o600)
-	writeDockerSave(t, at("good.tar"))
+	writeTestImage(t, at("good.tar"), "root")
 	writeTar(t, at("good.tar.gz"), true, dockerSaveMembers(goodManifest)...)
 	writeTar(t, at("noman.tar"), false, dockerSaveMembers(goodManifest)[:3]...)
 	writeTar(t, at("badjson.tar"), false, dockerSaveMembers(`{"Config":`)...)

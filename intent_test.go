@@ -13,17 +13,12 @@ import (
 )
 
 type smolfileDoc struct {
-	Image   string               `json:"image"`
-	Workdir string               `json:"workdir"`
-	CPUs    int                  `json:"cpus"`
-	Memory  int                  `json:"memory"`
-	Volumes []string             `json:"volumes"`
-	Env     []string             `json:"env"`
-	Secrets map[string]secretRef `json:"secrets,omitempty"`
-}
-
-type secretRef struct {
-	FromEnv string `json:"from_env"`
+	Image   string   `json:"image"`
+	Workdir string   `json:"workdir"`
+	CPUs    int      `json:"cpus"`
+	Memory  int      `json:"memory"`
+	Volumes []string `json:"volumes"`
+	Env     []string `json:"env"`
 }
 
 func intendedSmolfile(spec smolfileSpec) smolfileDoc {
@@ -37,12 +32,6 @@ func intendedSmolfile(spec smolfileSpec) smolfileDoc {
 	}
 	for _, e := range spec.Env {
 		d.Env = append(d.Env, e.Name+"="+e.Value)
-	}
-	for _, s := range spec.Secrets {
-		if d.Secrets == nil {
-			d.Secrets = map[string]secretRef{}
-		}
-		d.Secrets[s] = secretRef{FromEnv: s}
 	}
 	return d
 }
@@ -74,7 +63,7 @@ type gvproxyRecord struct {
 	IP   string `json:"ip"`
 }
 
-// intendedGvproxy is DESIGN.md §4: one catch-all zone holding only
+// intendedGvproxy is smolbottle's gvproxy policy: one catch-all zone holding only
 // proxy.internal, NAT exactly host VIP -> 127.0.0.1, and nothing else.
 func intendedGvproxy(spec gvproxySpec) gvproxyDoc {
 	vip := spec.Net.HostVIP.String()

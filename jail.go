@@ -261,7 +261,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		// A PID namespace makes _confine its init: when _confine dies for
 		// any reason, the kernel kills gvproxy with it, whatever happens
 		// to the Pdeathsig of individual threads.
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+		Cloneflags:  confineCloneflags,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
 		Pdeathsig:   syscall.SIGKILL,

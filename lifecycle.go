@@ -134,10 +134,6 @@ func (p *progress) step(format string, args ...any) {
 	fmt.Fprintf(p.w, "smolbottle: [%5.1fs] %s\n", time.Since(p.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// testOnlyGuestSelf replaces the smolbottle binary copied into the guest;
-// tests point it at a static build, since the test binary is not one.
-var testOnlyGuestSelf string
-
 // upOptions are up's flags beyond the plan's.
 type upOptions struct {
 	planOptions
@@ -527,6 +523,22 @@ func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// requireUp refuses a bottle that is only planned or whose supervisor is
+// gone: a command there would run without the bottle's network.
+func requireUp(p *plan) error {
+	st, ok, err := readState(p.Stage)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
+	case !st.Supervisor.alive():
+		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
+			"clean it up with: smolbottle down "+p.Slug)
+	}
+	return nil
+}
+
 // cmdExec implements smolbottle exec SLUG -- CMD [ARG...]. The guest's
 // exit status becomes smolbottle's.
 func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -555,15 +567,18 @@ func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // guestExec runs command in the bottle's machine; no credential is passed
 // (the guest has placeholders only); the guest's exit status passes
-// through as exitStatus.
-// Stdin reaches the guest only when interactive.
+// through as exitStatus. Stdin reaches the guest only when interactive:
+// without -i or -t smolvm runs the command without reading its own stdin
+// (src/cli/machine.rs:2761-2771,2787-2794 @ v1.9.3), so smolvm gets none.
 func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bool, command []string, stdout, stderr io.Writer) error {
 	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
 	if err != nil {
 		return err
 	}
-	o := execOpts{Workdir: workdir, Stdin: os.Stdin, Stdout: stdout, Stderr: stderr,
-		Interactive: interactive, TTY: tty}
+	o := execOpts{Workdir: workdir, Stdout: stdout, Stderr: stderr, Interactive: interactive, TTY: tty}
+	if interactive {
+		o.Stdin = os.Stdin
+	}
 	return sv.exec(ctx, p.Machine, o, command...)
 }
 

@@ -45,9 +45,9 @@
 // install put them side by side). Doctor prints what the preflight finds:
 // each program with its path and version, whether smolvm is
 // smol-machines' and has the flags the design needs, whether smolbottle
-// itself is static, and whether user and network namespaces can be
-// created; then which credentials the host has (names only) and how
-// they are used.
+// itself is static, and whether the jail's user, network, mount and PID
+// namespaces can be created; then which credentials the host has (names
+// only) and how they are used.
 // Selftest proves the confinement: it runs the real gvproxy confined and
 // the real gvforwarder in namespaces it creates and prints the
 // reachability matrix.

@@ -23,7 +23,7 @@ const (
 var errNeedsLinux = errors.New("this needs Linux namespaces; nothing was started")
 
 func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return withHint(errNeedsLinux, "run the selftest on Linux; the macOS profile is unverified (docs-net.md)")
+	return withHint(errNeedsLinux, "run the selftest on Linux; the macOS sandbox-exec profile (seatbelt.go) has not run on a Mac")
 }
 
 func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -6,9 +6,10 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"strconv"
 )
 
-// Subnet rule (DESIGN.md §4): N = FNV-1a-32(slug) mod 254 + 1, skipping 17
+// Subnet rule (smolbottle's own): N = FNV-1a-32(slug) mod 254 + 1, skipping 17
 // (reserved by the original scheme) and 127 (gvproxy's and podman's default
 // 192.168.127.0/24), then the next N not held by a live bottle, wrapping
 // 254 -> 1. The bottle gets 192.168.N.0/24 with the gateway at .1, the guest
@@ -95,3 +96,6 @@ func allocPorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// loopbackAddr returns 127.0.0.1:port.
+func loopbackAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"strconv"
 )
 
 // pipelock config facts (schema internal/config/schema.go @ v2.3.0):
@@ -80,6 +79,3 @@ func renderPipelock(spec pipelockSpec) ([]byte, error) {
 	}
 	return y.buf.Bytes(), nil
 }
-
-// loopbackAddr returns 127.0.0.1:port.
-func loopbackAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }

@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -26,7 +27,7 @@ import (
 // piece at once, each with how to fix it. Nothing here runs at init time.
 
 // gvisorTag is the gvisor-tap-vsock release the confinement was measured
-// with (reference/gvproxy.md §0); gvproxy and gvforwarder must match it.
+// with; gvproxy and gvforwarder must match it.
 const gvisorTag = "v0.8.9"
 
 // probeTimeout bounds each version or help probe of a child program.
@@ -36,7 +37,6 @@ const probeTimeout = 10 * time.Second
 const (
 	hintSmolvm   = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
 	hintPipelock = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
-	hintUserns   = "allow unprivileged user namespaces: sysctl -w user.max_user_namespaces=15000; on Debian kernels sysctl -w kernel.unprivileged_userns_clone=1; on Ubuntu 23.10+ sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for smolbottle"
 )
 
 // check is one line of the preflight report.
@@ -69,6 +69,10 @@ type preflightEnv struct {
 	Pipelock bool   // pipelock will be launched (no -egress-proxy)
 	CacheDir string // where a passing result is cached; "" for none
 }
+
+// testOnlyGuestSelf replaces the smolbottle binary copied into the guest;
+// tests point it at a static build, since the test binary is not one.
+var testOnlyGuestSelf string
 
 // defaultPreflightEnv describes the running process.
 func defaultPreflightEnv(pipelock bool) preflightEnv {
@@ -161,29 +165,34 @@ func writePreflightCache(dir, key string, c preflightCache) {
 	}
 }
 
-// preflightFresh runs every check.
+// preflightFresh runs every check, each program's at the same time as the
+// others': they are independent, and most of the time is spent waiting for
+// child programs to start. The report keeps a fixed order.
 func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, error) {
 	var t tools
-	var checks []check
-	c, smolvmPath := checkSmolvm(ctx, env, &t)
-	checks = append(checks, c...)
-	t.Smolvm = smolvmPath
-
-	gv := checkGvisorTool(ctx, env, "gvproxy", gvisorHint("gvproxy", env))
-	t.Gvproxy = gv.Path
-	checks = append(checks, gv)
-	gf := checkGvisorTool(ctx, env, "gvforwarder", gvisorHint("gvforwarder", env))
-	t.Gvforwarder = gf.Path
-	checks = append(checks, gf)
+	var smolvmChecks []check
+	var gv, gf, pl, guest, ns check
+	var wg sync.WaitGroup
+	wg.Go(func() { smolvmChecks, t.Smolvm = checkSmolvm(ctx, env, &t) })
+	wg.Go(func() { gv = checkGvisorTool(ctx, env, "gvproxy", gvisorHint("gvproxy", env)) })
+	wg.Go(func() { gf = checkGvisorTool(ctx, env, "gvforwarder", gvisorHint("gvforwarder", env)) })
 	if env.Pipelock {
-		pl := checkPipelock(ctx, env)
-		t.Pipelock = pl.Path
+		wg.Go(func() { pl = checkPipelock(ctx, env) })
+	}
+	if env.Guest != "" {
+		wg.Go(func() { guest = checkGuestSelf(env.Guest) })
+	}
+	wg.Go(func() { ns = checkNamespaces(ctx, env.Self) })
+	wg.Wait()
+	t.Gvproxy, t.Gvforwarder, t.Pipelock = gv.Path, gf.Path, pl.Path
+	checks := append(smolvmChecks, gv, gf)
+	if env.Pipelock {
 		checks = append(checks, pl)
 	}
 	if env.Guest != "" {
-		checks = append(checks, checkGuestSelf(env.Guest))
+		checks = append(checks, guest)
 	}
-	checks = append(checks, checkNamespaces(ctx, env.Self))
+	checks = append(checks, ns)
 
 	var bad []string
 	for _, c := range checks {
@@ -304,7 +313,7 @@ func probeProgram(ctx context.Context, path string, args ...string) (string, err
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "LANG=C"}
+	cmd.Env = probeEnv()
 	cmd.Dir = os.TempDir()
 	cmd.WaitDelay = time.Second
 	var out bytes.Buffer
@@ -333,11 +342,19 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 		return []check{c}, ""
 	}
 	c.Path = p
-	if out, err := probeProgram(ctx, p, "machine", "--help"); err != nil || !strings.Contains(out, "create") {
+	// The four probes run at once; what they print is judged in order.
+	probes := [][]string{{"machine", "--help"}, {"--version"}, {"machine", "create", "--help"}, {"machine", "exec", "--help"}}
+	outs, errs := make([]string, len(probes)), make([]error, len(probes))
+	var wg sync.WaitGroup
+	for i, args := range probes {
+		wg.Go(func() { outs[i], errs[i] = probeProgram(ctx, p, args...) })
+	}
+	wg.Wait()
+	if errs[0] != nil || !strings.Contains(outs[0], "create") {
 		c.Detail = []string{p + " has no `machine` subcommand: it is not smol-machines' smolvm"}
 		return []check{c}, ""
 	}
-	out, err := probeProgram(ctx, p, "--version")
+	out, err := outs[1], errs[1]
 	m := smolvmVersionRE.FindStringSubmatch(out)
 	if err != nil || m == nil {
 		c.Detail = []string{"`smolvm --version` did not print `smolvm X.Y.Z`: " + firstLine(out, err)}
@@ -346,15 +363,11 @@ func checkSmolvm(ctx context.Context, env preflightEnv, t *tools) ([]check, stri
 	c.Version = m[1]
 	c.OK = true
 	c.Detail = []string{"smol-machines CLI (machine subcommand present)"}
-	hasFlag := func(sub, flag string) bool {
-		out, err := probeProgram(ctx, p, "machine", sub, "--help")
-		return err == nil && helpHasFlag(out, flag)
-	}
-	ms := check{Name: "smolvm " + capMountSocket.Name, Path: p, OK: hasFlag("create", "--mount-socket"), Detail: capMountSocket.detail()}
+	ms := check{Name: "smolvm " + capMountSocket.Name, Path: p, OK: errs[2] == nil && helpHasFlag(outs[2], "--mount-socket"), Detail: capMountSocket.detail()}
 	if !ms.OK {
 		ms.Hint = "upgrade smolvm to a release whose `machine create --help` lists --mount-socket"
 	}
-	t.SmolvmExecUser = hasFlag("exec", "--user")
+	t.SmolvmExecUser = errs[3] == nil && helpHasFlag(outs[3], "--user")
 	eu := check{Name: "smolvm " + capExecUser.Name, Path: p, OK: true, Status: "missing", Detail: capExecUser.detail()}
 	if t.SmolvmExecUser {
 		eu.Status = "present"
@@ -445,10 +458,10 @@ func checkPipelock(ctx context.Context, env preflightEnv) check {
 	return c
 }
 
-// checkNamespaces creates a user and a network namespace the way the
-// gvproxy confinement does, by re-executing smolbottle into them.
+// checkNamespaces creates the namespaces of gvproxy's jail
+// (confineCloneflags), by re-executing smolbottle into them.
 func checkNamespaces(ctx context.Context, self string) check {
-	c := check{Name: "namespaces", Detail: []string{"user + network + mount namespace"}, Hint: hintUserns}
+	c := check{Name: "namespaces", Detail: []string{"user + network + mount + PID namespaces"}}
 	if runtime.GOOS != "linux" {
 		c.Detail = []string{"no Linux namespaces on " + runtime.GOOS + "; the sandbox-exec confinement is not verified yet"}
 		c.Hint = "run smolbottle on Linux"
@@ -465,18 +478,47 @@ func checkNamespaces(ctx context.Context, self string) check {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		c.Detail = []string{"cannot create them: " + firstLine(out.String(), err)}
+		c.Hint = strings.Join(namespaceHints("/proc/sys"), "; ")
 		return c
 	}
 	c.OK = true
 	return c
 }
 
+// namespaceHints reads the sysctls that forbid unprivileged user namespaces
+// and says which one to change. dir is /proc/sys (a test passes a fake
+// tree).
+func namespaceHints(dir string) []string {
+	is := func(name, v string) bool {
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
+		return err == nil && strings.TrimSpace(string(b)) == v
+	}
+	var hints []string
+	if is("kernel/unprivileged_userns_clone", "0") {
+		hints = append(hints, "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1")
+	}
+	if is("user/max_user_namespaces", "0") {
+		hints = append(hints, "user namespaces are limited to 0: sysctl -w user.max_user_namespaces=15000")
+	}
+	if is("kernel/apparmor_restrict_unprivileged_userns", "1") {
+		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
+	}
+	if len(hints) == 0 {
+		hints = append(hints, "gvproxy runs only confined; it needs user, network, mount and PID namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
+	}
+	return hints
+}
+
 // nsCheckCmd is the hidden subcommand the namespace check re-executes.
 const nsCheckCmd = "_nscheck"
 
-// runNSCheck runs inside the new namespaces: it succeeds when the network
-// namespace is empty, which is what confinement relies on.
+// runNSCheck runs inside the new namespaces: it succeeds when it is the
+// init of a new PID namespace and the network namespace is empty, which is
+// what confinement relies on.
 func runNSCheck() error {
+	if pid := os.Getpid(); pid != 1 {
+		return fmt.Errorf("not in a new PID namespace: pid %d, want 1", pid)
+	}
 	ifs, err := net.Interfaces()
 	if err != nil {
 		return err
@@ -487,21 +529,6 @@ func runNSCheck() error {
 		}
 	}
 	return nil
-}
-
-// firstLine returns the first line of out, or err when out is empty.
-func firstLine(out string, err error) string {
-	out = strings.TrimSpace(out)
-	if i := strings.IndexByte(out, '\n'); i >= 0 {
-		out = out[:i]
-	}
-	if out == "" && err != nil {
-		return err.Error()
-	}
-	if out == "" {
-		return "no output"
-	}
-	return out
 }
 
 // writeChecks prints the preflight report, one program per block.

@@ -145,15 +145,18 @@ func TestProbeAnswer(t *testing.T) {
 		name, addr string
 		want       bool
 	}{{"HTTP", http, true}, {"quiet", quiet, true}, {"drops", drops, false}} {
-		rs := runProbes(context.Background(), probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: tt.name, Kind: probeAnswer, Addr: tt.addr}}})
-		if probesPass(rs) != tt.want {
-			t.Errorf("%s: got %+v, want pass=%v", tt.name, rs, tt.want)
+		pl := probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: tt.name, Kind: probeAnswer, Addr: tt.addr}}}
+		rs := runProbes(context.Background(), pl)
+		if err := judgeProbes(pl, rs); (err == nil) != tt.want {
+			t.Errorf("%s: got %v (%+v), want pass=%v", tt.name, err, rs, tt.want)
 		}
 	}
-	if probesPass(nil) {
+	pl := probePlan{Gateway: "127.0.0.1", Probes: []probe{{Name: "up", Kind: probeAnswer, Addr: http}}}
+	if judgeProbes(pl, nil) == nil {
 		t.Error("no rows: got pass")
 	}
-	if probesPass([]probeResult{{Pass: true}, {Pass: false}}) {
+	two := probePlan{Probes: []probe{{Name: "a"}, {Name: "b"}}}
+	if judgeProbes(two, []probeResult{{Name: "a", Pass: true}, {Name: "b", Pass: false}}) == nil {
 		t.Error("a failing row: got pass")
 	}
 }

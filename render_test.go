@@ -71,7 +71,6 @@ func realisticCases() []renderCase {
 			MemMiB:  4096,
 			Volumes: []string{"/home/dev/src/myproj:/workspace"},
 			Env:     proxyEnv("41873"),
-			Secrets: []string{"ANTHROPIC_API_KEY"},
 		}),
 		smolfileCase("smolfile-sidecars", smolfileSpec{
 			Image:   stage + "/rootfs",
@@ -82,9 +81,8 @@ func realisticCases() []renderCase {
 			Env: append(proxyEnv("41873"),
 				envVar{"SMOLBOTTLE_GIT_GATE_URL", "http://proxy.internal:41874"},
 				envVar{"SMOLBOTTLE_SUPERVISE_URL", "http://proxy.internal:41875/v1?token=a&b=c"}),
-			Secrets: []string{"ANTHROPIC_API_KEY", "GH_TOKEN"},
 		}),
-		smolfileCase("smolfile-no-secrets", smolfileSpec{
+		smolfileCase("smolfile-minimal", smolfileSpec{
 			Image:   stage + "/image.tar",
 			Workdir: "/",
 			CPUs:    1,
@@ -102,7 +100,6 @@ func realisticCases() []renderCase {
 				{"BIDI", "x\u202Ey\u2028z"},
 				{"TAB", "\tq'\"\\"},
 			},
-			Secrets: []string{"with.dot", "sp ace", "ok_NAME-1"},
 		}),
 		gvproxyCase("gvproxy-default", gvproxySpec{Net: myproj, SocketPath: stage + "/sock/gvproxy.sock"}),
 		gvproxyCase("gvproxy-n1", gvproxySpec{Net: netFor(1), SocketPath: "/tmp/sb/a b/gvproxy.sock"}),
@@ -196,14 +193,6 @@ func TestRenderRefusesBadIntegers(t *testing.T) {
 		if got := errField(err); got != tc.field {
 			t.Errorf("cpus %d memory %d: got error %v, want one naming %q", tc.cpus, tc.mem, err, tc.field)
 		}
-	}
-}
-
-func TestRenderRefusesDuplicateSecret(t *testing.T) {
-	spec := smolfileSpec{Image: "/i", Workdir: "/w", CPUs: 1, MemMiB: 1, Secrets: []string{"A", "B", "A"}}
-	_, err := renderSmolfile(spec)
-	if got, want := errField(err), "secrets[2]"; got != want {
-		t.Errorf("got error %v, want one naming %q", err, want)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 )
 
 // macOS has no network namespaces. There gvproxy runs under sandbox-exec
-// with the profile rendered here (DESIGN.md §2, reference/gvproxy.md "macOS"):
+// with the profile rendered here:
 // everything denied by default; reads only of its binary, its config and
 // the system libraries dyld needs; writes, binds and connects only under the
 // socket directory; outbound IP only to localhost:P for the sidecar ports.

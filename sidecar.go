@@ -22,9 +22,9 @@ import (
 // Sidecars are the host programs the guest reaches through the relays:
 // pipelock (the egress proxy), git-gate and supervise. Each listens on one
 // allocated loopback port, writes its output to a 0600 log under the
-// stage, gets an explicit environment without secrets or proxy variables,
-// runs in its own process group (so a stop reaches its children) and dies
-// with the supervisor (Pdeathsig on Linux). With -egress-proxy no pipelock
+// stage, gets an allow-listed environment (env.go) without credentials or
+// proxy variables, runs in its own process group (so a stop reaches its
+// children) and dies with the supervisor (Pdeathsig on Linux). With -egress-proxy no pipelock
 // is started; probeEgressProxy checks the given proxy instead.
 const (
 	sidecarHealthDeadline = 20 * time.Second
@@ -47,7 +47,7 @@ type sidecarSpec struct {
 	Name   string   // "pipelock", "git-gate", "supervise": names the log file
 	Argv   []string // absolute program path, then its arguments
 	Dir    string   // absolute working directory
-	Env    []string // explicit environment, see sidecarEnv
+	Env    []string // explicit environment (env.go)
 	Port   int      // the loopback port it must serve
 	Health sidecarHealth
 	LogDir string // absolute; its log is LogDir/Name.log
@@ -66,19 +66,6 @@ type sidecarProc struct {
 }
 
 var sidecarNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-
-// sidecarEnvKeep is the allow-list of a sidecar's environment.
-func sidecarEnvKeep(name string) bool {
-	switch name {
-	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "TZ":
-		return true
-	}
-	return strings.HasPrefix(name, "LC_") || strings.HasPrefix(name, "XDG_")
-}
-
-// sidecarEnv returns the environment sidecars run with: the allow-listed
-// part of parent, without proxy variables and without any secret.
-func sidecarEnv(parent []string) []string { return filterEnv(parent, sidecarEnvKeep) }
 
 // pipelockSidecar returns the spec that runs pipelock with its rendered
 // config; its health check is GET /health on the agent-facing port.
@@ -301,19 +288,6 @@ func (s *sidecarProc) logTail() string {
 	}
 	b, _ := io.ReadAll(io.LimitReader(f, sidecarTailBytes))
 	return string(b)
-}
-
-// pid returns the sidecar's process id, for the bottle's state file.
-func (s *sidecarProc) pid() int { return s.cmd.Process.Pid }
-
-// exited reports whether the sidecar has exited, and how.
-func (s *sidecarProc) exited() (bool, error) {
-	select {
-	case <-s.done:
-		return true, s.waitErr
-	default:
-		return false, nil
-	}
 }
 
 // stop sends SIGTERM to the sidecar's process group and SIGKILL after

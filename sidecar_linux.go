@@ -79,22 +79,14 @@ func listenInodes(path string, port int, into map[string]bool) error {
 	return sc.Err()
 }
 
-// procGroup returns the process group of pid, or -1.
+// procGroup returns the process group of pid (/proc/PID/stat field 5),
+// or -1.
 func procGroup(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStat(pid, 5)
 	if err != nil {
 		return -1
 	}
-	// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 {
-		return -1
-	}
-	g, err := strconv.Atoi(f[2])
+	g, err := strconv.Atoi(f)
 	if err != nil {
 		return -1
 	}

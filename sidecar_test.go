@@ -38,7 +38,7 @@ func fakeSidecarParent(args []string) int {
 	if err != nil {
 		fakeFatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "child.pid"), []byte(strconv.Itoa(s.pid())), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "child.pid"), []byte(strconv.Itoa(s.cmd.Process.Pid)), 0o600); err != nil {
 		fakeFatal(err)
 	}
 	select {}
@@ -370,7 +370,9 @@ func TestSidecarStopKills(t *testing.T) {
 	if err := s.stop(200 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("stop of a sidecar ignoring SIGTERM = %v", err)
 	}
-	if done, _ := s.exited(); !done {
+	select {
+	case <-s.done:
+	default:
 		t.Error("sidecar survived stop")
 	}
 }
@@ -482,4 +484,24 @@ func processAlive(pid int) bool {
 	}
 	_, rest, _ := strings.Cut(string(b), ") ")
 	return !strings.HasPrefix(rest, "Z")
+}
+
+// TestProcStat reads this process's group and start time the way the
+// supervisor and the state file do.
+func TestProcStat(t *testing.T) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	if got, err := procStat(os.Getpid(), 5); err != nil || got != strconv.Itoa(syscall.Getpgrp()) {
+		t.Errorf("process group = %q, %v; want %d", got, err, syscall.Getpgrp())
+	}
+	if start, err := procStart(os.Getpid()); err != nil || !(procIdent{os.Getpid(), start}).alive() {
+		t.Errorf("procStart = %d, %v; want this process's, alive", start, err)
+	}
+	if _, err := procStat(os.Getpid(), 2); err == nil {
+		t.Error("procStat of field 2 (the command name) succeeded")
+	}
+	if _, err := procStat(-1, 5); err == nil {
+		t.Error("procStat of pid -1 succeeded")
+	}
 }

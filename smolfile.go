@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"math"
 	"strconv"
@@ -12,9 +11,8 @@ import (
 // TOML 1.0 parser into structs with deny_unknown_fields, so only the keys
 // below appear. There is no net key: a machine without network intent gets
 // no network device at all, and its only network is the gvproxy socket
-// mounted with --mount-socket (a flag, not a Smolfile key). Secrets are
-// from_env references that smolvm resolves from its own environment at
-// every start and exec (not at create); their values never reach this file.
+// mounted with --mount-socket (a flag, not a Smolfile key). It holds no
+// [secrets]: credentials stay on the host, in the credential sidecar.
 
 // envVar is one guest environment variable, in a fixed order.
 type envVar struct {
@@ -30,7 +28,6 @@ type smolfileSpec struct {
 	MemMiB  int      // memory in MiB
 	Volumes []string // "HOST:GUEST[:ro]", already validated
 	Env     []envVar // guest environment, in order
-	Secrets []string // names of host variables passed as from_env references
 }
 
 // Limits of the Smolfile's integer fields: smolvm declares cpus as u8 and
@@ -68,71 +65,8 @@ func renderSmolfile(spec smolfileSpec) ([]byte, error) {
 		env[i] = e.Name + "=" + e.Value
 	}
 	t.keyStrings("env", env)
-	if len(spec.Secrets) > 0 {
-		t.buf.WriteString("\n[secrets]\n")
-		seen := make(map[string]bool, len(spec.Secrets))
-		for i, name := range spec.Secrets {
-			field := "secrets[" + strconv.Itoa(i) + "]"
-			// A repeated key makes the whole file invalid TOML.
-			if seen[name] {
-				t.fail(field, errors.New("duplicate secret name"))
-			}
-			seen[name] = true
-			k, err := tomlKey(name)
-			t.fail(field, err)
-			v := t.str(field, name)
-			t.buf.WriteString(k + " = { from_env = " + v + " }\n")
-		}
-	}
 	if t.err != nil {
 		return nil, t.err
 	}
 	return t.buf.Bytes(), nil
-}
-
-// tomlWriter writes TOML 1.0 with every string through tomlString and every
-// key through tomlKey, and keeps the first error. Inline tables stay on one
-// line and no TOML 1.1 syntax is ever produced.
-type tomlWriter struct {
-	buf bytes.Buffer
-	err error
-}
-
-func (t *tomlWriter) fail(field string, err error) {
-	if err != nil && t.err == nil {
-		t.err = fieldError{field, err}
-	}
-}
-
-func (t *tomlWriter) key(k string) string {
-	q, err := tomlKey(k)
-	t.fail(k, err)
-	return q
-}
-
-func (t *tomlWriter) str(field, v string) string {
-	q, err := tomlString(v)
-	t.fail(field, err)
-	return q
-}
-
-func (t *tomlWriter) keyString(k, v string) {
-	t.buf.WriteString(t.key(k) + " = " + t.str(k, v) + "\n")
-}
-
-func (t *tomlWriter) keyInt(k string, v int) {
-	t.buf.WriteString(t.key(k) + " = " + strconv.Itoa(v) + "\n")
-}
-
-// keyStrings writes an array of strings, one element per line.
-func (t *tomlWriter) keyStrings(k string, vs []string) {
-	if len(vs) == 0 {
-		t.buf.WriteString(t.key(k) + " = []\n")
-		return
-	}
-	t.buf.WriteString(t.key(k) + " = [\n")
-	for _, v := range vs {
-		t.buf.WriteString("  " + t.str(k, v) + ",\n")
-	}
-	t.buf.WriteString("]\n")
 }

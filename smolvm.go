@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,10 +39,10 @@ import (
 //     start (src/cli/vm_common.rs:1503-1519), which refuses a path;
 //   - local archives must be `docker save` archives, flattened by crane in
 //     the guest (crates/smolvm-agent/src/storage.rs:1180-1191,1293-1302);
-//   - [secrets] from_env references are only validated by create
-//     (src/cli/vm_common.rs:621-625) and resolved from smolvm's own
-//     environment at every start and every exec (src/cli/vm_common.rs:1497,
-//     498-507, src/cli/machine.rs:2714; src/secrets.rs:411-414,452);
+//   - a Smolfile's [secrets] are resolved from smolvm's own environment at
+//     every start and exec (src/cli/vm_common.rs:1497, src/cli/machine.rs:2714;
+//     src/secrets.rs:411-414,452): smolbottle writes none, and smolvm's
+//     environment is an allow-list that holds no credential (env.go);
 //   - start falls back to the host's proxy variables for the in-guest image
 //     pull, so they are scrubbed from smolvm's environment;
 //   - cp splits its first argument at the first ':', so a host path holding
@@ -53,10 +52,9 @@ import (
 const (
 	smolvmWaitDelay   = 10 * time.Second // after SIGTERM on cancel, before SIGKILL
 	smolvmTailBytes   = 4 << 10          // stderr kept for error messages
-	smolvmMaxStdout   = 4 << 20          // ls --json, status --json, --help
+	smolvmMaxStdout   = 4 << 20          // captured stdout: machine SUB --help
 	smolvmMaxName     = 128
 	smolvmMaxCopy     = 4 << 30 // per-transfer cap of machine cp
-	smolvmNotRunning  = "is not running. Use 'smolvm machine start"
 	smolvmExists      = "already exists or is being created"
 	smolvmNotFoundPfx = "vm not found: "
 )
@@ -64,16 +62,9 @@ const (
 // smolvm runs one smolvm binary with a pinned working directory (volume
 // host paths are resolved against it) and an explicit environment.
 type smolvm struct {
-	path string   // absolute, resolved once in preflight
-	dir  string   // absolute working directory of every call
-	env  []string // allow-listed subset of the parent environment, sorted
-	// lookup reads the parent environment; it is used only for the secret
-	// variables a call names, never copied wholesale.
-	lookup func(string) (string, bool)
-	// secrets names the host variables the machine's Smolfile [secrets]
-	// refer to; smolvm resolves them from its environment at every start
-	// and every exec, so only those calls get them.
-	secrets   []string
+	path      string   // absolute, resolved once in preflight
+	dir       string   // absolute working directory of every call
+	env       []string // allow-listed subset of the parent environment, sorted
 	waitDelay time.Duration
 
 	mu    sync.Mutex
@@ -81,85 +72,25 @@ type smolvm struct {
 }
 
 // newSmolvm returns a driver for the smolvm binary at path. parent is the
-// environment smolbottle itself received (os.Environ()); secrets names the
-// variables of parent the machine's from_env references use.
-func newSmolvm(path, dir string, parent []string, secrets ...string) (*smolvm, error) {
+// environment smolbottle itself received (os.Environ()); smolvm gets only
+// its allow-listed part.
+func newSmolvm(path, dir string, parent []string) (*smolvm, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("smolvm path %q is not absolute", path)
 	}
 	if !filepath.IsAbs(dir) {
 		return nil, fmt.Errorf("smolvm working directory %q is not absolute", dir)
 	}
-	for _, name := range secrets {
-		if !envNameRE.MatchString(name) || isProxyVar(name) {
-			return nil, fmt.Errorf("secret variable name %q is not valid", name)
-		}
-	}
-	all := envMap(parent)
 	return &smolvm{
-		secrets:   slices.Clone(secrets),
 		path:      path,
 		dir:       dir,
 		env:       smolvmEnv(parent),
-		lookup:    func(k string) (string, bool) { v, ok := all[k]; return v, ok },
 		waitDelay: smolvmWaitDelay,
 		helps:     map[string]string{},
 	}, nil
 }
 
-// envMap turns KEY=VALUE entries into a map; later entries win, as in
-// os/exec.
-func envMap(env []string) map[string]string {
-	m := make(map[string]string, len(env))
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
-			m[k] = v
-		}
-	}
-	return m
-}
-
-// isProxyVar reports whether name is a proxy variable in any case.
-func isProxyVar(name string) bool {
-	switch strings.ToUpper(name) {
-	case "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY":
-		return true
-	}
-	return false
-}
-
-// smolvmEnvKeep is the allow-list of smolvm's environment: where it keeps
-// its data, its logging, the locale, and nothing that changes its network.
-func smolvmEnvKeep(name string) bool {
-	switch name {
-	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "RUST_LOG", "LANG":
-		return true
-	}
-	return strings.HasPrefix(name, "XDG_") || strings.HasPrefix(name, "SMOLVM_") || strings.HasPrefix(name, "LC_")
-}
-
-// smolvmEnv returns the allow-listed part of parent, proxy variables
-// removed, sorted by name.
-func smolvmEnv(parent []string) []string { return filterEnv(parent, smolvmEnvKeep) }
-
-// filterEnv returns the entries of env whose names keep accepts and that
-// are not proxy variables, one per name (the last wins), sorted.
-func filterEnv(env []string, keep func(string) bool) []string {
-	m := envMap(env)
-	var out []string
-	for k, v := range m {
-		if keep(k) && !isProxyVar(k) {
-			out = append(out, k+"="+v)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
-var (
-	envNameRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	guestUserRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
-)
+var guestUserRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$`) // name, uid or uid:gid
 
 // socketMount is one --mount-socket HOST_PATH:GUEST_PATH bridge.
 type socketMount struct {
@@ -167,10 +98,10 @@ type socketMount struct {
 	Guest string // absolute guest path
 }
 
-// createSpec is everything machine create is given. The image goes on
-// the argv (--image), since smolvm resolves a local image only there; the
-// volumes, env and from_env secret references are in the Smolfile; the
-// machine gets no network device (no --net, -p or egress flag ever appears).
+// createSpec is everything machine create is given. The image goes on the
+// argv (--image), since smolvm resolves a local image only there; the
+// volumes and env are in the Smolfile; the machine gets no network device
+// (no --net, -p or egress flag ever appears).
 type createSpec struct {
 	Name     string
 	Image    string        // absolute path of a `docker save` archive
@@ -224,16 +155,14 @@ func checkSocketMount(m socketMount) error {
 }
 
 // nameArgs returns the argv of the machine subcommands that take only a
-// name: start, stop, status --json, delete -f.
+// name: start and delete -f.
 func nameArgs(sub, name string) ([]string, error) {
 	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	args := []string{"machine", sub, "--name", name}
 	switch sub {
-	case "start", "stop":
-	case "status":
-		args = append(args, "--json")
+	case "start":
 	case "delete":
 		args = append(args, "-f")
 	default:
@@ -244,20 +173,17 @@ func nameArgs(sub, name string) ([]string, error) {
 
 // execOpts are the options of one machine exec.
 type execOpts struct {
-	Workdir     string        // guest directory; "" for the machine's default
-	Env         []envVar      // non-secret guest variables, passed as -e K=V
-	Secrets     []string      // host variables passed as --secret-env NAME=NAME
-	User        string        // needs a smolvm with exec --user (PR #1148; not 1.9.3)
-	Interactive bool          // -i: keep stdin open
-	TTY         bool          // -t: allocate a pseudo-terminal
-	Detach      bool          // -d: print the guest pid and return
-	Timeout     time.Duration // --timeout; 0 for none
+	Workdir     string // guest directory; "" for the machine's default
+	User        string // needs a smolvm with exec --user (PR #1148; not 1.9.3)
+	Interactive bool   // -i: keep stdin open
+	TTY         bool   // -t: allocate a pseudo-terminal
+	Detach      bool   // -d: print the guest pid and return
 
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 }
 
-// execArgs returns the argv of machine exec. user says whether the
+// execArgs returns the argv of machine exec. hasUser says whether the
 // installed smolvm has exec --user.
 func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, error) {
 	if err := checkMachineName(name); err != nil {
@@ -276,20 +202,6 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 		}
 		args = append(args, "-w", o.Workdir)
 	}
-	for _, e := range o.Env {
-		// A KEY without '=' would forward smolbottle's own value, and a
-		// malformed entry is silently dropped: both are refused here.
-		if !envNameRE.MatchString(e.Name) {
-			return nil, fmt.Errorf("guest variable name %q is not valid", e.Name)
-		}
-		args = append(args, "-e", e.Name+"="+e.Value)
-	}
-	for _, s := range o.Secrets {
-		if !envNameRE.MatchString(s) {
-			return nil, fmt.Errorf("secret variable name %q is not valid", s)
-		}
-		args = append(args, "--secret-env", s+"="+s)
-	}
 	if o.User != "" {
 		if !hasUser {
 			return nil, withHint(errors.New("this smolvm has no machine exec --user"),
@@ -299,9 +211,6 @@ func execArgs(name string, o execOpts, hasUser bool, cmd []string) ([]string, er
 			return nil, fmt.Errorf("guest user %q is not valid", o.User)
 		}
 		args = append(args, "--user", o.User)
-	}
-	if o.Timeout > 0 {
-		args = append(args, "--timeout", strconv.FormatInt(int64((o.Timeout+time.Second-1)/time.Second), 10)+"s")
 	}
 	if o.Interactive {
 		args = append(args, "-i")
@@ -364,7 +273,7 @@ type smolvmError struct {
 	Sub  string // the call, e.g. "machine exec"
 	Code int
 	Msg  string // smolvm's message without "Error: "
-	Tail string // stderr tail, secret values redacted
+	Tail string // stderr tail
 }
 
 func (e *smolvmError) Error() string {
@@ -382,18 +291,11 @@ func smolvmErrorAs(err error) *smolvmError {
 	return nil
 }
 
-// isNotFound reports whether err says the machine does not exist (the
-// status --json form included).
+// isNotFound reports whether err says the machine does not exist
+// (src/data/errors.rs:72 @ v1.9.3).
 func isNotFound(err error) bool {
 	e := smolvmErrorAs(err)
-	return e != nil && (strings.HasPrefix(e.Msg, smolvmNotFoundPfx) ||
-		strings.HasPrefix(e.Msg, "config operation failed: machine status: ") && strings.HasSuffix(e.Msg, "' not found"))
-}
-
-// isNotRunning reports whether err says the machine is not running.
-func isNotRunning(err error) bool {
-	e := smolvmErrorAs(err)
-	return e != nil && strings.Contains(e.Msg, smolvmNotRunning)
+	return e != nil && strings.HasPrefix(e.Msg, smolvmNotFoundPfx)
 }
 
 // isAlreadyExists reports whether err says create found the name taken.
@@ -437,41 +339,15 @@ func (c *capBuffer) Write(p []byte) (int, error) {
 
 // smolvmCall is one invocation.
 type smolvmCall struct {
-	args    []string
-	secrets bool     // the call resolves from_env secrets (start, exec)
-	extra   []string // further secret variables this call names
-	stdin   io.Reader
-	stdout  io.Writer // nil: captured and returned
-	stderr  io.Writer // receives stderr too when set
+	args   []string
+	stdin  io.Reader
+	stdout io.Writer // nil: captured and returned
+	stderr io.Writer // receives stderr too when set
 }
 
 // call runs smolvm and classifies its failure. It returns the captured
 // stdout when call.stdout is nil.
 func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
-	env := slices.Clone(s.env)
-	var secretValues []string
-	var names []string
-	if c.secrets {
-		names = slices.Concat(s.secrets, c.extra)
-	}
-	slices.Sort(names)
-	for _, name := range slices.Compact(names) {
-		v, ok := s.lookup(name)
-		if !ok || v == "" {
-			return nil, withHint(fmt.Errorf("secret variable %s is not set", name),
-				"export it in the shell that runs smolbottle; smolvm reads it from there at every start and exec")
-		}
-		env = append(env, name+"="+v)
-		secretValues = append(secretValues, v)
-	}
-	for _, a := range c.args {
-		for _, v := range secretValues {
-			if strings.Contains(a, v) {
-				// A value in argv would show in ps and in smolvm's record.
-				return nil, errors.New("refusing to pass a secret value in smolvm's arguments")
-			}
-		}
-	}
 	// sub names the call in errors: "machine exec", "--version".
 	sub := c.args[0]
 	if len(c.args) >= 2 && c.args[0] == "machine" {
@@ -480,7 +356,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 
 	cmd := exec.CommandContext(ctx, s.path, c.args...)
 	cmd.Dir = s.dir
-	cmd.Env = env
+	cmd.Env = slices.Clone(s.env)
 	cmd.Stdin = c.stdin
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = s.waitDelay
@@ -503,7 +379,6 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	if err == nil {
 		return out.buf.Bytes(), nil
 	}
-	redacted := redact(tail.String(), secretValues)
 	if errors.Is(err, fs.ErrNotExist) && !fileExists(s.path) {
 		return nil, withHint(fmt.Errorf("smolvm not found at %q", s.path),
 			"install smol-machines' smolvm 1.9.3 or later (https://smolmachines.com) and put it on PATH")
@@ -516,7 +391,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 		return nil, fmt.Errorf("smolvm %s: %w", sub, err)
 	}
 	code := ee.ExitCode()
-	return out.buf.Bytes(), classify(sub, code, redacted)
+	return out.buf.Bytes(), classify(sub, code, tail.String())
 }
 
 func fileExists(p string) bool {
@@ -552,20 +427,8 @@ func lastLine(s string) string {
 	return strings.TrimRight(s, "\r")
 }
 
-// redact replaces every secret value in s.
-func redact(s string, values []string) string {
-	for _, v := range values {
-		if v != "" {
-			s = strings.ReplaceAll(s, v, "[redacted]")
-		}
-	}
-	return s
-}
-
 // create creates the machine; an existing name is an error that
-// isAlreadyExists recognises. create only checks the shape of the secret
-// references (src/cli/vm_common.rs:621-625 @ v1.9.3), so it gets no
-// secret values.
+// isAlreadyExists recognises.
 func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 	args, err := createArgs(spec)
 	if err != nil {
@@ -576,27 +439,13 @@ func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 }
 
 // start boots a created or stopped machine; an already running one is
-// fine. progress, when set, receives smolvm's stderr as it comes. start
-// resolves the secret references from its own environment
-// (src/cli/vm_common.rs:1497 @ v1.9.3), so the named secrets are in it for
-// this call.
-func (s *smolvm) start(ctx context.Context, name string, progress io.Writer) error {
+// fine. stderr, when set, receives smolvm's stderr as it comes.
+func (s *smolvm) start(ctx context.Context, name string, stderr io.Writer) error {
 	args, err := nameArgs("start", name)
 	if err != nil {
 		return err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args, secrets: true, stderr: progress})
-	return err
-}
-
-// stop stops the machine; a stopped one is fine, an unknown one is an
-// error isNotFound recognises.
-func (s *smolvm) stop(ctx context.Context, name string) error {
-	args, err := nameArgs("stop", name)
-	if err != nil {
-		return err
-	}
-	_, err = s.call(ctx, smolvmCall{args: args})
+	_, err = s.call(ctx, smolvmCall{args: args, stderr: stderr})
 	return err
 }
 
@@ -632,7 +481,7 @@ func (s *smolvm) exec(ctx context.Context, name string, o execOpts, cmd ...strin
 	if stdout == nil {
 		stdout = io.Discard
 	}
-	_, err = s.call(ctx, smolvmCall{args: args, secrets: true, extra: o.Secrets, stdin: o.Stdin, stdout: stdout, stderr: o.Stderr})
+	_, err = s.call(ctx, smolvmCall{args: args, stdin: o.Stdin, stdout: stdout, stderr: o.Stderr})
 	return err
 }
 
@@ -658,7 +507,7 @@ func parseDetachedPID(out string) (int, error) {
 			return pid, nil
 		}
 	}
-	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", versionLine(out))
+	return 0, fmt.Errorf("smolvm machine exec --detach printed no pid: %q", firstLine(out, nil))
 }
 
 // cp copies one regular host file to an absolute guest path.
@@ -672,98 +521,6 @@ func (s *smolvm) cp(ctx context.Context, hostFile, name, guestPath string) error
 	}
 	_, err = s.call(ctx, smolvmCall{args: args})
 	return err
-}
-
-// machineStatus is the part of a status --json object (and of an ls --json
-// element) smolbottle reads.
-type machineStatus struct {
-	Name    string            `json:"name"`
-	State   string            `json:"state"` // created|running|stopped|failed|unreachable|frozen
-	PID     *int              `json:"pid"`
-	Image   *string           `json:"image"`
-	Network bool              `json:"network"`
-	Mounts  int               `json:"mounts"`
-	Ports   int               `json:"ports"`
-	Labels  map[string]string `json:"labels"`
-}
-
-// status returns the machine's state; an unknown machine is an error
-// isNotFound recognises.
-func (s *smolvm) status(ctx context.Context, name string) (machineStatus, error) {
-	args, err := nameArgs("status", name)
-	if err != nil {
-		return machineStatus{}, err
-	}
-	out, err := s.call(ctx, smolvmCall{args: args})
-	if err != nil {
-		return machineStatus{}, err
-	}
-	var st machineStatus
-	if err := json.Unmarshal(out, &st); err != nil {
-		return machineStatus{}, fmt.Errorf("smolvm machine status: %w", err)
-	}
-	if st.Name != name || st.State == "" {
-		return machineStatus{}, fmt.Errorf("smolvm machine status: answer for %q has name %q and state %q", name, st.Name, st.State)
-	}
-	return st, nil
-}
-
-// list returns every machine smolvm knows.
-func (s *smolvm) list(ctx context.Context) ([]machineStatus, error) {
-	out, err := s.call(ctx, smolvmCall{args: []string{"machine", "ls", "--json"}})
-	if err != nil {
-		return nil, err
-	}
-	var all []machineStatus
-	if err := json.Unmarshal(out, &all); err != nil {
-		return nil, fmt.Errorf("smolvm machine ls: %w", err)
-	}
-	return all, nil
-}
-
-// smolvmVersion is a parsed `smolvm --version`.
-type smolvmVersion struct{ Major, Minor, Patch int }
-
-func (v smolvmVersion) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch) }
-
-// less reports whether v is older than w.
-func (v smolvmVersion) less(w smolvmVersion) bool {
-	return slices.Compare([]int{v.Major, v.Minor, v.Patch}, []int{w.Major, w.Minor, w.Patch}) < 0
-}
-
-var versionRE = regexp.MustCompile(`^smolvm (\d{1,6})\.(\d{1,6})\.(\d{1,6})(?:[-+][0-9A-Za-z.+-]*)?$`)
-
-// parseSmolvmVersion parses clap's "smolvm X.Y.Z" line. Anything else
-// (CelestoAI's unrelated "smolvm" prints no such line) is an error.
-func parseSmolvmVersion(out string) (smolvmVersion, error) {
-	line := strings.TrimSpace(out)
-	m := versionRE.FindStringSubmatch(line)
-	if m == nil {
-		return smolvmVersion{}, fmt.Errorf("smolvm --version printed %q, not \"smolvm X.Y.Z\"", versionLine(line))
-	}
-	var v smolvmVersion
-	v.Major, _ = strconv.Atoi(m[1])
-	v.Minor, _ = strconv.Atoi(m[2])
-	v.Patch, _ = strconv.Atoi(m[3])
-	return v, nil
-}
-
-// versionLine shortens unexpected output for an error.
-func versionLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return s
-}
-
-// version runs smolvm --version.
-func (s *smolvm) version(ctx context.Context) (smolvmVersion, error) {
-	out, err := s.call(ctx, smolvmCall{args: []string{"--version"}})
-	if err != nil {
-		return smolvmVersion{}, err
-	}
-	return parseSmolvmVersion(string(out))
 }
 
 // hasFlag reports whether `smolvm machine SUB --help` lists flag. The

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -95,16 +96,16 @@ func TestNameArgs(t *testing.T) {
 	t.Parallel()
 	for sub, want := range map[string][]string{
 		"start":  {"machine", "start", "--name", "m"},
-		"stop":   {"machine", "stop", "--name", "m"},
-		"status": {"machine", "status", "--name", "m", "--json"},
 		"delete": {"machine", "delete", "--name", "m", "-f"},
 	} {
 		if got, err := nameArgs(sub, "m"); err != nil || !slices.Equal(got, want) {
 			t.Errorf("nameArgs(%q) = %q, %v; want %q", sub, got, err, want)
 		}
 	}
-	if _, err := nameArgs("exec", "m"); err == nil {
-		t.Error("nameArgs(exec) succeeded")
+	for _, sub := range []string{"exec", "stop"} {
+		if _, err := nameArgs(sub, "m"); err == nil {
+			t.Errorf("nameArgs(%s) succeeded", sub)
+		}
 	}
 }
 
@@ -121,11 +122,9 @@ func TestExecArgs(t *testing.T) {
 			[]string{"machine", "exec", "--name", "m", "--", "true"}},
 		{"dash command", execOpts{}, false, []string{"-x", "--name", "y"},
 			[]string{"machine", "exec", "--name", "m", "--", "-x", "--name", "y"}},
-		{"everything", execOpts{Workdir: "/workspace", Env: []envVar{{"A", "1"}, {"B", "x=y"}},
-			Secrets: []string{"ANTHROPIC_API_KEY"}, Interactive: true, TTY: true, Timeout: 1500 * time.Millisecond},
+		{"everything", execOpts{Workdir: "/workspace", Interactive: true, TTY: true},
 			false, []string{"claude"},
-			[]string{"machine", "exec", "--name", "m", "-w", "/workspace", "-e", "A=1", "-e", "B=x=y",
-				"--secret-env", "ANTHROPIC_API_KEY=ANTHROPIC_API_KEY", "--timeout", "2s", "-i", "-t", "--", "claude"}},
+			[]string{"machine", "exec", "--name", "m", "-w", "/workspace", "-i", "-t", "--", "claude"}},
 		{"user supported", execOpts{User: "root", Detach: true}, true, []string{"/opt/sb/gvforwarder"},
 			[]string{"machine", "exec", "--name", "m", "--user", "root", "--detach", "--", "/opt/sb/gvforwarder"}},
 		{"user unsupported", execOpts{User: "root"}, false, []string{"id"}, nil},
@@ -134,8 +133,6 @@ func TestExecArgs(t *testing.T) {
 		{"empty command", execOpts{}, false, []string{""}, nil},
 		{"detach with tty", execOpts{Detach: true, TTY: true}, false, []string{"x"}, nil},
 		{"relative workdir", execOpts{Workdir: "work"}, false, []string{"x"}, nil},
-		{"env forwarding form", execOpts{Env: []envVar{{"A=B", "c"}}}, false, []string{"x"}, nil},
-		{"bad secret name", execOpts{Secrets: []string{"A B"}}, false, []string{"x"}, nil},
 	} {
 		got, err := execArgs("m", tc.opts, tc.hasUser, tc.cmd)
 		if tc.want == nil {
@@ -167,31 +164,6 @@ func TestCpArgs(t *testing.T) {
 		if got, err := cpArgs(tc[0], tc[1], tc[2]); err == nil {
 			t.Errorf("cpArgs(%q) = %q, want an error", tc, got)
 		}
-	}
-}
-
-func TestParseSmolvmVersion(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		out  string
-		want smolvmVersion
-		ok   bool
-	}{
-		{"smolvm 1.9.2\n", smolvmVersion{1, 9, 2}, true},
-		{"smolvm 0.5.19", smolvmVersion{0, 5, 19}, true},
-		{"smolvm 1.14.3-rc.1\n", smolvmVersion{1, 14, 3}, true},
-		{"SmolVM 0.3.0 (celesto)\n", smolvmVersion{}, false},
-		{"smolvm, version 1.2.3", smolvmVersion{}, false},
-		{"", smolvmVersion{}, false},
-		{"smolvm 1.9", smolvmVersion{}, false},
-	} {
-		got, err := parseSmolvmVersion(tc.out)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseSmolvmVersion(%q) = %v, %v; want %v ok=%v", tc.out, got, err, tc.want, tc.ok)
-		}
-	}
-	if !(smolvmVersion{1, 9, 2}).less(smolvmVersion{1, 14, 0}) || (smolvmVersion{1, 9, 2}).less(smolvmVersion{1, 9, 2}) {
-		t.Error("smolvmVersion.less is wrong")
 	}
 }
 
@@ -276,7 +248,6 @@ func newSmolvmFixture(t *testing.T) *smolvmFixture {
 		Image: filepath.Join(stage, "image"), Workdir: "/workspace", CPUs: 2, MemMiB: 2048,
 		Volumes: []string{filepath.Join(stage, "workspace") + ":/workspace"},
 		Env:     []envVar{{"TERM", "xterm-256color"}},
-		Secrets: []string{"ANTHROPIC_API_KEY"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -287,7 +258,7 @@ func newSmolvmFixture(t *testing.T) *smolvmFixture {
 	}
 	parent := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "HTTPS_PROXY=http://127.0.0.1:9",
 		"http_proxy=http://127.0.0.1:9", "ANTHROPIC_API_KEY=" + testSecret, "SECRET_TOO=also-" + testSecret}
-	return &smolvmFixture{fake: fake, s: fake.driver(t, parent, "ANTHROPIC_API_KEY"), image: filepath.Join(stage, "image"),
+	return &smolvmFixture{fake: fake, s: fake.driver(t, parent), image: filepath.Join(stage, "image"),
 		smolfile: path, sock: filepath.Join(stage, "gv.sock")}
 }
 
@@ -302,6 +273,54 @@ func (f *smolvmFixture) create(t *testing.T, name string) {
 	}
 }
 
+// The calls below are the tests' own: up and down never stop, list or
+// ask the status of a machine, so the driver has none of them. They go
+// through the driver's one call wrapper, as its own calls do.
+
+// machineStatus is the part of a status --json object (and of an ls --json
+// element) the tests read (src/cli/vm_common.rs:2469-2490 @ v1.9.3).
+type machineStatus struct {
+	Name    string `json:"name"`
+	State   string `json:"state"` // created|running|stopped|failed|unreachable|frozen
+	PID     *int   `json:"pid"`
+	Network bool   `json:"network"`
+}
+
+func (s *smolvm) stop(ctx context.Context, name string) error {
+	_, err := s.call(ctx, smolvmCall{args: []string{"machine", "stop", "--name", name}})
+	return err
+}
+
+func (s *smolvm) status(ctx context.Context, name string) (machineStatus, error) {
+	var st machineStatus
+	out, err := s.call(ctx, smolvmCall{args: []string{"machine", "status", "--name", name, "--json"}})
+	if err == nil {
+		err = json.Unmarshal(out, &st)
+	}
+	return st, err
+}
+
+func (s *smolvm) list(ctx context.Context) ([]machineStatus, error) {
+	var all []machineStatus
+	out, err := s.call(ctx, smolvmCall{args: []string{"machine", "ls", "--json"}})
+	if err == nil {
+		err = json.Unmarshal(out, &all)
+	}
+	return all, err
+}
+
+func (s *smolvm) version(ctx context.Context) (string, error) {
+	out, err := s.call(ctx, smolvmCall{args: []string{"--version"}})
+	return string(out), err
+}
+
+// isNotRunning reports whether err says the machine is not running
+// (src/data/errors.rs:194 @ v1.9.3).
+func isNotRunning(err error) bool {
+	e := smolvmErrorAs(err)
+	return e != nil && strings.Contains(e.Msg, "is not running. Use 'smolvm machine start")
+}
+
 func TestSmolvmLifecycle(t *testing.T) {
 	t.Parallel()
 	needFakeVM(t)
@@ -311,7 +330,7 @@ func TestSmolvmLifecycle(t *testing.T) {
 	const name = "sb-life"
 
 	v, err := s.version(ctx)
-	if err != nil || v != (smolvmVersion{1, 9, 3}) {
+	if err != nil || v != "smolvm 1.9.3\n" {
 		t.Fatalf("version = %v, %v", v, err)
 	}
 	f.create(t, name)
@@ -368,7 +387,7 @@ func TestSmolvmLifecycle(t *testing.T) {
 	if err := s.delete(ctx, name); err != nil {
 		t.Fatalf("delete of a deleted machine: %v", err)
 	}
-	if _, err := s.status(ctx, name); !isNotFound(err) {
+	if _, err := s.status(ctx, name); err == nil || !strings.HasSuffix(err.Error(), "machine 'sb-life' not found") {
 		t.Errorf("status after delete = %v, want not found", err)
 	}
 	if err := s.stop(ctx, name); !isNotFound(err) {
@@ -541,12 +560,12 @@ func TestSmolvmExecExitCode(t *testing.T) {
 	if err := f.s.exec(ctx, "sb-exit", execOpts{}, "true"); err != nil {
 		t.Errorf("exec true = %v", err)
 	}
-	if err := f.s.exec(ctx, "sb-exit", execOpts{Timeout: time.Second}, "sleep", "5"); err != exitStatus(124) {
-		t.Errorf("exec past --timeout = %v, want exit status 124", err)
-	}
 }
 
-func TestSmolvmSecretNeverInArgv(t *testing.T) {
+// TestSmolvmNoCredential: the parent environment holds a credential, and
+// smolvm never sees it, in its environment or its arguments; the guest
+// holds no credential either (the credential sidecar keeps them).
+func TestSmolvmNoCredential(t *testing.T) {
 	t.Parallel()
 	needFakeVM(t)
 	ctx := context.Background()
@@ -556,52 +575,21 @@ func TestSmolvmSecretNeverInArgv(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	err := f.s.exec(ctx, "sb-secret", execOpts{Secrets: []string{"ANTHROPIC_API_KEY"}, Stdout: &out},
-		"printenv", "ANTHROPIC_API_KEY")
-	if err != nil || out.String() != testSecret+"\n" {
-		t.Fatalf("the secret did not reach the guest: %q, %v", out.String(), err)
-	}
-	// A secret value smuggled into -e is refused before smolvm runs.
-	err = f.s.exec(ctx, "sb-secret", execOpts{Secrets: []string{"ANTHROPIC_API_KEY"},
-		Env: []envVar{{"LEAK", "x" + testSecret}}}, "true")
-	if err == nil || strings.Contains(err.Error(), testSecret) {
-		t.Errorf("exec with the secret in -e = %v", err)
-	}
-	// A failing call's error carries no secret value either.
-	err = f.s.exec(ctx, "sb-secret", execOpts{Secrets: []string{"SECRET_TOO"}, Stderr: &bytes.Buffer{}},
-		"sh", "-c", "echo $SECRET_TOO >&2; echo Error: $SECRET_TOO >&2; exit 1")
-	if err == nil || strings.Contains(err.Error(), testSecret) || strings.Contains(smolvmErrorAs(err).Tail, testSecret) {
-		t.Errorf("failing exec error = %#v", err)
-	}
-	if err := f.s.exec(ctx, "sb-secret", execOpts{Secrets: []string{"NOT_SET"}}, "true"); err == nil {
-		t.Error("exec with an unset secret variable succeeded")
+	err := f.s.exec(ctx, "sb-secret", execOpts{Stdout: &out}, "printenv", "ANTHROPIC_API_KEY")
+	if err != exitStatus(1) || out.Len() != 0 {
+		t.Errorf("printenv ANTHROPIC_API_KEY in the guest = %q, %v; want nothing, exit status 1", out.String(), err)
 	}
 	if err := f.s.delete(ctx, "sb-secret"); err != nil {
 		t.Fatal(err)
 	}
-
-	for _, r := range f.fake.records(t) {
-		for _, a := range r.Argv {
-			if strings.Contains(a, testSecret) {
-				t.Errorf("secret value in smolvm argv %q", r.Argv)
-			}
-		}
-		// smolvm resolves the Smolfile's secrets at every start and exec
-		// (src/cli/vm_common.rs:1497, src/cli/machine.rs:2714 @ v1.9.3),
-		// and create only checks them (vm_common.rs:621-625).
-		hasSecret := slices.ContainsFunc(r.Env, func(e string) bool { return strings.Contains(e, testSecret) })
-		needs := len(r.Argv) > 1 && (r.Argv[1] == "start" || r.Argv[1] == "exec")
-		if hasSecret != needs && !slices.Contains(r.Argv, "--help") {
-			t.Errorf("smolvm %q: secret in its environment = %v, want %v", r.Argv, hasSecret, needs)
-		}
+	records := f.fake.records(t)
+	if len(records) < 4 {
+		t.Fatalf("the fake recorded %d calls, want create, start, exec and delete", len(records))
 	}
-	b, err := os.ReadFile(filepath.Join(f.fake.dir, fakeSmolvmState))
-	if err != nil || bytes.Contains(b, []byte(testSecret)) {
-		t.Errorf("machine record holds the secret value (or is unreadable: %v)", err)
-	}
-	sf, _ := os.ReadFile(f.smolfile)
-	if bytes.Contains(sf, []byte(testSecret)) {
-		t.Error("Smolfile holds the secret value")
+	for _, r := range records {
+		if slices.ContainsFunc(slices.Concat(r.Argv, r.Env), func(a string) bool { return strings.Contains(a, testSecret) }) {
+			t.Errorf("smolvm %q saw the credential (env %q)", r.Argv, r.Env)
+		}
 	}
 }
 
@@ -762,17 +750,11 @@ func TestFakeSmolvmRejects(t *testing.T) {
 // FuzzExecArgs checks that whatever the options, the guest command comes
 // last, verbatim, right after "--", and the name right after --name.
 func FuzzExecArgs(f *testing.F) {
-	f.Add("m", "/w", "A", "1", "S", "u", true, false, "claude", "--name")
-	f.Add("x", "", "", "", "", "", false, true, "-t", "--")
-	f.Add("x", "/", "A", "--", "B", "--", true, false, "--", "--")
-	f.Fuzz(func(t *testing.T, name, wd, ek, ev, sec, user string, tty, det bool, c0, c1 string) {
+	f.Add("m", "/w", "u", true, false, "claude", "--name")
+	f.Add("x", "", "", false, true, "-t", "--")
+	f.Add("x", "/", "--", true, false, "--", "--")
+	f.Fuzz(func(t *testing.T, name, wd, user string, tty, det bool, c0, c1 string) {
 		o := execOpts{Workdir: wd, TTY: tty, Detach: det, User: user}
-		if ek != "" {
-			o.Env = []envVar{{ek, ev}}
-		}
-		if sec != "" {
-			o.Secrets = []string{sec}
-		}
 		cmd := []string{c0, c1}
 		args, err := execArgs(name, o, true, cmd)
 		if err != nil {
@@ -798,8 +780,9 @@ func TestFakeSmolvmModes(t *testing.T) {
 	ctx := context.Background()
 	celesto := newFakeSmolvm(t)
 	celesto.control(t, fakeControl{Mode: "celesto"})
-	if v, err := celesto.driver(t, nil).version(ctx); err == nil || !strings.Contains(err.Error(), `"smolvm, version 0.3.1"`) {
-		t.Errorf("version of CelestoAI's smolvm = %v, %v", v, err)
+	// The preflight tells it apart by its version line.
+	if v, err := celesto.driver(t, nil).version(ctx); err != nil || smolvmVersionRE.MatchString(v) {
+		t.Errorf("version of CelestoAI's smolvm = %q, %v; want a line the preflight refuses", v, err)
 	}
 
 	f := newSmolvmFixture(t)

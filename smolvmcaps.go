@@ -65,7 +65,7 @@ func parsePrepareReport(out string) (prepareReport, error) {
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil || dec.More() {
-		return r, fmt.Errorf("guest preparation printed %q, not its report", versionLine(out))
+		return r, fmt.Errorf("guest preparation printed %q, not its report", firstLine(out, nil))
 	}
 	switch r.Tun {
 	case tunPresent, tunCreated, tunSkipped:

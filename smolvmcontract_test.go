@@ -119,6 +119,8 @@ var smolvmContract = []contractRow{
 	{name: "exec resolves the record's secrets", cite: "src/cli/machine.rs:2714; src/secrets.rs:452 @ v1.9.3",
 		smolfile: ctSecret, before: ctRunning, unset: true, argv: ctExecArgs(nil, "true"), code: 1,
 		stderr: `(?m)^Error: config operation failed: resolve secret 'ANTHROPIC_API_KEY': env_unset\n$`},
+	{name: "exec -i -t", cite: "src/cli/machine.rs:2658-2664,2761-2771 @ v1.9.3",
+		before: ctRunning, argv: ctExecArgs([]string{"-i", "-t"}, "true")},
 	{name: "exec --secret-env and -e", cite: "src/cli/machine.rs:2640-2653,2714-2725 @ v1.9.3",
 		before: ctRunning, argv: ctExecArgs([]string{"-e", "A=b", "--secret-env", "K=ANTHROPIC_API_KEY", "-i", "-t"}, "sh", "-c", `test "$A$K" = b`+testSecret)},
 	{name: "exec in the machine's workdir", cite: "src/cli/machine.rs:2694-2699 @ v1.9.3",
@@ -266,18 +268,17 @@ func TestSmolvmContractCoversCalls(t *testing.T) {
 			calls = append(calls, argv)
 		}
 	}
-	for _, sub := range []string{"stop", "status", "delete"} {
-		calls = append(calls, mustArgs(nameArgs(sub, "smolbottle-x")))
-	}
+	calls = append(calls, mustArgs(nameArgs("delete", "smolbottle-x")))
 	cp, err := cpArgs("/h/f", "smolbottle-x", "/g/f")
 	if err != nil {
 		t.Fatal(err)
 	}
-	calls = append(calls, cp, []string{"machine", "ls", "--json"}, []string{"--version"}, []string{"machine", "--help"},
+	// The preflight's probes.
+	calls = append(calls, cp, []string{"--version"}, []string{"machine", "--help"},
 		[]string{"machine", "create", "--help"}, []string{"machine", "exec", "--help"})
 	// smolbottle exec: the user's command, with and without a workdir, -i
-	// and -t, and the secrets as --secret-env.
-	for _, o := range []execOpts{{}, {Workdir: "/w", Secrets: []string{"K"}, Env: []envVar{{"A", "b"}}, Interactive: true, TTY: true}} {
+	// and -t.
+	for _, o := range []execOpts{{}, {Workdir: "/w", Interactive: true, TTY: true}} {
 		argv, err := execArgs("smolbottle-x", o, false, []string{"true"})
 		if err != nil {
 			t.Fatal(err)

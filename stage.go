@@ -26,21 +26,22 @@ import (
 //	<stage>/link/          the guest link front's socket, the one smolvm bridges into the guest (guestlink.go)
 //	<stage>/jail/          gvproxy's chroot mount point, empty outside its namespace
 //	<stage>/guest/         binaries mounted read-only into the guest
-//	<stage>/logs/          logs, kept by down
+//	<stage>/logs/          logs, kept by down (pipelock's: pipelock.jsonl)
 //	<stage>/state.json     pids of a running bottle, written by up
 const (
-	planFile     = "plan.json"
-	stateFile    = "state.json"
-	smolfileName = "Smolfile"
-	gvproxyFile  = "gvproxy.yaml"
-	pipelockFile = "pipelock.yaml"
-	sockDir      = "sock"
-	guestDir     = "guest"
-	logsDir      = "logs"
-	gvproxySock  = "gvproxy.sock"
-	linkDir      = "link"
-	linkSock     = "guest.sock"
-	jailDirName  = "jail"
+	planFile        = "plan.json"
+	stateFile       = "state.json"
+	smolfileName    = "Smolfile"
+	gvproxyFile     = "gvproxy.yaml"
+	pipelockFile    = "pipelock.yaml"
+	sockDir         = "sock"
+	jailDirName     = "jail"
+	guestDir        = "guest"
+	logsDir         = "logs"
+	gvproxySock     = "gvproxy.sock"
+	pipelockLogFile = "pipelock.jsonl"
+	linkDir         = "link"
+	linkSock        = "guest.sock"
 )
 
 // stateRoot returns the directory under which bottles are staged by
@@ -136,22 +137,28 @@ func (p procIdent) alive() bool {
 
 // procStart reads a process's start time from /proc.
 func procStart(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	f, err := procStat(pid, 22)
 	if err != nil {
 		return 0, err
+	}
+	return strconv.ParseUint(f, 10, 64)
+}
+
+// procStat returns field n (numbered from 1, as in proc(5)) of
+// /proc/PID/stat, n >= 3.
+func procStat(pid, n int) (string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return "", err
 	}
 	// The command name (field 2) may hold spaces and parentheses: fields
 	// are counted after its last ')'.
 	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
-	}
 	f := strings.Fields(string(b[i+1:]))
-	const startField = 22 - 3 // fields 3.. follow the ')'
-	if len(f) <= startField {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	if i < 0 || n < 3 || len(f) <= n-3 {
+		return "", fmt.Errorf("/proc/%d/stat: malformed, or no field %d", pid, n)
 	}
-	return strconv.ParseUint(f[startField], 10, 64)
+	return f[n-3], nil
 }
 
 // readState returns the stage's state file; ok is false when there is none.
@@ -304,20 +311,4 @@ func lockStage(stage string) (unlock func(), err error) {
 		return nil, fmt.Errorf("lock stage %q: %w", stage, err)
 	}
 	return func() { f.Close() }, nil
-}
-
-// requireUp refuses a bottle that is only planned or whose supervisor is
-// gone: a command there would run without the bottle's network.
-func requireUp(p *plan) error {
-	st, ok, err := readState(p.Stage)
-	switch {
-	case err != nil:
-		return err
-	case !ok:
-		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
-	case !st.Supervisor.alive():
-		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
-			"clean it up with: smolbottle down "+p.Slug)
-	}
-	return nil
 }

@@ -17,7 +17,7 @@ const (
 	maxHostName  = 253  // RFC 1035 §2.3.4, in text form without the final dot
 	maxLabel     = 63   // RFC 1035 §2.3.4
 	maxAllow     = 64   // a longer allow-list is a policy nobody reviews
-	maxMachine   = 128  // smolvm src/data/mod.rs:55-103
+	maxMachine   = 128  // smolvm src/data/mod.rs:55 @ v1.9.3
 	minCPUs      = 1    //
 	maxCPUs      = 64   // smolvm takes a u8; more than this is a typo
 	minMemMiB    = 256  // below this no agent image boots
@@ -70,8 +70,8 @@ func checkSlug(slug string) error {
 func machineName(slug string) string { return machinPrefix + slug }
 
 // checkMachineName applies smolvm's own rule for machine names
-// (src/data/mod.rs:55-103): 1-128 characters from [A-Za-z0-9_-], starting
-// with a letter or digit, no trailing '-' and no "--".
+// (src/data/mod.rs:55-103 @ v1.9.3): 1-128 characters from [A-Za-z0-9_-],
+// starting with a letter or digit, no trailing '-' and no "--".
 func checkMachineName(name string) error {
 	if name == "" || len(name) > maxMachine {
 		return fmt.Errorf("machine name %q must be 1-%d characters", name, maxMachine)
@@ -243,7 +243,7 @@ func checkWorkspace(p string) (string, error) {
 // .tgz, the names smolvm reads as archives, src/data/image_source.rs:49 @
 // v1.9.3) or an unpacked root filesystem directory, each checked as smolvm
 // reads it (image.go). smolvm refuses registry images on a machine without
-// network (src/config.rs:841-884), and a bottle never has smolvm
+// network (src/config.rs:841-884 @ v1.9.3), and a bottle never has smolvm
 // networking, so a registry reference gets a hint instead.
 func checkImage(p string) (string, error) {
 	if err := checkText("image", p); err != nil {
@@ -296,4 +296,10 @@ func looksLikeRegistryRef(s string) bool {
 	}
 	first, _, hasSlash := strings.Cut(name, "/")
 	return hasSlash && (strings.Contains(first, ".") || first == "localhost")
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }

@@ -156,7 +156,7 @@ func checkYAML(t *testing.T, doc, intended []byte, got, want any) {
 	checkGeneric(t, intended, func(v *any) error { return yaml.Unmarshal(doc, v) })
 }
 
-// checkGvproxyPolicy checks what DESIGN.md §4 requires of every gvproxy
+// checkGvproxyPolicy checks what smolbottle requires of every gvproxy
 // config beyond equality with the intended values, so that a wrong .json
 // cannot bless a wrong config: one catch-all zone holding only
 // proxy.internal, NAT exactly host VIP -> 127.0.0.1, the VIP inside the

@@ -4,8 +4,8 @@ import (
 	"github.com/containers/gvisor-tap-vsock/pkg/types"
 )
 
-// smolfile mirrors smolvm 1.9.2's Smolfile (crates/smolvm-smolfile/src/
-// lib.rs:227-421, reference/smolvm.md §2.1) key for key, with its integer
+// smolfile mirrors smolvm's Smolfile (crates/smolvm-smolfile/src/
+// lib.rs:227-421 @ v1.9.3) key for key, with its integer
 // widths, so that a key smolvm would reject shows up in Undecoded() and an
 // out-of-range integer fails to decode. Optional scalars are pointers, so a
 // key we did not mean to write cannot hide behind a zero value.

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"slices"
+	"strings"
+)
+
+// Child environments. No child program inherits smolbottle's environment:
+// each gets an allow-list of it, built here, and never a proxy variable or a
+// credential. Credentials reach only the credential sidecar, in memory,
+// through a pipe (supervisor.go); the guest holds placeholders.
+//
+//   - smolvm: where it keeps its data, its logging, the locale. smolvm start
+//     falls back to the host's proxy variables for the in-guest image pull,
+//     so those are never passed.
+//   - sidecars (pipelock, git-gate, supervise): the user's identity, home,
+//     locale and time zone.
+//   - version and help probes (preflight): a fixed PATH, HOME and LANG=C.
+//   - gvproxy, gvforwarder and the internal subcommands: nothing at all
+//     (an empty environment, set where they are started).
+
+// smolvmEnvKeep is the allow-list of smolvm's environment.
+func smolvmEnvKeep(name string) bool {
+	switch name {
+	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "RUST_LOG", "LANG":
+		return true
+	}
+	return strings.HasPrefix(name, "XDG_") || strings.HasPrefix(name, "SMOLVM_") || strings.HasPrefix(name, "LC_")
+}
+
+// smolvmEnv returns the environment smolvm runs with.
+func smolvmEnv(parent []string) []string { return filterEnv(parent, smolvmEnvKeep) }
+
+// sidecarEnvKeep is the allow-list of a sidecar's environment.
+func sidecarEnvKeep(name string) bool {
+	switch name {
+	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "TZ":
+		return true
+	}
+	return strings.HasPrefix(name, "LC_") || strings.HasPrefix(name, "XDG_")
+}
+
+// sidecarEnv returns the environment sidecars run with.
+func sidecarEnv(parent []string) []string { return filterEnv(parent, sidecarEnvKeep) }
+
+// probeEnv is the whole environment of a version or help probe.
+func probeEnv() []string {
+	return []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "LANG=C"}
+}
+
+// filterEnv returns the entries of env whose names keep accepts and that
+// are not proxy variables, one per name (the last wins, as in os/exec),
+// sorted.
+func filterEnv(env []string, keep func(string) bool) []string {
+	m := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			m[k] = v
+		}
+	}
+	var out []string
+	for k, v := range m {
+		if keep(k) && !isProxyVar(k) {
+			out = append(out, k+"="+v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// isProxyVar reports whether name is a proxy variable in any case.
+func isProxyVar(name string) bool {
+	switch strings.ToUpper(name) {
+	case "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY":
+		return true
+	}
+	return false
+}
