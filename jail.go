@@ -130,7 +130,7 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	}
 	// The guest gets the front's socket, never gvproxy's (guestlink.go).
 	c.LinkPath = linkPath(spec.Stage)
-	if err := mkdirAllPrivate(filepath.Dir(c.LinkPath)); err != nil {
+	if err := mkdirPrivate(filepath.Dir(c.LinkPath)); err != nil {
 		return fail(setupStepError("prepare the stage", err))
 	}
 	if c.link, err = startGuestLink(c.LinkPath, c.SocketPath, logf); err != nil {
@@ -160,7 +160,7 @@ func prepareGvproxy(spec confineSpec, dirs ...string) (c *confinedNet, configPat
 		return nil, "", nil, nil, withHint(fmt.Errorf("socket path %q is %d bytes, over the %d-byte limit", c.SocketPath, len(c.SocketPath), maxSocketPath), "use a shorter stage directory")
 	}
 	for _, d := range dirs {
-		if err := mkdirAllPrivate(d); err != nil {
+		if err := mkdirPrivate(d); err != nil {
 			return nil, "", nil, nil, setupStepError("prepare the stage", err)
 		}
 	}
@@ -205,13 +205,6 @@ func checkStatic(path string) error {
 		return withHint(err, gvisorHint("gvproxy", defaultPreflightEnv(false)))
 	}
 	return nil
-}
-
-func mkdirAllPrivate(d string) error {
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		return err
-	}
-	return os.Chmod(d, 0o700)
 }
 
 // setStop makes cancellation a SIGTERM with a bounded grace period.
@@ -270,7 +263,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
-		return withHint(setupStepError("create the user, network, mount and PID namespaces", err), userNSHints(procSys)...)
+		return withHint(setupStepError("create the user, network, mount and PID namespaces", err), namespaceHints(procSys)...)
 	}
 	c.cmd, c.InnerPID = cmd, cmd.Process.Pid
 	go c.wait()
@@ -351,7 +344,7 @@ func (c *confinedNet) parseStatus(line string) error {
 		step, msg, _ := strings.Cut(rest, "\t")
 		err := setupStepError(step, errors.New(msg))
 		if strings.Contains(msg, "operation not permitted") || strings.Contains(msg, "permission denied") {
-			return withHint(err, userNSHints(procSys)...)
+			return withHint(err, namespaceHints(procSys)...)
 		}
 		return err
 	}
@@ -474,34 +467,6 @@ func waitGvproxyReady(ctx context.Context, sock string, exited <-chan struct{}, 
 // setupStepError names the step of the confinement that failed.
 func setupStepError(step string, err error) error {
 	return fmt.Errorf("confine gvproxy: %s: %w", step, err)
-}
-
-const procSys = "/proc/sys"
-
-// userNSHints reads the sysctls that forbid unprivileged user namespaces and
-// says which one to change. dir is /proc/sys (a test passes a fake tree).
-func userNSHints(dir string) []string {
-	read := func(name string) (string, bool) {
-		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(name)))
-		if err != nil {
-			return "", false
-		}
-		return strings.TrimSpace(string(b)), true
-	}
-	var hints []string
-	if v, ok := read("kernel/unprivileged_userns_clone"); ok && v == "0" {
-		hints = append(hints, "unprivileged user namespaces are off: sysctl -w kernel.unprivileged_userns_clone=1")
-	}
-	if v, ok := read("user/max_user_namespaces"); ok && v == "0" {
-		hints = append(hints, "user namespaces are limited to 0: sysctl -w user.max_user_namespaces=15000")
-	}
-	if v, ok := read("kernel/apparmor_restrict_unprivileged_userns"); ok && v == "1" {
-		hints = append(hints, "AppArmor restricts unprivileged user namespaces: add an AppArmor profile for smolbottle with \"userns,\" or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0")
-	}
-	if len(hints) == 0 {
-		hints = append(hints, "gvproxy runs only confined; it needs user, network, mount and PID namespaces (a container may forbid them: allow unshare/clone or run smolbottle on the host)")
-	}
-	return hints
 }
 
 // innerConfig is the parsed argv of _confine.

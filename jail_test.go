@@ -327,35 +327,6 @@ func TestParseStatus(t *testing.T) {
 	}
 }
 
-func TestUserNSHints(t *testing.T) {
-	tests := []struct {
-		name  string
-		files map[string]string
-		want  []string
-	}{
-		{"debian sysctl off", map[string]string{"kernel/unprivileged_userns_clone": "0\n", "user/max_user_namespaces": "100\n"}, []string{"kernel.unprivileged_userns_clone=1"}},
-		{"no namespaces", map[string]string{"user/max_user_namespaces": "0\n"}, []string{"user.max_user_namespaces"}},
-		{"ubuntu apparmor", map[string]string{"kernel/apparmor_restrict_unprivileged_userns": "1\n"}, []string{"kernel.apparmor_restrict_unprivileged_userns=0", "userns,"}},
-		{"nothing restricts", map[string]string{"user/max_user_namespaces": "100\n"}, []string{"container"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			dir := t.TempDir()
-			for name, v := range tt.files {
-				p := filepath.Join(dir, name)
-				os.MkdirAll(filepath.Dir(p), 0o700)
-				os.WriteFile(p, []byte(v), 0o600)
-			}
-			got := strings.Join(userNSHints(dir), "\n")
-			for _, w := range tt.want {
-				if !strings.Contains(got, w) {
-					t.Errorf("got %q, want it to mention %q", got, w)
-				}
-			}
-		})
-	}
-}
-
 func TestCapsDropped(t *testing.T) {
 	zero := "0000000000000000"
 	none := map[string]string{"CapInh": zero, "CapPrm": zero, "CapEff": zero, "CapBnd": zero, "CapAmb": zero, "NoNewPrivs": "1"}

@@ -478,12 +478,15 @@ func checkNamespaces(ctx context.Context, self string) check {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		c.Detail = []string{"cannot create them: " + firstLine(out.String(), err)}
-		c.Hint = strings.Join(namespaceHints("/proc/sys"), "; ")
+		c.Hint = strings.Join(namespaceHints(procSys), "; ")
 		return c
 	}
 	c.OK = true
 	return c
 }
+
+// procSys is where the kernel's namespace settings are read.
+const procSys = "/proc/sys"
 
 // namespaceHints reads the sysctls that forbid unprivileged user namespaces
 // and says which one to change. dir is /proc/sys (a test passes a fake

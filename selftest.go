@@ -209,7 +209,7 @@ func runSandbox(ctx context.Context, mode string, o selftestOptions, stdout, std
 	}
 	setStop(cmd)
 	if err := cmd.Start(); err != nil {
-		return withHint(fmt.Errorf("selftest: create the user, network and mount namespaces: %w", err), userNSHints(procSys)...)
+		return withHint(fmt.Errorf("selftest: create the user, network and mount namespaces: %w", err), namespaceHints(procSys)...)
 	}
 	err = cmd.Wait()
 	var ee *exec.ExitError
