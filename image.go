@@ -39,12 +39,19 @@ import (
 //
 // Reading is bounded: tar headers are walked (the uncompressed archive is
 // seeked over, never read whole), only manifest.json is read, at most
-// maxManifestBytes, and at most maxArchiveEntries headers. Nothing is ever
+// maxManifestBytes, and at most maxArchiveEntries headers whose names are at
+// most maxMemberName bytes (docker save writes names like
+// blobs/sha256/<64 hex>; a long name is refused, so the names kept stay
+// under maxArchiveEntries*maxMemberName bytes). A gzip archive is
+// decompressed at most maxArchiveBytes, smolvm's own default limit on an
+// archive (src/data/image_source.rs:150 @ v1.9.3). Nothing is ever
 // extracted.
 
 const (
 	maxManifestBytes  = 1 << 20
 	maxArchiveEntries = 1 << 16
+	maxMemberName     = 256
+	maxArchiveBytes   = 8 << 30
 )
 
 // hintBuildImage says how to make an image run takes.
@@ -88,7 +95,7 @@ func checkArchive(f *os.File) error {
 			return fmt.Errorf("gzip: %w", err)
 		}
 		defer zr.Close()
-		r = zr
+		r = &capReader{r: zr, left: maxArchiveBytes}
 	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		return errors.New("it is zstd-compressed, which smolbottle cannot check; decompress it (zstd -d) or save it uncompressed")
 	default:
@@ -128,6 +135,9 @@ func checkDockerSave(r io.Reader) error {
 			}
 			return fmt.Errorf("tar: %w", err)
 		}
+		if len(h.Name) > maxMemberName {
+			return fmt.Errorf("an entry's name is %d bytes long, over %d: docker save writes short names", len(h.Name), maxMemberName)
+		}
 		name := path.Clean(h.Name)
 		switch h.Typeflag {
 		case tar.TypeReg, tar.TypeSymlink, tar.TypeLink:
@@ -164,4 +174,25 @@ func checkDockerSave(r io.Reader) error {
 		}
 	}
 	return nil
+}
+
+// capReader fails once more than left bytes have been read through it.
+type capReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		if n, err := c.r.Read(make([]byte, 1)); n == 0 && err == io.EOF {
+			return 0, io.EOF
+		}
+		return 0, fmt.Errorf("it decompresses to more than %d GiB", maxArchiveBytes>>30)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"io"
 	"crypto/rand"
 	"encoding/json"
 	"os"
@@ -105,6 +106,9 @@ func TestImageCheck(t *testing.T) {
 	writeTar(t, at("linked.tar"), false, linked...)
 	big := dockerSaveMembers(strings.Repeat(" ", maxManifestBytes+1))
 	writeTar(t, at("bigman.tar"), false, big...)
+	// A long member name is refused before it is kept: names are the only
+	// thing the check holds per entry (400 such entries once cost 1.25 GiB).
+	writeTar(t, at("longname.tgz"), true, append(dockerSaveMembers(goodManifest), tarMember{name: strings.Repeat("n", maxMemberName+1)})...)
 	os.WriteFile(at("zstd.tar"), []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}, 0o600)
 	os.WriteFile(at("badgz.tgz"), []byte{0x1f, 0x8b, 0, 0}, 0o600)
 	os.MkdirAll(at("empty"), 0o700)
@@ -126,6 +130,7 @@ func TestImageCheck(t *testing.T) {
 		{"missing.tar", `names "blobs/sha256/gone", which is not in the archive`},
 		{"oci.tar", "has no manifest.json"},
 		{"bigman.tar", "manifest.json is larger than"},
+		{"longname.tgz", "name is 257 bytes long, over 256"},
 		{"zstd.tar", "zstd-compressed"},
 		{"badgz.tgz", "gzip: "},
 		{"empty", "not a root filesystem"},
@@ -193,5 +198,17 @@ func BenchmarkImageCheck(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCapReader: a gzip archive is decompressed at most maxArchiveBytes.
+func TestCapReader(t *testing.T) {
+	_, err := io.ReadAll(&capReader{r: strings.NewReader("abcdef"), left: 3})
+	if err == nil || !strings.Contains(err.Error(), "decompresses to more than") {
+		t.Fatalf("got %v, want the size refusal", err)
+	}
+	got, err := io.ReadAll(&capReader{r: strings.NewReader("abc"), left: 3})
+	if err != nil || string(got) != "abc" {
+		t.Fatalf("exactly the limit: got %q, %v", got, err)
 	}
 }
