@@ -216,6 +216,24 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 	if q := r.URL.RawQuery; q != "" && q != "beta=true" {
 		return http.StatusForbidden, "only the query beta=true is forwarded"
 	}
+	// No protocol switch: ReverseProxy would turn a 101 into a raw tunnel
+	// that carries the real key's session past every check here. No
+	// hop-by-hop header may name another either.
+	if len(r.Header.Values("Upgrade")) > 0 {
+		return http.StatusBadRequest, "no protocol upgrade is forwarded"
+	}
+	for _, v := range r.Header.Values("Connection") {
+		for tok := range strings.SplitSeq(v, ",") {
+			if t := strings.ToLower(strings.TrimSpace(tok)); t != "" && t != "keep-alive" && t != "close" {
+				return http.StatusBadRequest, "Connection may say only keep-alive or close"
+			}
+		}
+	}
+	for _, v := range r.Header.Values("Te") {
+		if strings.ToLower(strings.TrimSpace(v)) != "trailers" {
+			return http.StatusBadRequest, "TE may say only trailers"
+		}
+	}
 	if len(cp.creds) == 0 {
 		return http.StatusUnauthorized, "the host had no ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN at up"
 	}

@@ -91,7 +91,7 @@ func TestUpClaudeInGuest(t *testing.T) {
 	si.mu.Lock()
 	hosts := slices.Clone(si.host)
 	si.mu.Unlock()
-	// The sidecar names the upstream as it dials it, port included.
+	// The sidecar names the upstream without :443, as Claude Code does.
 	if want := credUpstream; len(hosts) == 0 || hosts[0] != want {
 		t.Errorf("the stand-in saw Host %q, want %q", hosts, want)
 	}

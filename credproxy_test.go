@@ -253,6 +253,12 @@ func TestCredProxy(t *testing.T) {
 		{"GET", "", "GET", "/v1/messages", map[string]string{"X-Api-Key": key}, 405, "", ""},
 		{"Host naming another host", "evil.example", "POST", "/v1/messages", map[string]string{"X-Api-Key": key}, 421, "", ""},
 		{"Host naming the upstream", "api.anthropic.com", "POST", "/v1/messages", map[string]string{"X-Api-Key": key}, 421, "", ""},
+		// A 101 from upstream would make ReverseProxy a raw tunnel with the
+		// real key's session: no upgrade is forwarded.
+		{"websocket upgrade", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Connection": "Upgrade", "Upgrade": "websocket"}, 400, "", ""},
+		{"h2c upgrade", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "Http2-Settings": "AAMAAABkAAQAoAAAAAIAAAAA"}, 400, "", ""},
+		{"Connection naming a header", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Connection": "X-Api-Key"}, 400, "", ""},
+		{"TE other than trailers", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Te": "gzip"}, 400, "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
