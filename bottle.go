@@ -559,7 +559,14 @@ func (p *plan) writeText(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nguest environment\n")
 	for _, e := range p.GuestEnv {
-		fmt.Fprintf(w, "  %s=%s\n", e.Name, e.Value)
+		// A placeholder spends the host's key through this bottle's
+		// sidecar on host loopback while it runs: it stays out of
+		// terminals and logs (plan.json and the Smolfile are 0600).
+		v := e.Value
+		if slices.ContainsFunc(p.Credentials, func(c credential) bool { return c.Env == e.Name }) {
+			v = "<placeholder, random per bottle; in plan.json>"
+		}
+		fmt.Fprintf(w, "  %s=%s\n", e.Name, v)
 	}
 	fmt.Fprintf(w, "\ncredentials (the guest holds placeholders; the %s sidecar swaps in the host's values)\n", credSidecar)
 	for _, c := range p.Credentials {
