@@ -90,7 +90,7 @@ func forgetStage(slug, stage string) {
 // is none.
 func readStageLink(root, slug string) (string, error) {
 	link := stageLinkPath(root, slug)
-	f, err := os.OpenFile(link, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(link, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0) // a FIFO must not hang ls
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
 			return "", fmt.Errorf("stage pointer %q is a symlink", link)
