@@ -42,6 +42,12 @@ const (
 
 // runSupervise is the _supervise subcommand.
 func runSupervise(ctx context.Context, args []string) error {
+	// The up that started this process, read before anything can block:
+	// if up dies before it marks the bottle ready (SIGKILL), nothing else
+	// will tear down. Once up is gone the parent is init (pid 1) or a
+	// subreaper, so pid 1 means up is already dead.
+	up := procIdent{PID: os.Getppid()}
+	up.Start, _ = procStart(up.PID)
 	if len(args) != 1 || !filepath.IsAbs(args[0]) {
 		return usageError("%s STAGE: want one absolute stage directory", supervisorCmd)
 	}
@@ -55,7 +61,7 @@ func runSupervise(ctx context.Context, args []string) error {
 	}
 	syscall.CloseOnExec(4)
 	creds := os.NewFile(4, "credentials")
-	err := supervise(ctx, args[0], creds, func(canary int) { report("ready " + strconv.Itoa(canary)) })
+	err := supervise(ctx, args[0], creds, up, func(canary int) { report("ready " + strconv.Itoa(canary)) })
 	if err != nil {
 		report("error " + strings.ReplaceAll(err.Error(), "\n", " "))
 	}
@@ -64,7 +70,7 @@ func runSupervise(ctx context.Context, args []string) error {
 
 // supervise starts everything, reports readiness and then holds it all
 // until ctx ends or any part dies, and tears it all down either way.
-func supervise(ctx context.Context, stage string, creds io.ReadCloser, ready func(canary int)) error {
+func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent procIdent, ready func(canary int)) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
 	p, err := readPlan(stage)
@@ -78,10 +84,9 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, ready fun
 		return err
 	}
 	logs := filepath.Join(stage, logsDir)
-	// The up that started this process, watched until it marks the bottle
-	// ready: if it dies before (SIGKILL), nothing else will tear down.
-	upIdent := procIdent{PID: os.Getppid()}
-	upIdent.Start, _ = procStart(upIdent.PID)
+	if upIdent.PID == 1 {
+		return errors.New("the up that started the supervisor is gone")
+	}
 	// Descriptors: the soft limit up to the hard one, so that the relays'
 	// caps (relayCaps) leave relayFDReserve for the control paths.
 	raiseNoFile()
