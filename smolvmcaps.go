@@ -23,7 +23,7 @@ type smolvmCap struct {
 var (
 	capMountSocket = smolvmCap{
 		Name:    "machine create --mount-socket",
-		For:     "bridges gvproxy's socket into the guest, the machine's only network",
+		For:     "bridges the guest link socket (to gvproxy) into the guest, the machine's only network",
 		Adds:    "present in smolvm v1.9.3 (src/cli/machine.rs:3037-3038)",
 		Without: "required: no bottle can run",
 	}
