@@ -37,8 +37,8 @@
 // its exit status through. Cp copies one file in. Down stops the
 // supervisor and everything it owns, deletes the machine and removes the
 // stage but its logs; it is idempotent and works after a crash; -n prints
-// what it would do. Ls lists bottles as planned, running or stale, those
-// planned with -stage included.
+// what it would do. Ls lists bottles as planned, starting (up at work),
+// running or stale (needs down), those planned with -stage included.
 //
 // Every subcommand finds the programs it runs the same way: in
 // smolbottle's own directory first, then on PATH (make build and make
@@ -163,7 +163,7 @@ Commands:
   exec SLUG -- CMD...    run a command in a running bottle; its exit status passes through
   cp SLUG FILE PATH      copy one host file into the guest at PATH
   down SLUG              stop and delete everything but the logs (-n: only print)
-  ls                     list bottles: planned, running or stale
+  ls                     list bottles: planned, starting, running or stale
   doctor                 check smolvm, gvproxy, gvforwarder, pipelock and namespaces
   selftest               prove the confinement: the reachability matrix, in namespaces
   version                print the version
@@ -218,8 +218,8 @@ that was up, and remove the stage but its logs. Idempotent.
 `,
 	"ls": `Usage: smolbottle ls [flags]
 
-List bottles as planned, running or stale, including those planned with
--stage.
+List bottles as planned, starting (up at work), running or stale (needs
+down), including those planned with -stage.
 `,
 	"doctor": `Usage: smolbottle doctor
 

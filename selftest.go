@@ -561,6 +561,9 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	}
 
 	netStage := filepath.Join(s.stage, "net")
+	if err := mkdirPrivate(netStage); err != nil {
+		return err
+	}
 	spoofPort, err := s.spoofSidecar()
 	if err != nil {
 		return err
@@ -1060,6 +1063,9 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 	for i, unconfined := range []bool{false, true} {
 		n := netFor(201 + i)
 		stage := filepath.Join(s.stage, "bench"+strconv.Itoa(n.N))
+		if err := mkdirPrivate(stage); err != nil {
+			return err
+		}
 		cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log}, unconfined)
 		if err != nil {
 			return err
