@@ -1090,6 +1090,18 @@ func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
 // echoSidecar starts the stand-in sidecar, an echo server on a loopback
 // port of the sandbox's host, closed with the sandbox.
 func (s *sandbox) echoSidecar() (int, error) {
+	return s.loopbackSidecar(func(c net.Conn) {
+		s.sidecarOpen(+1)
+		go func() {
+			echoServe(c)
+			s.sidecarOpen(-1)
+		}()
+	})
+}
+
+// loopbackSidecar listens on a loopback port of the sandbox's host, hands
+// every connection to serve, and is closed with the sandbox.
+func (s *sandbox) loopbackSidecar(serve func(net.Conn)) (int, error) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -1101,11 +1113,7 @@ func (s *sandbox) echoSidecar() (int, error) {
 			if err != nil {
 				return
 			}
-			s.sidecarOpen(+1)
-			go func() {
-				echoServe(c)
-				s.sidecarOpen(-1)
-			}()
+			serve(c)
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, nil

@@ -42,24 +42,12 @@ func spoofSource(n bottleNet) netip.Addr {
 
 // spoofSidecar is the spoof row's sidecar: it counts connections.
 func (s *sandbox) spoofSidecar() (int, error) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	s.closers = append(s.closers, func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.flood.mu.Lock()
-			s.flood.spoofed++
-			s.flood.mu.Unlock()
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return s.loopbackSidecar(func(c net.Conn) {
+		s.flood.mu.Lock()
+		s.flood.spoofed++
+		s.flood.mu.Unlock()
+		c.Close()
+	})
 }
 
 // spoofRow: gvproxy dialled the relay for the spoofed SYNs (it dials before
