@@ -153,7 +153,10 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err != nil {
 		return nil, err
 	}
-	p, err = resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
+	replan := func() (*plan, error) {
+		return resolvePlan(ctx, opts.planOptions, planEnv{Getenv: os.Getenv, Preflight: defaultPreflightEnv(true)})
+	}
+	p, err = replan()
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +193,8 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 		return p, err
 	}
 	prog.step("starting the supervisor: confined gvproxy, relays, sidecars")
-	st, err := startSupervisor(ctx, self, p)
+	var st bottleState
+	p, st, err = startSupervisorPorts(ctx, self, p, replan, prog)
 	if err != nil {
 		return p, err
 	}
@@ -239,6 +243,36 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	}
 	prog.step("ready: %s", p.Machine)
 	return p, nil
+}
+
+// upPortTries bounds how often up plans new ports when one was taken
+// between its allocation (net.Listen on 127.0.0.1:0, then closed) and the
+// sidecar's bind: the freed port is back in the kernel's ephemeral range,
+// where any program's outbound connection may take it. Nothing is created
+// before the supervisor starts, so planning again is safe.
+const upPortTries = 3
+
+// startSupervisorPorts starts the supervisor for p and, when a sidecar's
+// port was taken first, plans the bottle again with new ports (replan),
+// rewrites the stage and starts it again. It returns the plan that runs.
+func startSupervisorPorts(ctx context.Context, self string, p *plan, replan func() (*plan, error), prog *progress) (*plan, bottleState, error) {
+	st, err := startSupervisor(ctx, self, p)
+	for try := 1; err != nil && strings.Contains(err.Error(), errPortTaken.Error()) && try < upPortTries; try++ {
+		prog.step("a sidecar port was taken before its sidecar bound it; planning new ports")
+		np, rerr := replan()
+		if rerr != nil {
+			return p, st, errors.Join(err, rerr)
+		}
+		if np.Stage != p.Stage {
+			return p, st, fmt.Errorf("planning again gave stage %q, not %q", np.Stage, p.Stage)
+		}
+		p = np
+		if err = p.writeStage(); err != nil {
+			return p, st, err
+		}
+		st, err = startSupervisor(ctx, self, p)
+	}
+	return p, st, err
 }
 
 // fillGuestDir copies the binaries the guest runs into the read-only

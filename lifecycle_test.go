@@ -314,6 +314,51 @@ func TestSupervisorPortTaken(t *testing.T) {
 	}
 }
 
+// TestSupervisorPortTakenReplans: when a sidecar's port is taken between
+// allocation and bind (here by a listener; in life, by any program's
+// outbound connection taking the freed ephemeral port), up plans new ports
+// and starts the supervisor again instead of failing.
+func TestSupervisorPortTakenReplans(t *testing.T) {
+	b := newTestBottle(t, "")
+	p, err := resolvePlan(context.Background(), b.opts("replan"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	taken := p.Sidecars[0].Port
+	ln, err := net.Listen("tcp", loopbackAddr(taken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	replans := 0
+	replan := func() (*plan, error) {
+		replans++
+		return resolvePlan(context.Background(), b.opts("replan"), b.env(t))
+	}
+	self, _ := os.Executable()
+	np, st, err := startSupervisorPorts(context.Background(), self, p, replan, &progress{})
+	if err != nil {
+		t.Fatalf("startSupervisorPorts: %v", err)
+	}
+	defer stopSupervisor(st.Supervisor)
+	if replans != 1 || np.Sidecars[0].Port == taken {
+		t.Errorf("replanned %d times, pipelock on %d (taken: %d); want one new plan with a new port", replans, np.Sidecars[0].Port, taken)
+	}
+	if on, err := readPlan(p.Stage); err != nil || on.Sidecars[0].Port != np.Sidecars[0].Port {
+		t.Errorf("the stage's plan.json is not the plan that runs: %v", err)
+	}
+	if err := stopSupervisor(st.Supervisor); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if left := processesMentioning(t, p.Stage); len(left) > 0 {
+		t.Errorf("processes left: %q", left)
+	}
+}
+
 func TestLifecycleArgs(t *testing.T) {
 	b := newTestBottle(t, "")
 	f := useBottle(t, b)
