@@ -41,7 +41,7 @@ import (
 const (
 	credSidecar        = "credentials"
 	credUpstream       = "api.anthropic.com"
-	credMaxBody        = 32 << 20 // the Messages API's own request limit
+	credMaxBody        = 32 << 20 // the Messages API's own request limit, as its docs state it (unverified here)
 	credMaxHeader      = 64 << 10
 	credMaxValue       = 8 << 10 // one credential's value, as read from up
 	credReadHeader     = 10 * time.Second
