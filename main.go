@@ -28,11 +28,13 @@
 // same plan as JSON.
 //
 // Up plans the bottle, then starts a supervisor that owns the confined
-// gvproxy, its relays and the sidecars; creates and starts the machine with
-// no smolvm network and gvproxy's socket bridged in; starts gvforwarder in
-// the guest, configures the guest network and runs the egress self-test
-// from inside the guest. A forbidden destination that answers stops the
-// bottle. Run is up, then the agent with a terminal in /workspace, then
+// gvproxy, the guest link front, the relays and the sidecars; creates and
+// starts the machine with no smolvm network and the link front's socket
+// bridged in (one VM link, none of gvproxy's API); prepares the guest as
+// root (/dev/net/tun), starts gvforwarder there, configures the guest
+// network and runs the egress self-test from inside the guest. A forbidden
+// destination that answers stops the bottle; SIGINT, SIGTERM and SIGHUP
+// tear down what was started. Run is up, then the agent with a terminal in /workspace, then
 // down unless -keep. Exec runs a command in a running bottle and passes
 // its exit status through. Cp copies one file in. Down stops the
 // supervisor and everything it owns, deletes the machine and removes the
@@ -56,14 +58,15 @@
 // and run exit with the guest command's status.
 //
 // Security: smolbottle trusts the smolvm, gvproxy, gvforwarder and pipelock
-// binaries it finds on PATH (or beside itself) and checks their versions. It
-// writes only under the stage directory (default
-// ~/.local/state/smolbottle/SLUG): directories 0700, files 0600, each
-// written whole, except the guest binaries (guest/, 0755 with 0555 files:
-// the image's user, any uid, runs them; nothing in them is secret). Child
-// programs get an explicit environment and argv,
-// never a shell. Nothing listens on anything but 127.0.0.1 or a unix socket
-// in a 0700 directory.
+// binaries it finds beside itself or on PATH, in that order, and checks
+// their versions. It writes only under the stage directory (default
+// ~/.local/state/smolbottle/SLUG) and, for a stage elsewhere, a pointer
+// file in the state root: directories 0700, files 0600, each written
+// whole, except the guest binaries (guest/, 0755 with 0555 files: the
+// image's user, any uid, runs them; nothing in them is secret). Child
+// programs get an explicit environment and argv, never a shell, and no
+// descriptor but stdio and what they are handed. Nothing listens on
+// anything but 127.0.0.1 or a unix socket in a 0700 directory.
 //
 // Credentials never enter the VM. Up reads ANTHROPIC_API_KEY and
 // CLAUDE_CODE_OAUTH_TOKEN from its own environment and hands them to the
