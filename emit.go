@@ -130,22 +130,19 @@ func (y *yamlWriter) keyValue(n int, k, v string) {
 }
 
 // keyInt writes `"k": 123`.
-func (y *yamlWriter) keyInt(n int, k string, v int) {
-	y.field(n, k)
-	y.indent(n)
-	y.quotedKey(k)
-	y.buf.WriteByte(' ')
-	y.buf.WriteString(strconv.Itoa(v))
-	y.buf.WriteByte('\n')
-}
+func (y *yamlWriter) keyInt(n int, k string, v int) { y.keyBare(n, k, strconv.Itoa(v)) }
 
 // keyBool writes `"k": true|false`.
-func (y *yamlWriter) keyBool(n int, k string, v bool) {
+func (y *yamlWriter) keyBool(n int, k string, v bool) { y.keyBare(n, k, strconv.FormatBool(v)) }
+
+// keyBare writes `"k": v` with v unquoted: only for the integers and
+// booleans above, never for a user's string.
+func (y *yamlWriter) keyBare(n int, k, v string) {
 	y.field(n, k)
 	y.indent(n)
 	y.quotedKey(k)
 	y.buf.WriteByte(' ')
-	y.buf.WriteString(strconv.FormatBool(v))
+	y.buf.WriteString(v)
 	y.buf.WriteByte('\n')
 }
 
