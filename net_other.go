@@ -9,8 +9,7 @@ import (
 )
 
 // The confinement, the guest setup and the selftest use Linux namespaces.
-// Elsewhere these commands fail closed; macOS gets the sandbox-exec profile
-// of seatbelt.go instead, which is unverified.
+// Elsewhere these commands fail closed: there is no confinement off Linux.
 const (
 	confineCmd       = "_confine"
 	dropExecCmd      = "_dropexec"
@@ -23,7 +22,7 @@ const (
 var errNeedsLinux = errors.New("this needs Linux namespaces; nothing was started")
 
 func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return withHint(errNeedsLinux, "run the selftest on Linux; the macOS sandbox-exec profile (seatbelt.go) has not run on a Mac")
+	return withHint(errNeedsLinux, "run the selftest on Linux; there is no confinement off Linux")
 }
 
 func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -49,5 +48,5 @@ func (c *confinedNet) Close() error          { return nil }
 func (c *confinedNet) Done() <-chan struct{} { return nil }
 
 func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) {
-	return nil, withHint(errNeedsLinux, "the macOS sandbox-exec confinement is rendered but not wired in or verified yet")
+	return nil, withHint(errNeedsLinux, "run smolbottle on Linux; there is no confinement off Linux yet")
 }

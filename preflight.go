@@ -463,7 +463,7 @@ func checkPipelock(ctx context.Context, env preflightEnv) check {
 func checkNamespaces(ctx context.Context, self string) check {
 	c := check{Name: "namespaces", Detail: []string{"user + network + mount + PID namespaces"}}
 	if runtime.GOOS != "linux" {
-		c.Detail = []string{"no Linux namespaces on " + runtime.GOOS + "; the sandbox-exec confinement is not verified yet"}
+		c.Detail = []string{"no Linux namespaces on " + runtime.GOOS + "; off Linux there is no confinement"}
 		c.Hint = "run smolbottle on Linux"
 		return c
 	}
