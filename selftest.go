@@ -993,18 +993,20 @@ type benchResult struct {
 }
 
 const (
-	benchBytes  = 32 << 20
-	benchConns  = 100
-	benchRounds = 5
+	benchBytes         = 32 << 20
+	benchRounds        = 5  // throughput: echoes per path
+	benchConnectRounds = 25 // connect: batches per path, alternating paths
+	benchConns         = 20 // connects per batch
 )
 
-// measurePaths measures each address in turn, benchRounds times, and
-// returns the median per address: throughput (echo, both directions at
-// once) and the time to connect and get one byte back.
+// measurePaths measures each address in turn and returns the median per
+// address: throughput (echo, both directions at once, benchRounds times)
+// and the time to connect and get one byte back (benchConnectRounds
+// batches of benchConns). The paths alternate batch by batch so that drift
+// in the machine's load falls on both alike.
 func measurePaths(ctx context.Context, addrs []string) ([]benchResult, error) {
 	mibps := make([][]float64, len(addrs))
 	us := make([][]float64, len(addrs))
-	buf := make([]byte, 1)
 	for range benchRounds {
 		for i, addr := range addrs {
 			start := time.Now()
@@ -1012,7 +1014,12 @@ func measurePaths(ctx context.Context, addrs []string) ([]benchResult, error) {
 				return nil, err
 			}
 			mibps[i] = append(mibps[i], float64(benchBytes)/(1<<20)/time.Since(start).Seconds())
-			start = time.Now()
+		}
+	}
+	buf := make([]byte, 1)
+	for range benchConnectRounds {
+		for i, addr := range addrs {
+			start := time.Now()
 			for range benchConns {
 				c, err := net.DialTimeout("tcp4", addr, probeDialTimeout)
 				if err != nil {

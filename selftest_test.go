@@ -235,8 +235,8 @@ func copyFile(src, dst string, mode os.FileMode) error {
 
 // BenchmarkNetPath measures guest namespace -> sidecar through a confined
 // and an unconfined gvproxy in one sandbox and reports both and the ratios.
-// One iteration is a whole measurement (best of three 64 MiB echoes and of
-// three rounds of 200 connects); run it with -benchtime=1x.
+// One iteration is a whole measurement (the medians of five 32 MiB echoes and
+// of 25 alternating batches of 20 connects); run it with -benchtime=1x.
 func BenchmarkNetPath(b *testing.B) {
 	gvproxy, gvforwarder := netTools(b)
 	for range b.N {
