@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -257,6 +256,13 @@ func (s *sandbox) close() {
 	}
 }
 
+// Modes besides "matrix" that only a test binary has: the data-path
+// benchmark (selftest_bench_test.go) adds its host side and its guest side.
+var (
+	sandboxModes = map[string]func(ctx context.Context, s *sandbox, stdout io.Writer) error{}
+	guestModes   = map[string]func(ctx context.Context, plan probePlan) (any, error){}
+)
+
 // runSelftestHost runs inside the sandbox namespaces.
 func runSelftestHost(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(selftestHostCmd, flag.ContinueOnError)
@@ -288,8 +294,9 @@ func runSelftestHost(ctx context.Context, args []string, stdout, stderr io.Write
 			return withLogTail(err, &logBuf)
 		}
 		return err
-	case "bench":
-		return withLogTail(s.bench(ctx, stdout), &logBuf)
+	}
+	if f, ok := sandboxModes[*mode]; ok {
+		return withLogTail(f(ctx, s, stdout), &logBuf)
 	}
 	return fmt.Errorf("unknown mode %q", *mode)
 }
@@ -912,20 +919,14 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	defer cancel()
 	var result any
-	switch *mode {
-	case "matrix":
+	if *mode == "matrix" {
 		result = runProbes(ctx, plan)
-	case "bench":
-		addrs := make([]string, len(plan.Probes))
-		for i, p := range plan.Probes {
-			addrs[i] = p.Addr
-		}
-		b, err := measurePaths(ctx, addrs)
-		if err != nil {
+	} else if f, ok := guestModes[*mode]; ok {
+		var err error
+		if result, err = f(ctx, plan); err != nil {
 			return fmt.Errorf("guest: %w", err)
 		}
-		result = b
-	default:
+	} else {
 		return fmt.Errorf("guest: unknown mode %q", *mode)
 	}
 	return json.NewEncoder(stdout).Encode(result)
@@ -984,114 +985,6 @@ func withLogTail(err error, b *lockedBuffer) error {
 		return fmt.Errorf("%w\nlog tail:\n%s", err, t)
 	}
 	return err
-}
-
-// benchResult is what the guest measured on one path.
-type benchResult struct {
-	MiBps         float64 `json:"mib_per_s"`
-	ConnectMicros float64 `json:"connect_us"`
-}
-
-const (
-	benchBytes         = 32 << 20
-	benchRounds        = 5  // throughput: echoes per path
-	benchConnectRounds = 25 // connect: batches per path, alternating paths
-	benchConns         = 20 // connects per batch
-)
-
-// measurePaths measures each address in turn and returns the median per
-// address: throughput (echo, both directions at once, benchRounds times)
-// and the time to connect and get one byte back (benchConnectRounds
-// batches of benchConns). The paths alternate batch by batch so that drift
-// in the machine's load falls on both alike.
-func measurePaths(ctx context.Context, addrs []string) ([]benchResult, error) {
-	mibps := make([][]float64, len(addrs))
-	us := make([][]float64, len(addrs))
-	for range benchRounds {
-		for i, addr := range addrs {
-			start := time.Now()
-			if _, err := echoCheck(ctx, addr, benchBytes, time.Minute); err != nil {
-				return nil, err
-			}
-			mibps[i] = append(mibps[i], float64(benchBytes)/(1<<20)/time.Since(start).Seconds())
-		}
-	}
-	buf := make([]byte, 1)
-	for range benchConnectRounds {
-		for i, addr := range addrs {
-			start := time.Now()
-			for range benchConns {
-				c, err := net.DialTimeout("tcp4", addr, probeDialTimeout)
-				if err != nil {
-					return nil, err
-				}
-				_, err = c.Write(buf)
-				if err == nil {
-					_, err = io.ReadFull(c, buf)
-				}
-				c.Close()
-				if err != nil {
-					return nil, err
-				}
-			}
-			us[i] = append(us[i], float64(time.Since(start).Microseconds())/benchConns)
-		}
-	}
-	res := make([]benchResult, len(addrs))
-	for i := range addrs {
-		res[i] = benchResult{MiBps: median(mibps[i]), ConnectMicros: median(us[i])}
-	}
-	return res, nil
-}
-
-func median(v []float64) float64 {
-	v = slices.Clone(v)
-	slices.Sort(v)
-	return v[len(v)/2]
-}
-
-// netBench is the outcome of the benchmark mode.
-type netBench struct {
-	Confined   benchResult `json:"confined"`
-	Unconfined benchResult `json:"unconfined"`
-}
-
-// bench measures the guest -> sidecar path through a confined and an
-// unconfined gvproxy, one after the other, in the same sandbox.
-func (s *sandbox) bench(ctx context.Context, stdout io.Writer) error {
-	port, err := s.echoSidecar()
-	if err != nil {
-		return err
-	}
-	// Index 0 confined, 1 unconfined; both run at once, in alternation.
-	var socks []string
-	var nets []bottleNet
-	var plan probePlan
-	for i, unconfined := range []bool{false, true} {
-		n := netFor(201 + i)
-		stage := filepath.Join(s.stage, "bench"+strconv.Itoa(n.N))
-		if err := mkdirPrivate(stage); err != nil {
-			return err
-		}
-		cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log}, unconfined)
-		if err != nil {
-			return err
-		}
-		s.closers = append(s.closers, func() { cn.Close() })
-		socks, nets = append(socks, cn.LinkPath), append(nets, n)
-		plan.Probes = append(plan.Probes, probe{Addr: netip.AddrPortFrom(n.HostVIP, uint16(port)).String()})
-	}
-	plan.Gateway = nets[0].Gateway.String()
-	out, err := s.runGuest(ctx, socks, nets, "bench", plan)
-	if err != nil {
-		return err
-	}
-	var rs []benchResult
-	if err := json.Unmarshal(out, &rs); err != nil || len(rs) != 2 {
-		return fmt.Errorf("bench: guest output %q: %v", out, err)
-	}
-	res := netBench{Confined: rs[0], Unconfined: rs[1]}
-	return json.NewEncoder(stdout).Encode(res)
 }
 
 // echoSidecar starts the stand-in sidecar, an echo server on a loopback

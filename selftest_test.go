@@ -5,7 +5,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -231,29 +230,4 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return out.Close()
-}
-
-// BenchmarkNetPath measures guest namespace -> sidecar through a confined
-// and an unconfined gvproxy in one sandbox and reports both and the ratios.
-// One iteration is a whole measurement (the medians of five 32 MiB echoes and
-// of 25 alternating batches of 20 connects); run it with -benchtime=1x.
-func BenchmarkNetPath(b *testing.B) {
-	gvproxy, gvforwarder := netTools(b)
-	for range b.N {
-		var out, errb bytes.Buffer
-		err := runSandbox(context.Background(), "bench", selftestOptions{gvproxy: gvproxy, gvforwarder: gvforwarder}, &out, &errb)
-		if err != nil {
-			b.Fatalf("bench: %v\n%s", err, errb.String())
-		}
-		var r netBench
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-			b.Fatalf("bench output %q: %v", out.String(), err)
-		}
-		b.ReportMetric(r.Confined.MiBps, "confined-MiB/s")
-		b.ReportMetric(r.Unconfined.MiBps, "unconfined-MiB/s")
-		b.ReportMetric(r.Confined.MiBps/r.Unconfined.MiBps, "throughput-ratio")
-		b.ReportMetric(r.Confined.ConnectMicros, "confined-connect-us")
-		b.ReportMetric(r.Unconfined.ConnectMicros, "unconfined-connect-us")
-		b.ReportMetric(r.Unconfined.ConnectMicros/r.Confined.ConnectMicros, "connect-speed-ratio")
-	}
 }
