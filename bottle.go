@@ -751,3 +751,19 @@ func mustArgs(args []string, err error) []string {
 
 // supervisorCmd is the hidden subcommand up starts the supervisor with.
 const supervisorCmd = "_supervise"
+
+// readPlan reads the plan a stage was written from.
+func readPlan(stage string) (*plan, error) {
+	b, err := os.ReadFile(filepath.Join(stage, planFile))
+	if err != nil {
+		return nil, err
+	}
+	var p plan
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(stage, planFile), err)
+	}
+	if p.Stage != stage {
+		return nil, fmt.Errorf("%s was written for stage %q", filepath.Join(stage, planFile), p.Stage)
+	}
+	return &p, nil
+}

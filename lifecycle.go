@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -15,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 )
 
@@ -67,57 +65,6 @@ func listBottles(root string) ([]bottleInfo, error) {
 		return out[i].Slug < out[j].Slug || out[i].Slug == out[j].Slug && out[i].Stage < out[j].Stage
 	})
 	return out, nil
-}
-
-// readPlan reads the plan a stage was written from.
-func readPlan(stage string) (*plan, error) {
-	b, err := os.ReadFile(filepath.Join(stage, planFile))
-	if err != nil {
-		return nil, err
-	}
-	var p plan
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(stage, planFile), err)
-	}
-	if p.Stage != stage {
-		return nil, fmt.Errorf("%s was written for stage %q", filepath.Join(stage, planFile), p.Stage)
-	}
-	return &p, nil
-}
-
-// cmdLs implements smolbottle ls.
-func cmdLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("ls", stdout)
-	asJSON := fs.Bool("json", false, "print the list as JSON")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usageError("ls takes no arguments")
-	}
-	root, err := stateRoot(os.Getenv)
-	if err != nil {
-		return err
-	}
-	bottles, err := listBottles(root)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		if bottles == nil {
-			bottles = []bottleInfo{}
-		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(bottles)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLUG\tSTATE\tMACHINE\tSUBNET\tSTAGE")
-	for _, b := range bottles {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Slug, b.State, b.Machine, b.Subnet, b.Stage)
-	}
-	return tw.Flush()
 }
 
 // progress prints long steps on stderr with the time since up began; -q
@@ -437,12 +384,6 @@ func teardown(ctx context.Context, p *plan, deleteMachine bool) error {
 	return errors.Join(errs...)
 }
 
-// bottleFlags are the flags of the commands that act on an existing
-// bottle: down, exec, cp.
-func bottleFlags(fs *flag.FlagSet) *string {
-	return fs.String("stage", "", "the bottle's stage `DIR`, if it was planned with -stage")
-}
-
 // openBottle finds the plan of slug's bottle: in -stage DIR when given,
 // else in the slug's default stage, else where the slug's pointer says
 // (a bottle planned with -stage).
@@ -489,74 +430,6 @@ func (e errNoBottle) Error() string {
 	return fmt.Sprintf("no bottle %q (no plan in %q)", e.slug, e.stage)
 }
 
-// splitCommand splits argv at the first "--".
-func splitCommand(args []string) (before, cmd []string) {
-	for i, a := range args {
-		if a == "--" {
-			return args[:i], args[i+1:]
-		}
-	}
-	return args, nil
-}
-
-// cmdUp implements smolbottle up.
-func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("up", stdout)
-	quiet := fs.Bool("q", false, "no progress on stderr")
-	opts, err := parsePlanFlags(fs, args)
-	if err != nil {
-		return err
-	}
-	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "bottle %s is up: machine %s, subnet %s; smolbottle exec %s -- CMD, smolbottle down %s\n",
-		p.Slug, p.Machine, p.Net.Subnet, p.Slug, p.Slug)
-	return nil
-}
-
-// cmdDown implements smolbottle down.
-func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("down", stdout)
-	stage := bottleFlags(fs)
-	dry := fs.Bool("n", false, "print what down would do; do nothing")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usageError("down takes one SLUG")
-	}
-	p, err := openBottle(pos[0], *stage)
-	var none errNoBottle
-	if errors.As(err, &none) {
-		fmt.Fprintf(stdout, "nothing to do: %v\n", err)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if *dry {
-		// What bottleDown does: only a bottle that was up has a
-		// supervisor to stop and a machine to delete.
-		c := p.Cleanup
-		if _, up, err := readState(p.Stage); err != nil {
-			return err
-		} else if !up {
-			c.Stop, c.Delete = nil, nil
-		}
-		c.writeText(stdout)
-		return nil
-	}
-	if err := bottleDown(ctx, p); err != nil {
-		return err
-	}
-	forgetStage(p.Slug, p.Stage)
-	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
-	return nil
-}
-
 // requireUp refuses a bottle that is only planned or whose supervisor is
 // gone: a command there would run without the bottle's network.
 func requireUp(p *plan) error {
@@ -571,32 +444,6 @@ func requireUp(p *plan) error {
 			"clean it up with: smolbottle down "+p.Slug)
 	}
 	return nil
-}
-
-// cmdExec implements smolbottle exec SLUG -- CMD [ARG...]. The guest's
-// exit status becomes smolbottle's.
-func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("exec", stdout)
-	stage := bottleFlags(fs)
-	tty := fs.Bool("t", false, "allocate a terminal (implies -i)")
-	interactive := fs.Bool("i", false, "pass standard input to the command")
-	workdir := fs.String("w", guestWorkspace, "working `DIR` in the guest")
-	flags, command := splitCommand(args)
-	pos, err := parseInterleaved(fs, flags)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 || len(command) == 0 {
-		return usageError("exec takes SLUG -- CMD [ARG...]")
-	}
-	p, err := openBottle(pos[0], *stage)
-	if err != nil {
-		return err
-	}
-	if err := requireUp(p); err != nil {
-		return err
-	}
-	return guestExec(ctx, p, *workdir, *interactive || *tty, *tty, command, stdout, stderr)
 }
 
 // guestExec runs command in the bottle's machine; no credential is passed
@@ -614,78 +461,4 @@ func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bo
 		o.Stdin = os.Stdin
 	}
 	return sv.exec(ctx, p.Machine, o, command...)
-}
-
-// cmdCp implements smolbottle cp SLUG HOST_FILE GUEST_PATH.
-func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("cp", stdout)
-	stage := bottleFlags(fs)
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 3 {
-		return usageError("cp takes SLUG HOST_FILE GUEST_PATH")
-	}
-	p, err := openBottle(pos[0], *stage)
-	if err != nil {
-		return err
-	}
-	host, err := checkHostPath("host file", pos[1])
-	if err != nil {
-		return err
-	}
-	if fi, err := os.Stat(host); err != nil {
-		return fmt.Errorf("host file %q: %w", host, err)
-	} else if fi.IsDir() {
-		return withHint(fmt.Errorf("%q is a directory; smolvm copies single files", host),
-			"put the directory in the workspace, which the guest sees at "+guestWorkspace)
-	}
-	if err := requireUp(p); err != nil {
-		return err
-	}
-	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
-	if err != nil {
-		return err
-	}
-	return sv.cp(ctx, host, p.Machine, pos[2])
-}
-
-// cmdRun implements smolbottle run: up, the agent with a TTY in the
-// workspace, then down unless -keep. The agent's exit status passes
-// through.
-func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", stdout)
-	quiet := fs.Bool("q", false, "no progress on stderr")
-	keep := fs.Bool("keep", false, "leave the bottle running after the command exits")
-	flags, command := splitCommand(args)
-	opts, err := parsePlanFlags(fs, flags)
-	if err != nil {
-		return err
-	}
-	if len(command) == 0 {
-		command = []string{"claude"}
-	}
-	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
-	if err != nil {
-		return err
-	}
-	term := isTerminal(os.Stdin)
-	runErr := guestExec(ctx, p, guestWorkspace, term, term, command, stdout, stderr)
-	if *keep {
-		return runErr
-	}
-	if err := bottleDown(context.WithoutCancel(ctx), p); err != nil {
-		return errors.Join(runErr, err)
-	}
-	forgetStage(p.Slug, p.Stage)
-	return runErr
-}
-
-// isTerminal reports whether f looks like a terminal: a character device
-// (a pipe or a file gets no -t; smolvm itself puts only a real TTY in raw
-// mode).
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && fi.Name() != os.DevNull
 }

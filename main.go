@@ -94,9 +94,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 )
 
 func main() {
@@ -427,4 +429,213 @@ func writeCredentialModel(w io.Writer, getenv func(string) string) {
 	if getenv("ANTHROPIC_API_KEY") == "" && getenv("CLAUDE_CODE_OAUTH_TOKEN") == "" {
 		fmt.Fprintf(w, "  fix: export ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN before up, or claude in the guest cannot log in\n")
 	}
+}
+
+// cmdLs implements smolbottle ls.
+func cmdLs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("ls", stdout)
+	asJSON := fs.Bool("json", false, "print the list as JSON")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError("ls takes no arguments")
+	}
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return err
+	}
+	bottles, err := listBottles(root)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if bottles == nil {
+			bottles = []bottleInfo{}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(bottles)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLUG\tSTATE\tMACHINE\tSUBNET\tSTAGE")
+	for _, b := range bottles {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", b.Slug, b.State, b.Machine, b.Subnet, b.Stage)
+	}
+	return tw.Flush()
+}
+
+// bottleFlags are the flags of the commands that act on an existing
+// bottle: down, exec, cp.
+func bottleFlags(fs *flag.FlagSet) *string {
+	return fs.String("stage", "", "the bottle's stage `DIR`, if it was planned with -stage")
+}
+
+// splitCommand splits argv at the first "--".
+func splitCommand(args []string) (before, cmd []string) {
+	for i, a := range args {
+		if a == "--" {
+			return args[:i], args[i+1:]
+		}
+	}
+	return args, nil
+}
+
+// cmdUp implements smolbottle up.
+func cmdUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("up", stdout)
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	opts, err := parsePlanFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "bottle %s is up: machine %s, subnet %s; smolbottle exec %s -- CMD, smolbottle down %s\n",
+		p.Slug, p.Machine, p.Net.Subnet, p.Slug, p.Slug)
+	return nil
+}
+
+// cmdDown implements smolbottle down.
+func cmdDown(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("down", stdout)
+	stage := bottleFlags(fs)
+	dry := fs.Bool("n", false, "print what down would do; do nothing")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError("down takes one SLUG")
+	}
+	p, err := openBottle(pos[0], *stage)
+	var none errNoBottle
+	if errors.As(err, &none) {
+		fmt.Fprintf(stdout, "nothing to do: %v\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if *dry {
+		// What bottleDown does: only a bottle that was up has a
+		// supervisor to stop and a machine to delete.
+		c := p.Cleanup
+		if _, up, err := readState(p.Stage); err != nil {
+			return err
+		} else if !up {
+			c.Stop, c.Delete = nil, nil
+		}
+		c.writeText(stdout)
+		return nil
+	}
+	if err := bottleDown(ctx, p); err != nil {
+		return err
+	}
+	forgetStage(p.Slug, p.Stage)
+	fmt.Fprintf(stdout, "bottle %s is down; logs kept in %s\n", p.Slug, filepath.Join(p.Stage, logsDir))
+	return nil
+}
+
+// cmdExec implements smolbottle exec SLUG -- CMD [ARG...]. The guest's
+// exit status becomes smolbottle's.
+func cmdExec(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("exec", stdout)
+	stage := bottleFlags(fs)
+	tty := fs.Bool("t", false, "allocate a terminal (implies -i)")
+	interactive := fs.Bool("i", false, "pass standard input to the command")
+	workdir := fs.String("w", guestWorkspace, "working `DIR` in the guest")
+	flags, command := splitCommand(args)
+	pos, err := parseInterleaved(fs, flags)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || len(command) == 0 {
+		return usageError("exec takes SLUG -- CMD [ARG...]")
+	}
+	p, err := openBottle(pos[0], *stage)
+	if err != nil {
+		return err
+	}
+	if err := requireUp(p); err != nil {
+		return err
+	}
+	return guestExec(ctx, p, *workdir, *interactive || *tty, *tty, command, stdout, stderr)
+}
+
+// cmdCp implements smolbottle cp SLUG HOST_FILE GUEST_PATH.
+func cmdCp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cp", stdout)
+	stage := bottleFlags(fs)
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 3 {
+		return usageError("cp takes SLUG HOST_FILE GUEST_PATH")
+	}
+	p, err := openBottle(pos[0], *stage)
+	if err != nil {
+		return err
+	}
+	host, err := checkHostPath("host file", pos[1])
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(host); err != nil {
+		return fmt.Errorf("host file %q: %w", host, err)
+	} else if fi.IsDir() {
+		return withHint(fmt.Errorf("%q is a directory; smolvm copies single files", host),
+			"put the directory in the workspace, which the guest sees at "+guestWorkspace)
+	}
+	if err := requireUp(p); err != nil {
+		return err
+	}
+	sv, err := newSmolvm(p.Tools.Smolvm, p.Stage, os.Environ())
+	if err != nil {
+		return err
+	}
+	return sv.cp(ctx, host, p.Machine, pos[2])
+}
+
+// cmdRun implements smolbottle run: up, the agent with a TTY in the
+// workspace, then down unless -keep. The agent's exit status passes
+// through.
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", stdout)
+	quiet := fs.Bool("q", false, "no progress on stderr")
+	keep := fs.Bool("keep", false, "leave the bottle running after the command exits")
+	flags, command := splitCommand(args)
+	opts, err := parsePlanFlags(fs, flags)
+	if err != nil {
+		return err
+	}
+	if len(command) == 0 {
+		command = []string{"claude"}
+	}
+	p, err := bottleUp(ctx, upOptions{planOptions: opts, Quiet: *quiet}, stderr)
+	if err != nil {
+		return err
+	}
+	term := isTerminal(os.Stdin)
+	runErr := guestExec(ctx, p, guestWorkspace, term, term, command, stdout, stderr)
+	if *keep {
+		return runErr
+	}
+	if err := bottleDown(context.WithoutCancel(ctx), p); err != nil {
+		return errors.Join(runErr, err)
+	}
+	forgetStage(p.Slug, p.Stage)
+	return runErr
+}
+
+// isTerminal reports whether f looks like a terminal: a character device
+// (a pipe or a file gets no -t; smolvm itself puts only a real TTY in raw
+// mode).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && fi.Name() != os.DevNull
 }
