@@ -36,7 +36,8 @@ import (
 //     with the key), no query but beta=true, and at least one credential
 //     header, each exactly this bottle's placeholder in its own header.
 //     The rest is refused with a status saying why, logged without values.
-//  4. Only the credential header is rewritten. Responses, server-sent
+//  4. Only the credential header, Host and the URL (to the real API) are
+//     rewritten. Responses, server-sent
 //     events included, stream through with a flush after every write.
 const (
 	credSidecar        = "credentials"

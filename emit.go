@@ -24,8 +24,9 @@ func (e fieldError) Error() string { return strconv.Quote(e.field) + ": " + e.er
 func (e fieldError) Unwrap() error { return e.err }
 
 // tomlWriter writes TOML 1.0 with every string through tomlString and every
-// key through tomlKey, and keeps the first error. Inline tables stay on one
-// line and no TOML 1.1 syntax is ever produced.
+// key through tomlKey, and keeps the first error. It writes tables,
+// key = value lines and string arrays only: no inline tables and no TOML 1.1
+// syntax.
 type tomlWriter struct {
 	buf bytes.Buffer
 	err error
@@ -70,9 +71,11 @@ func (t *tomlWriter) keyStrings(k string, vs []string) {
 	t.buf.WriteString("]\n")
 }
 
-// yamlWriter writes block-style YAML with every scalar string double-quoted
-// through yamlString and yamlKey, and keeps the first error. It never emits
-// plain, single-quoted or block scalars, anchors, tags or flow collections.
+// yamlWriter writes block-style YAML with every string and key double-quoted
+// through yamlString and yamlKey, and keeps the first error. The only plain
+// scalars are integers and booleans (keyBare, never a user's string); it
+// never emits single-quoted or block scalars, anchors, tags or flow
+// collections.
 type yamlWriter struct {
 	buf bytes.Buffer
 	err error

@@ -15,10 +15,14 @@ import (
 //     falls back to the host's proxy variables for the in-guest image pull,
 //     so those are never passed.
 //   - sidecars (pipelock, git-gate, supervise): the user's identity, home,
-//     locale and time zone.
+//     locale and time zone. The supervisor (_supervise), which starts them,
+//     gets the same plus SSL_CERT_FILE and SSL_CERT_DIR, the roots its
+//     credential sidecar verifies the API with.
 //   - version and help probes (preflight): a fixed PATH, HOME and LANG=C.
-//   - gvproxy, gvforwarder and the internal subcommands: nothing at all
-//     (an empty environment, set where they are started).
+//   - gvproxy, _confine and _dropexec on the host: nothing at all (an empty
+//     environment, set where they are started).
+//   - in the guest, gvforwarder, _guestnet and _probe run through smolvm
+//     machine exec with the guest's own environment; smolbottle adds none.
 
 // smolvmEnvKeep is the allow-list of smolvm's environment.
 func smolvmEnvKeep(name string) bool {

@@ -33,7 +33,7 @@ const (
 // gvproxySpec is everything the gvproxy config depends on.
 type gvproxySpec struct {
 	Net        bottleNet
-	SocketPath string // absolute path of the API socket gvforwarder connects to
+	SocketPath string // absolute path of gvproxy's API socket; only the guest link front (guestlink.go) dials it for the guest
 }
 
 // renderGvproxy returns the gvproxy -config file for spec. Every string and

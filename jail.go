@@ -56,7 +56,8 @@ const (
 	confineCmd  = "_confine"
 	dropExecCmd = "_dropexec"
 
-	// confineReadyTimeout bounds setup plus gvproxy's first answer.
+	// confineReadyTimeout bounds the jail's setup, and then gvproxy's
+	// first answer: each, so up to twice this in all.
 	confineReadyTimeout = 15 * time.Second
 	// stopGrace is how long a SIGTERM gets before SIGKILL.
 	stopGrace = 3 * time.Second
@@ -69,7 +70,7 @@ const (
 type confineSpec struct {
 	Gvproxy string    // absolute path of a statically linked gvproxy v0.8.9
 	Net     bottleNet // the bottle's address plan
-	Stage   string    // absolute stage directory (0700); sock/, jail/ and gvproxy.yaml are made in it
+	Stage   string    // absolute stage directory (0700); sock/, link/, jail/ and gvproxy.yaml are made in it
 	Ports   []int     // sidecar ports on the host's 127.0.0.1, relayed to the guest
 	Log     io.Writer // gvproxy's and the inner side's stderr; nil discards
 }

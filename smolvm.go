@@ -25,8 +25,9 @@ import (
 //   - every command error is "Error: <msg>" on stderr with exit 1
 //     (src/main.rs:214-215); clap's argument errors are "error: …" with
 //     exit 2;
-//   - without --name a command acts on "default", so --name is always
-//     passed; exec accepts only the long form (src/cli/machine.rs:2631-2633);
+//   - without --name a command acts on "default", so every machine
+//     subcommand that takes a name gets --name (cp names it as NAME:PATH
+//     instead); exec accepts only the long form (src/cli/machine.rs:2631-2633);
 //   - delete without -f prompts, so -f is always passed;
 //   - exec never starts a machine and exits with the guest's exit code;
 //     exec --detach prints the guest pid (src/cli/machine.rs:2758);
@@ -104,7 +105,7 @@ type socketMount struct {
 // (no --net, -p or egress flag ever appears).
 type createSpec struct {
 	Name     string
-	Image    string        // absolute path of a `docker save` archive
+	Image    string        // absolute path of a `docker save` archive or a root filesystem directory
 	Smolfile string        // absolute path
 	Sockets  []socketMount // host unix sockets bridged into the guest
 }

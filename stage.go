@@ -14,9 +14,12 @@ import (
 )
 
 // The stage directory holds one bottle's rendered files, sockets, state and
-// logs. It is 0700; every file in it is 0600 and written whole (temp file
-// plus rename), so a crash never leaves half a config. No credential value is
-// ever written here: the stage holds only the guest's placeholders.
+// logs. It is 0700. Every file smolbottle renders into it is 0600 and
+// written whole (temp file plus rename), so a crash never leaves half a
+// config; the exceptions are guest/ (0755, its binaries 0555: the guest's
+// own user must run them) and logs/, which the processes append to. No
+// credential value is ever written here: the stage holds only the guest's
+// placeholders.
 //
 //	<stage>/plan.json      the plan, also the marker that the directory is ours
 //	<stage>/Smolfile       smolvm machine definition
@@ -27,7 +30,7 @@ import (
 //	<stage>/jail/          gvproxy's chroot mount point, empty outside its namespace
 //	<stage>/guest/         binaries mounted read-only into the guest
 //	<stage>/logs/          logs, kept by down (pipelock's: pipelock.jsonl)
-//	<stage>/state.json     pids of a running bottle, written by up
+//	<stage>/state.json     pids of a running bottle, written by the supervisor; up marks it ready
 const (
 	planFile        = "plan.json"
 	stateFile       = "state.json"
@@ -79,8 +82,9 @@ func checkSocketPaths(stage string) error {
 	return nil
 }
 
-// bottleState is what up records so that down works after a crash and the
-// next up finds a stale bottle instead of silently reusing it.
+// bottleState is what the supervisor records (and up marks ready) so that
+// down works after a crash and the next up finds a stale bottle instead of
+// silently reusing it.
 type bottleState struct {
 	Slug       string    `json:"slug"`
 	Machine    string    `json:"machine"`
@@ -228,8 +232,8 @@ func liveSubnets(root, slug string) map[int]bool {
 	return held
 }
 
-// writeFileAtomic writes data to path with the given mode (0600 for
-// everything in a stage) through a temporary file in the same directory
+// writeFileAtomic writes data to path with the given mode (0600 for every
+// rendered file, 0555 for guest/'s binaries) through a temporary file in the same directory
 // and a rename, so readers see the old file or
 // the new one, never a torn one, and a planted symlink at path is replaced,
 // not followed.

@@ -206,8 +206,10 @@ func raiseNoFile() {
 
 // closeOnExecInherited marks every descriptor above stderr close-on-exec:
 // what the caller left open without it (a shell's, a CI runner's) must
-// reach no child. The internal commands that are handed fd 3 read it
-// before they start anything.
+// reach no child. What a child is handed on purpose (ExtraFiles: the
+// supervisor's fd 3 ready pipe and fd 4 credentials pipe, _confine's fd 3
+// status socket) is set in place by exec after this, and the internal
+// command uses it itself: it passes it on to no one.
 func closeOnExecInherited() {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

@@ -23,8 +23,9 @@ const (
 	minMemMiB    = 256  // below this no agent image boots
 	maxMemMiB    = 1 << 20
 	machinPrefix = "smolbottle-"
-	// maxSocketPath is the smallest sun_path across the hosts we support:
-	// 104 bytes on macOS (108 on Linux), including the terminating NUL.
+	// maxSocketPath is the smaller sun_path of Linux (108 bytes) and
+	// macOS (104), including the terminating NUL: a stage that works on
+	// one works on the other, although only Linux confines a bottle yet.
 	maxSocketPath = 103
 )
 
@@ -239,10 +240,12 @@ func checkWorkspace(p string) (string, error) {
 	return real, nil
 }
 
-// checkImage validates -image: a local docker save archive (.tar, .tar.gz,
-// .tgz, the names smolvm reads as archives, src/data/image_source.rs:49 @
-// v1.9.3) or an unpacked root filesystem directory, each checked as smolvm
-// reads it (image.go). smolvm refuses registry images on a machine without
+// checkImage validates -image: a local docker save archive or an unpacked
+// root filesystem directory, each checked as smolvm reads it (image.go).
+// smolvm reads any file at an absolute path as an archive, by its magic
+// bytes; smolbottle also asks for one of the names smolvm itself takes as
+// an archive (.tar, .tar.gz, .tgz, src/data/image_source.rs:49 @ v1.9.3) so
+// that a stray file is not mistaken for an image. smolvm refuses registry images on a machine without
 // network (src/config.rs:841-884 @ v1.9.3), and a bottle never has smolvm
 // networking, so a registry reference gets a hint instead.
 func checkImage(p string) (string, error) {
