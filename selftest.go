@@ -1018,3 +1018,31 @@ func (s *sandbox) loopbackSidecar(serve func(net.Conn)) (int, error) {
 	}()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// procStatusCaps returns the capability and no_new_privs lines of a process,
+// for tests and the selftest matrix.
+func procStatusCaps(pid int) (map[string]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && (strings.HasPrefix(k, "Cap") || k == "NoNewPrivs") {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out, nil
+}
+
+// capsDropped reports whether a /proc status says no capability and
+// no_new_privs.
+func capsDropped(st map[string]string) bool {
+	for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"} {
+		if v, ok := st[k]; !ok || strings.Trim(v, "0") != "" {
+			return false
+		}
+	}
+	return st["NoNewPrivs"] == "1"
+}
