@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -76,4 +77,45 @@ func parsePrepareReport(out string) (prepareReport, error) {
 		return r, fmt.Errorf("guest preparation reported uid %d with tun %q", r.UID, r.Tun)
 	}
 	return r, nil
+}
+
+// hasFlag reports whether `smolvm machine SUB --help` lists flag. The
+// help text is read once per subcommand.
+func (s *smolvm) hasFlag(ctx context.Context, sub, flag string) (bool, error) {
+	s.mu.Lock()
+	help, ok := s.helps[sub]
+	s.mu.Unlock()
+	if !ok {
+		out, err := s.call(ctx, smolvmCall{args: []string{"machine", sub, "--help"}})
+		if err != nil {
+			return false, err
+		}
+		help = string(out)
+		s.mu.Lock()
+		s.helps[sub] = help
+		s.mu.Unlock()
+	}
+	return helpHasFlag(help, flag), nil
+}
+
+// helpHasFlag reports whether clap help text lists flag as an option, as
+// in "  -n, --name <NAME>" or "      --user <USER>".
+func helpHasFlag(help, flag string) bool {
+	for line := range strings.Lines(help) {
+		fields := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' || r == ',' || r == '\n' || r == '\r' })
+		if len(fields) == 0 || !strings.HasPrefix(fields[0], "-") {
+			continue // flags open their help line; descriptions do not count
+		}
+		for _, f := range fields {
+			if !strings.HasPrefix(f, "-") {
+				break
+			}
+			f, _, _ = strings.Cut(f, "=")
+			f, _, _ = strings.Cut(f, "[")
+			if f == flag {
+				return true
+			}
+		}
+	}
+	return false
 }
