@@ -23,8 +23,9 @@ var (
 )
 
 // tomlString returns s as a TOML 1.0 basic string. The output is printable
-// ASCII only: everything else becomes \uXXXX or \UXXXXXXXX, the only numeric
-// escapes TOML 1.0 defines (toml.md v1.0.0, "String"). strconv.Quote is not
+// ASCII only: \n, \t and \r get their short escapes, everything else
+// \uXXXX or \UXXXXXXXX, the only numeric escapes TOML 1.0 defines (toml.md
+// v1.0.0, "String"). strconv.Quote is not
 // used because it emits \a, \v and \xNN, which TOML 1.0 rejects. NUL is
 // refused: smolvm passes these strings to exec and mount calls, where a NUL
 // would silently truncate the value.
