@@ -537,14 +537,14 @@ func (p *plan) writeText(w io.Writer) {
 		p.Net.Subnet, p.Net.Gateway, p.Net.Guest, proxyName, p.Net.HostVIP)
 	fmt.Fprintf(w, "\nsidecars (guest reaches exactly these ports at %s)\n", proxyName)
 	for _, s := range p.Sidecars {
-		note := ""
+		host, note := fmt.Sprintf("127.0.0.1:%-5d", s.Port), ""
 		if s.External {
 			note = "  (already running)"
 		}
 		if s.Name == credSidecar {
-			note = "  (served by the supervisor)"
+			host, note = "no host port   ", "  (served by the supervisor inside the jail: only the guest reaches it)"
 		}
-		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  %s%s\n", s.Name, s.Port, s.GuestURL, note)
+		fmt.Fprintf(w, "  %-13s %s  %s%s\n", s.Name, host, s.GuestURL, note)
 	}
 	if p.MetricsPort != 0 {
 		fmt.Fprintf(w, "  %-13s 127.0.0.1:%-5d  not reachable from the guest\n", "metrics", p.MetricsPort)
@@ -560,7 +560,7 @@ func (p *plan) writeText(w io.Writer) {
 	fmt.Fprintf(w, "\nguest environment\n")
 	for _, e := range p.GuestEnv {
 		// A placeholder spends the host's key through this bottle's
-		// sidecar on host loopback while it runs: it stays out of
+		// sidecar, from its guest, while it runs: it stays out of
 		// terminals and logs (plan.json and the Smolfile are 0600).
 		v := e.Value
 		if slices.ContainsFunc(p.Credentials, func(c credential) bool { return c.Env == e.Name }) {

@@ -256,15 +256,12 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 	return 0, ""
 }
 
-// serveCredProxy listens on 127.0.0.1:port and serves cp until the
-// listener is closed by the returned function.
-func serveCredProxy(cp *credProxy, port int) (func(), error) {
-	ln, err := net.Listen("tcp", loopbackAddr(port))
-	if err != nil {
-		return nil, fmt.Errorf("credential sidecar on %s: %w", loopbackAddr(port), err)
-	}
-	srv := &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
+// credServer is the HTTP server for cp. The supervisor serves it on the
+// credential port's listener inside the confined namespace (confineSpec.
+// Serve): it has no host listener, so nothing on the host can reach it.
+// ReadHeaderTimeout bounds a connection that never speaks, as the relay's
+// first-byte timeout does for the relayed sidecars.
+func credServer(cp *credProxy) *http.Server {
+	return &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
 		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log}
-	go srv.Serve(ln)
-	return func() { srv.Close() }, nil
 }

@@ -204,11 +204,13 @@ func newCredFixture(t testing.TB) credFixture {
 	var logb bytes.Buffer
 	cp := newCredProxy(addr, creds, env, egress, "localhost:"+fmt.Sprint(portOf(si.addr)),
 		&tls.Config{RootCAs: ca.pool}, &syncWriter{w: &logb})
-	stop, err := serveCredProxy(cp, ports[0])
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(stop)
+	srv := credServer(cp)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
 	return credFixture{standIn: si, addr: addr, creds: creds, log: &logb, egress: egressLog, roots: ca.pool}
 }
 

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,8 @@ import (
 //
 //	owner (startConfined; the guest link front; relays: accept on
 //	 │     127.0.0.1:P of the confined namespace -> dial 127.0.0.1:P in the
-//	 │     host namespace)
+//	 │     host namespace; or, for a port in confineSpec.Serve, its own
+//	 │     server on that listener)
 //	 └─ smolbottle _confine   new user+net+mount+PID ns (its init); lo; opens
 //	     │                    the relay listeners and hands them to the
 //	     │                    owner; jail
@@ -73,6 +75,11 @@ type confineSpec struct {
 	Stage   string    // absolute stage directory (0700); sock/, link/, jail/ and gvproxy.yaml are made in it
 	Ports   []int     // sidecar ports on the host's 127.0.0.1, relayed to the guest
 	Log     io.Writer // gvproxy's and the inner side's stderr; nil discards
+	// Serve maps some of Ports to a server in the owner's own process,
+	// handed the listener inside the confined namespace instead of a relay
+	// (servedListener): no host listener exists for such a port, so only
+	// the guest, through gvproxy, can reach it.
+	Serve map[int]func(net.Listener)
 }
 
 // confinedNet is a running confined gvproxy with its relays.
@@ -84,7 +91,7 @@ type confinedNet struct {
 
 	cmd    *exec.Cmd
 	link   *guestLink
-	relays []*relay
+	relays []io.Closer // a *relay or a *servedListener per port
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error // set before done is closed
@@ -196,6 +203,11 @@ func validateConfineSpec(spec confineSpec) error {
 			return fmt.Errorf("sidecar port %d out of range 1..65535", p)
 		}
 	}
+	for p := range spec.Serve {
+		if !slices.Contains(spec.Ports, p) {
+			return fmt.Errorf("served port %d is not among the sidecar ports", p)
+		}
+	}
 	return nil
 }
 
@@ -300,6 +312,12 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 		if err != nil {
 			closeFDs(fds[i+1:])
 			return setupStepError("take over the relay listeners", err)
+		}
+		if serve := spec.Serve[spec.Ports[i]]; serve != nil {
+			sl := newServedListener(ln, logf, portCap, bottle)
+			c.relays = append(c.relays, sl)
+			go serve(sl)
+			continue
 		}
 		c.relays = append(c.relays, startRelay(ln, tcpDialer(loopbackAddr(spec.Ports[i])), logf, portCap, bottle))
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 )
 
 // The confinement, the guest setup and the selftest use Linux namespaces.
@@ -40,6 +41,7 @@ type confineSpec struct {
 	Stage   string
 	Ports   []int
 	Log     io.Writer
+	Serve   map[int]func(net.Listener)
 }
 
 type confinedNet struct{ GvproxyPID int }

@@ -374,7 +374,7 @@ func TestPlanCLI(t *testing.T) {
 		t.Fatalf("plan: %v\n%s", err, errb.String())
 	}
 	for _, want := range []string{"machine    smolbottle-cli", "git-gate", "HTTPS_PROXY=http://proxy.internal:",
-		"ANTHROPIC_API_KEY=<placeholder, random per bottle; in plan.json>", "credentials   127.0.0.1:", "ANTHROPIC_BASE_URL=http://proxy.internal:", "up would run", "machine create --name smolbottle-cli", "down would", "machine delete --name smolbottle-cli -f"} {
+		"ANTHROPIC_API_KEY=<placeholder, random per bottle; in plan.json>", "credentials   no host port", "ANTHROPIC_BASE_URL=http://proxy.internal:", "up would run", "machine create --name smolbottle-cli", "down would", "machine delete --name smolbottle-cli -f"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("plan output lacks %q:\n%s", want, out.String())
 		}

@@ -36,6 +36,11 @@ import (
 //     after relayFirstByteTimeout.
 //   - A failed accept (EMFILE, ENFILE, ECONNABORTED, ...) is retried after a
 //     short backoff; only Close stops a relay.
+//   - A port the owner serves itself (the credential sidecar) gets a
+//     servedListener instead: the same caps, the same refusal and the same
+//     accept retry, and Close cuts every connection it handed out. Its
+//     server must bound a silent connection itself (credproxy's
+//     ReadHeaderTimeout), as relayFirstByteTimeout does here.
 //
 // The caps and the descriptor budget behind them are in limits.go.
 const (
@@ -215,4 +220,95 @@ func joinConns(a, b net.Conn) {
 	wg.Wait()
 	a.Close()
 	b.Close()
+}
+
+// servedListener hands the connections of a confined-side listener to a
+// server in the owner's own process, within the relay caps.
+type servedListener struct {
+	net.Listener
+	logf    func(format string, args ...any)
+	port    connCap
+	bottle  *connCap
+	refused refusalLog
+	mu      sync.Mutex
+	conns   map[*servedConn]struct{}
+	closed  bool
+}
+
+func newServedListener(ln net.Listener, logf func(string, ...any), portCap int, bottle *connCap) *servedListener {
+	return &servedListener{Listener: ln, logf: logf, port: connCap{max: portCap}, bottle: bottle, conns: map[*servedConn]struct{}{}}
+}
+
+// Accept returns the next connection within the caps; one over a cap is
+// closed at once, and a failed accept is retried. It fails only once the
+// listener is closed.
+func (l *servedListener) Accept() (net.Conn, error) {
+	var backoff acceptBackoff
+	who := "listener " + l.Addr().String()
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil, err
+			}
+			l.refused.log(l.logf, who, "accept: %v (retrying)", err)
+			backoff.wait()
+			continue
+		}
+		backoff.reset()
+		if !l.port.take() {
+			c.Close()
+			l.refused.log(l.logf, who, "over the cap of %d streams for this port", l.port.max)
+			continue
+		}
+		if !l.bottle.take() {
+			l.port.give()
+			c.Close()
+			l.refused.log(l.logf, who, "over the cap of %d streams for the bottle", l.bottle.max)
+			continue
+		}
+		sc := &servedConn{Conn: c, l: l}
+		l.mu.Lock()
+		closed := l.closed
+		if !closed {
+			l.conns[sc] = struct{}{}
+		}
+		l.mu.Unlock()
+		if closed {
+			sc.Close()
+			return nil, net.ErrClosed
+		}
+		return sc, nil
+	}
+}
+
+// Close stops accepting and cuts every connection handed out.
+func (l *servedListener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	err := l.Listener.Close()
+	for c := range l.conns {
+		c.Conn.Close()
+	}
+	l.mu.Unlock()
+	return err
+}
+
+// servedConn gives its place under the caps back when it is closed.
+type servedConn struct {
+	net.Conn
+	l    *servedListener
+	once sync.Once
+}
+
+func (c *servedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+		c.l.bottle.give()
+		c.l.port.give()
+	})
+	return err
 }

@@ -271,3 +271,58 @@ func BenchmarkRelayConnect(b *testing.B) {
 		})
 	}
 }
+
+// TestServedListenerCaps: a port the owner serves itself counts against
+// the same caps as a relay, shares the bottle's with the relays, refuses
+// one over at once, recovers from failed accepts, gives a closed
+// connection's place back, and Close cuts what it handed out.
+func TestServedListenerCaps(t *testing.T) {
+	bottle := &connCap{max: 5}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln, n: 3, err: &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}}
+	sl := newServedListener(fl, t.Logf, 3, bottle)
+	t.Cleanup(func() { sl.Close() })
+	go func() {
+		for {
+			c, err := sl.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	rln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRelay(rln, tcpDialer(loopbackTCP(t, echoConn)), t.Logf, 3, bottle)
+	t.Cleanup(func() { r.Close() })
+
+	served := ln.Addr().String()
+	held := holdConns(t, served, 3, true)
+	if !refusedAtOnce(t, served) {
+		t.Errorf("a 4th connection on a served port capped at 3 was not refused")
+	}
+	holdConns(t, rln.Addr().String(), 2, true)
+	if !refusedAtOnce(t, rln.Addr().String()) {
+		t.Errorf("a relayed stream over the bottle cap of 5, shared with the served port, was not refused")
+	}
+	held[0].Close()
+	for range 100 { // the server's close gives the place back
+		if _, err = echoCheck(context.Background(), served, 1, 10*time.Second); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("a freed place does not serve again: %v", err)
+	}
+	sl.Close()
+	held[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := held[1].Read(make([]byte, 1)); err == nil {
+		t.Errorf("a held connection survived Close")
+	}
+}

@@ -852,8 +852,8 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 		return err
 	}
 	sockList, subnetList := strings.Split(*socks, ","), strings.Split(*subnets, ",")
-	if len(sockList) != len(subnetList) || len(sockList) > 2 {
-		return errors.New("guest: want one or two -socket and -subnet values")
+	if len(sockList) != len(subnetList) || len(sockList) > 3 {
+		return errors.New("guest: want one to three -socket and -subnet values")
 	}
 	var plan probePlan
 	if err := json.Unmarshal([]byte(*planJSON), &plan); err != nil {
@@ -864,7 +864,7 @@ func runSelftestGuest(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	macs := []string{guestMAC, "5a:94:ef:e4:0c:ef"}
+	macs := []string{guestMAC, "5a:94:ef:e4:0c:ef", "5a:94:ef:e4:0c:f0"}
 	for i, sock := range sockList {
 		n, err := netForSubnet(subnetList[i])
 		if err != nil {

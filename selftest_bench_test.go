@@ -32,7 +32,9 @@ func init() {
 }
 
 // BenchmarkNetPath measures guest namespace -> sidecar through a confined
-// and an unconfined gvproxy in one sandbox and reports both and the ratios.
+// gvproxy (the sidecar relayed, as pipelock is), an unconfined one, and a
+// confined one whose port is served in-process (as the credential sidecar
+// is), in one sandbox, and reports each and the ratios to unconfined.
 // One iteration is a whole measurement (the medians of five 32 MiB echoes and
 // of 25 alternating batches of 20 connects); run it with -benchtime=1x.
 func BenchmarkNetPath(b *testing.B) {
@@ -53,6 +55,9 @@ func BenchmarkNetPath(b *testing.B) {
 		b.ReportMetric(r.Confined.ConnectMicros, "confined-connect-us")
 		b.ReportMetric(r.Unconfined.ConnectMicros, "unconfined-connect-us")
 		b.ReportMetric(r.Unconfined.ConnectMicros/r.Confined.ConnectMicros, "connect-speed-ratio")
+		b.ReportMetric(r.Served.ConnectMicros, "served-connect-us")
+		b.ReportMetric(r.Unconfined.ConnectMicros/r.Served.ConnectMicros, "served-connect-speed-ratio")
+		b.ReportMetric(r.Served.MiBps/r.Unconfined.MiBps, "served-throughput-ratio")
 	}
 }
 
@@ -124,6 +129,7 @@ func median(v []float64) float64 {
 type netBench struct {
 	Confined   benchResult `json:"confined"`
 	Unconfined benchResult `json:"unconfined"`
+	Served     benchResult `json:"served"`
 }
 
 // sandboxBench measures the guest -> sidecar path through a confined and an
@@ -133,17 +139,32 @@ func sandboxBench(ctx context.Context, s *sandbox, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Index 0 confined, 1 unconfined; both run at once, in alternation.
+	// Index 0 confined (relayed), 1 unconfined, 2 confined with the port
+	// served in this process (confineSpec.Serve, as the credential
+	// sidecar is): all run at once and are measured in alternation.
+	served := func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}
 	var socks []string
 	var nets []bottleNet
 	var plan probePlan
-	for i, unconfined := range []bool{false, true} {
+	for i, path := range []string{"relayed", "unconfined", "served"} {
 		n := netFor(201 + i)
 		stage := filepath.Join(s.stage, "bench"+strconv.Itoa(n.N))
 		if err := mkdirPrivate(stage); err != nil {
 			return err
 		}
-		cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log}, unconfined)
+		spec := confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: stage, Ports: []int{port}, Log: s.log}
+		if path == "served" {
+			spec.Serve = map[int]func(net.Listener){port: served}
+		}
+		cn, err := startSelftestNet(ctx, spec, path == "unconfined")
 		if err != nil {
 			return err
 		}
@@ -157,9 +178,9 @@ func sandboxBench(ctx context.Context, s *sandbox, stdout io.Writer) error {
 		return err
 	}
 	var rs []benchResult
-	if err := json.Unmarshal(out, &rs); err != nil || len(rs) != 2 {
+	if err := json.Unmarshal(out, &rs); err != nil || len(rs) != 3 {
 		return fmt.Errorf("bench: guest output %q: %v", out, err)
 	}
-	res := netBench{Confined: rs[0], Unconfined: rs[1]}
+	res := netBench{Confined: rs[0], Unconfined: rs[1], Served: rs[2]}
 	return json.NewEncoder(stdout).Encode(res)
 }

@@ -59,7 +59,9 @@ func (s *sandbox) spoofRow(cn *confinedNet) probeResult {
 	s.flood.mu.Unlock()
 	var taken int64
 	if len(cn.relays) == 2 {
-		taken = cn.relays[1].taken.Load()
+		if r, ok := cn.relays[1].(*relay); ok {
+			taken = r.taken.Load()
+		}
 	}
 	return probeResult{Name: spoofRow + ": the relay takes them, the sidecar sees none", Kind: "host",
 		Pass:   taken > 0 && seen == 0,

@@ -116,6 +116,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	}()
 	died := make(chan error, len(p.Sidecars)+1)
 	env := sidecarEnv(os.Environ())
+	serve := map[int]func(net.Listener){}
 	for _, sc := range p.Sidecars {
 		if sc.External {
 			if err := probeEgressProxy(ctx, sc.Port, egressProbeTimeout); err != nil {
@@ -124,13 +125,11 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 			continue
 		}
 		if sc.Name == credSidecar {
-			cp := newCredProxy(proxyName+":"+strconv.Itoa(sc.Port), p.Credentials, values,
-				loopbackAddr(p.Sidecars[0].Port), credUpstream+":443", nil, os.Stderr)
-			closeCreds, err := serveCredProxy(cp, sc.Port)
-			if err != nil {
-				return err
-			}
-			defer closeCreds()
+			// Served here, inside the confined namespace only.
+			srv := credServer(newCredProxy(proxyName+":"+strconv.Itoa(sc.Port), p.Credentials, values,
+				loopbackAddr(p.Sidecars[0].Port), credUpstream+":443", nil, os.Stderr))
+			defer srv.Close()
+			serve[sc.Port] = func(ln net.Listener) { srv.Serve(ln) }
 			continue
 		}
 		spec, err := sidecarSpecFor(p, sc, env)
@@ -157,7 +156,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	for i, sc := range p.Sidecars {
 		ports[i] = sc.Port
 	}
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: gvlog})
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: gvlog, Serve: serve})
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUpEndToEnd brings a bottle up with the fake smolvm (a namespace VM),
@@ -77,6 +78,16 @@ func TestUpEndToEnd(t *testing.T) {
 	pl, _ := readPlan(stage)
 	if got, code := exec("sh", "-c", `echo "$ANTHROPIC_API_KEY"`); code != 0 || len(pl.Credentials) != 1 || strings.TrimSpace(got) != pl.Credentials[0].Placeholder {
 		t.Errorf("the guest's ANTHROPIC_API_KEY is %q (exit %d), want the bottle's placeholder", got, code)
+	}
+	// The credential sidecar answers the guest, and nothing on the host:
+	// it is served inside the jail only (confineSpec.Serve).
+	credPort := portOfSidecar(t, stage, credSidecar)
+	if got, code := exec("curl", "-sS", "--noproxy", "*", "--max-time", "5", "http://proxy.internal:"+credPort+"/"); code != 0 || !strings.Contains(got, "smolbottle credentials: only POST") {
+		t.Errorf("guest -> credential sidecar: %q (exit %d), want its refusal of a GET", got, code)
+	}
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:"+credPort, time.Second); err == nil {
+		c.Close()
+		t.Errorf("the credential sidecar's port %s accepts on host loopback", credPort)
 	}
 	src := filepath.Join(b.dir, "note.txt")
 	os.WriteFile(src, []byte("copied in\n"), 0o600)
