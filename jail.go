@@ -314,7 +314,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 			return setupStepError("take over the relay listeners", err)
 		}
 		if serve := spec.Serve[spec.Ports[i]]; serve != nil {
-			sl := newServedListener(ln, logf, portCap, bottle)
+			sl := newServedListener(ln, "served", logf, portCap, bottle)
 			c.relays = append(c.relays, sl)
 			go serve(sl)
 			continue

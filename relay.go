@@ -36,10 +36,10 @@ import (
 //     after relayFirstByteTimeout.
 //   - A failed accept (EMFILE, ENFILE, ECONNABORTED, ...) is retried after a
 //     short backoff; only Close stops a relay.
-//   - A port the owner serves itself (the credential sidecar) gets a
-//     servedListener instead: the same caps, the same refusal and the same
-//     accept retry, and Close cuts every connection it handed out. Its
-//     server must bound a silent connection itself (credproxy's
+//   - Caps, refusal and accept retry live in servedListener, which every
+//     relay admits through. A port the owner serves itself (the credential
+//     sidecar) gets a servedListener alone, handed to its server, which
+//     must bound a silent connection itself (credproxy's
 //     ReadHeaderTimeout), as relayFirstByteTimeout does here.
 //
 // The caps and the descriptor budget behind them are in limits.go.
@@ -53,26 +53,19 @@ const (
 // connection from dial. Close stops accepting and cuts every open stream, so
 // nothing outlives the bottle.
 type relay struct {
-	ln     net.Listener
+	ln     *servedListener // admits within the caps; Close cuts the guest sides
 	dial   func(ctx context.Context) (net.Conn, error)
 	logf   func(format string, args ...any)
-	port   connCap  // this port's streams
-	bottle *connCap // the bottle's streams, shared by its relays
-
-	ctx     context.Context // cancelled by Close: cuts dials in flight
-	cancel  context.CancelFunc
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	closed  bool
-	refused refusalLog
-	taken   atomic.Int64 // streams accepted, for the selftest
-	wg      sync.WaitGroup
+	ctx    context.Context // cancelled by Close: cuts dials in flight and the sidecar sides
+	cancel context.CancelFunc
+	taken  atomic.Int64 // streams admitted, for the selftest
+	wg     sync.WaitGroup
 }
 
 // startRelay serves ln in the background, with at most portCap streams of
 // its own and at most bottle.max together with the relays sharing bottle.
 func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), logf func(string, ...any), portCap int, bottle *connCap) *relay {
-	r := &relay{ln: ln, dial: dial, logf: logf, port: connCap{max: portCap}, bottle: bottle, conns: map[net.Conn]struct{}{}}
+	r := &relay{ln: newServedListener(ln, "relay", logf, portCap, bottle), dial: dial, logf: logf}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.serve()
@@ -87,41 +80,18 @@ func tcpDialer(addr string) func(ctx context.Context) (net.Conn, error) {
 
 func (r *relay) serve() {
 	defer r.wg.Done()
-	var backoff acceptBackoff
 	for {
 		c, err := r.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			r.logRefusal("accept: %v (retrying)", err)
-			backoff.wait()
-			continue
+			return // closed: Accept retries every other error itself
 		}
-		backoff.reset()
 		r.taken.Add(1)
-		if !r.port.take() {
-			c.Close()
-			r.logRefusal("over the cap of %d streams for this port", r.port.max)
-			continue
-		}
-		if !r.bottle.take() {
-			r.port.give()
-			c.Close()
-			r.logRefusal("over the cap of %d streams for the bottle", r.bottle.max)
-			continue
-		}
-		if !r.track(c) {
-			r.release()
-			c.Close()
-			return
-		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			defer r.release()
-			defer r.untrack(c)
-			r.serveConn(c)
+			defer c.Close() // gives the stream's place back
+			// The bare *net.TCPConn, so that joinConns can splice.
+			r.serveConn(c.(*servedConn).Conn)
 		}()
 	}
 }
@@ -142,12 +112,7 @@ func (r *relay) serveConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	if !r.track(d) {
-		c.Close()
-		d.Close()
-		return
-	}
-	defer r.untrack(d)
+	defer context.AfterFunc(r.ctx, func() { d.Close() })()
 	if _, err := d.Write(first[:n]); err != nil {
 		c.Close()
 		d.Close()
@@ -156,41 +121,10 @@ func (r *relay) serveConn(c net.Conn) {
 	joinConns(c, d)
 }
 
-func (r *relay) release() {
-	r.bottle.give()
-	r.port.give()
-}
-
-func (r *relay) logRefusal(format string, args ...any) {
-	r.refused.log(r.logf, "relay "+r.ln.Addr().String(), format, args...)
-}
-
-func (r *relay) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return false
-	}
-	r.conns[c] = struct{}{}
-	return true
-}
-
-func (r *relay) untrack(c net.Conn) {
-	r.mu.Lock()
-	delete(r.conns, c)
-	r.mu.Unlock()
-}
-
 // Close stops the listener, cuts every stream and waits for the goroutines.
 func (r *relay) Close() error {
 	r.cancel()
-	r.mu.Lock()
-	r.closed = true
 	err := r.ln.Close()
-	for c := range r.conns {
-		c.Close()
-	}
-	r.mu.Unlock()
 	r.wg.Wait()
 	return err
 }
@@ -222,10 +156,11 @@ func joinConns(a, b net.Conn) {
 	b.Close()
 }
 
-// servedListener hands the connections of a confined-side listener to a
-// server in the owner's own process, within the relay caps.
+// servedListener admits the connections of a confined-side listener within
+// the caps: a relay's, or those of a server in the owner's own process.
 type servedListener struct {
 	net.Listener
+	who     string // "relay ADDR" or "served ADDR", for the log
 	logf    func(format string, args ...any)
 	port    connCap
 	bottle  *connCap
@@ -235,8 +170,9 @@ type servedListener struct {
 	closed  bool
 }
 
-func newServedListener(ln net.Listener, logf func(string, ...any), portCap int, bottle *connCap) *servedListener {
-	return &servedListener{Listener: ln, logf: logf, port: connCap{max: portCap}, bottle: bottle, conns: map[*servedConn]struct{}{}}
+func newServedListener(ln net.Listener, kind string, logf func(string, ...any), portCap int, bottle *connCap) *servedListener {
+	return &servedListener{Listener: ln, who: kind + " " + ln.Addr().String(), logf: logf,
+		port: connCap{max: portCap}, bottle: bottle, conns: map[*servedConn]struct{}{}}
 }
 
 // Accept returns the next connection within the caps; one over a cap is
@@ -244,7 +180,7 @@ func newServedListener(ln net.Listener, logf func(string, ...any), portCap int, 
 // listener is closed.
 func (l *servedListener) Accept() (net.Conn, error) {
 	var backoff acceptBackoff
-	who := "listener " + l.Addr().String()
+	who := l.who
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {

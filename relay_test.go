@@ -283,7 +283,7 @@ func TestServedListenerCaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	fl := &flakyListener{Listener: ln, n: 3, err: &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}}
-	sl := newServedListener(fl, t.Logf, 3, bottle)
+	sl := newServedListener(fl, "served", t.Logf, 3, bottle)
 	t.Cleanup(func() { sl.Close() })
 	go func() {
 		for {
@@ -324,5 +324,39 @@ func TestServedListenerCaps(t *testing.T) {
 	held[1].SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := held[1].Read(make([]byte, 1)); err == nil {
 		t.Errorf("a held connection survived Close")
+	}
+}
+
+// TestRelayCloseCutsSidecarSide: a stream whose guest side has half-closed
+// while its sidecar stays silent holds no guest descriptor to cut; Close
+// must still end it, sidecar side included, and return.
+func TestRelayCloseCutsSidecarSide(t *testing.T) {
+	ended := make(chan struct{})
+	target := loopbackTCP(t, func(c net.Conn) {
+		io.Copy(io.Discard, c)  // the guest's bytes, then its half-close
+		c.Read(make([]byte, 1)) // silent until the relay cuts it
+		close(ended)
+	})
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startRelay(ln, tcpDialer(target), t.Logf, relayPortCap, &connCap{max: relayBottleCap})
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	c.(*net.TCPConn).CloseWrite()
+	time.Sleep(100 * time.Millisecond) // the relay passes the half-close on
+	done := make(chan struct{})
+	go func() { r.Close(); close(done) }()
+	for _, ch := range []chan struct{}{done, ended} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close left the stream's sidecar side open")
+		}
 	}
 }
