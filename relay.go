@@ -180,27 +180,26 @@ func newServedListener(ln net.Listener, kind string, logf func(string, ...any), 
 // listener is closed.
 func (l *servedListener) Accept() (net.Conn, error) {
 	var backoff acceptBackoff
-	who := l.who
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.refused.log(l.logf, who, "accept: %v (retrying)", err)
+			l.refused.log(l.logf, l.who, "accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}
 		backoff.reset()
 		if !l.port.take() {
 			c.Close()
-			l.refused.log(l.logf, who, "over the cap of %d streams for this port", l.port.max)
+			l.refused.log(l.logf, l.who, "over the cap of %d streams for this port", l.port.max)
 			continue
 		}
 		if !l.bottle.take() {
 			l.port.give()
 			c.Close()
-			l.refused.log(l.logf, who, "over the cap of %d streams for the bottle", l.bottle.max)
+			l.refused.log(l.logf, l.who, "over the cap of %d streams for the bottle", l.bottle.max)
 			continue
 		}
 		sc := &servedConn{Conn: c, l: l}
