@@ -542,7 +542,7 @@ func (p *plan) writeText(w io.Writer) {
 			note = "  (already running)"
 		}
 		if s.Name == credSidecar {
-			host, note = "no host port   ", "  (served by the supervisor inside the jail: only the guest reaches it)"
+			host, note = "no host port   ", "  (served by the supervisor in gvproxy's network namespace: only the guest reaches it)"
 		}
 		fmt.Fprintf(w, "  %-13s %s  %s%s\n", s.Name, host, s.GuestURL, note)
 	}

@@ -1,10 +1,10 @@
 // Smolbottle runs an AI coding agent (Claude Code by default) inside a
 // smolvm microVM whose only network is a confined gvproxy user-mode network.
 // From inside the guest exactly one name resolves, proxy.internal, and
-// exactly the host-side sidecar ports answer there: the egress proxy
-// (pipelock) and the credential sidecar always, a git gateway (git-gate)
-// and a supervision channel (supervise) when enabled. Every other
-// destination is unreachable.
+// exactly the sidecar ports answer there: the egress proxy (pipelock) and
+// the credential sidecar always, a git gateway (git-gate) and a
+// supervision channel (supervise) when enabled. Every other destination is
+// unreachable.
 //
 // Usage:
 //
@@ -74,11 +74,12 @@
 // argv, the Smolfile or smolvm's environment. The guest gets
 // ANTHROPIC_BASE_URL=http://proxy.internal:PORT and, for each credential
 // the host has, a placeholder random per bottle in its place. The
-// supervisor's credential sidecar forwards a request to
-// https://api.anthropic.com, through the egress proxy, only when it carries
-// this bottle's placeholder in that credential's own header, and only to
-// /v1/messages or /v1/messages/count_tokens; it swaps in the real value on
-// the way out. So the guest can learn its placeholder (worthless outside
+// supervisor's credential sidecar, which has no host port (it is served
+// in gvproxy's network namespace, for this bottle's guest alone), forwards a
+// request to https://api.anthropic.com, through the egress proxy, only when
+// it carries this bottle's placeholder in that credential's own header, and
+// only to /v1/messages or /v1/messages/count_tokens; it swaps in the real
+// value on the way out. So the guest can learn its placeholder (worthless outside
 // this bottle), which credential kinds the host has, and the replies of
 // the Messages API; it can spend the key through that API while the bottle
 // runs. It cannot learn the key itself, use it for any other path or host,

@@ -80,7 +80,7 @@ func TestUpEndToEnd(t *testing.T) {
 		t.Errorf("the guest's ANTHROPIC_API_KEY is %q (exit %d), want the bottle's placeholder", got, code)
 	}
 	// The credential sidecar answers the guest, and nothing on the host:
-	// it is served inside the jail only (confineSpec.Serve).
+	// it is served in gvproxy's network namespace only (confineSpec.Serve).
 	credPort := portOfSidecar(t, stage, credSidecar)
 	if got, code := exec("curl", "-sS", "--noproxy", "*", "--max-time", "5", "http://proxy.internal:"+credPort+"/"); code != 0 || !strings.Contains(got, "smolbottle credentials: only POST") {
 		t.Errorf("guest -> credential sidecar: %q (exit %d), want its refusal of a GET", got, code)
