@@ -575,7 +575,28 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort}, Log: s.log}, s.unconfined)
+	// A port served in the owner's process, as the credential sidecar's
+	// is (confineSpec.Serve), over a host listener on the same number
+	// that the guest must not reach.
+	decoy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	decoy.Close()
+	servedPort := decoy.Addr().(*net.TCPAddr).Port
+	if err := s.listenTCP(loopbackAddr(servedPort), &s.listeners, nil); err != nil {
+		return err
+	}
+	serve := map[int]func(net.Listener){servedPort: func(ln net.Listener) {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go echoServe(c)
+		}
+	}}
+	cn, err := startSelftestNet(ctx, confineSpec{Gvproxy: s.gvproxy, Net: n, Stage: netStage, Ports: []int{sidecarPort, spoofPort, servedPort}, Log: s.log, Serve: serve}, s.unconfined)
 	if err != nil {
 		return err
 	}
@@ -597,6 +618,7 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 		{Name: "API: replace gvproxy's config in the stage", Kind: probeAPI, Body: exposeJSON(map[string]string{"protocol": "unix", "local": configPath, "remote": guestTCP})},
 		{Name: proxyName + " resolves to " + n.HostVIP.String(), Kind: probeResolve, Host: proxyName + ".", Want: n.HostVIP.String()},
 		{Name: fmt.Sprintf("sidecar %s echoes 1 MiB both ways", vip(sidecarPort)), Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
+		{Name: fmt.Sprintf("served port %s echoes 1 MiB (in-process, not the host's listener on it)", vip(servedPort)), Kind: probeEcho, Addr: vip(servedPort), Bytes: selftestEchoBytes},
 		{Name: "other host loopback port (TCP, listening)", Kind: probeNoTCP, Addr: vip(otherPort)},
 		{Name: "other host loopback port (UDP, echoing)", Kind: probeNoUDP, Addr: vip(otherPort)},
 		{Name: "host resolver port via the virtual IP (UDP)", Kind: probeNoUDP, Addr: vip(53)},

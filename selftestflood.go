@@ -58,7 +58,7 @@ func (s *sandbox) spoofRow(cn *confinedNet) probeResult {
 	seen := s.flood.spoofed
 	s.flood.mu.Unlock()
 	var taken int64
-	if len(cn.relays) == 2 {
+	if len(cn.relays) > 1 { // the spoof port's relay
 		if r, ok := cn.relays[1].(*relay); ok {
 			taken = r.taken.Load()
 		}
