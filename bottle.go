@@ -749,8 +749,13 @@ func mustArgs(args []string, err error) []string {
 	return args
 }
 
-// supervisorCmd is the hidden subcommand up starts the supervisor with.
-const supervisorCmd = "_supervise"
+// The hidden subcommands the plan names: up starts the supervisor with
+// supervisorCmd, and runs the start-up self-test (probe.go) in the guest
+// with probeCmd.
+const (
+	supervisorCmd = "_supervise"
+	probeCmd      = "_probe"
+)
 
 // readPlan reads the plan a stage was written from.
 func readPlan(stage string) (*plan, error) {

@@ -38,7 +38,7 @@ func newCLIBoundary(t *testing.T) cliBoundary {
 // what a terminal shows, with the test's directory written as $TMP.
 func (c cliBoundary) transcript(args ...string) (string, int) {
 	var out, errb bytes.Buffer
-	err := run(context.Background(), args, &out, &errb)
+	err := runCLI(context.Background(), args, &out, &errb)
 	code := exitCode(&errb, err)
 	var b strings.Builder
 	fmt.Fprintf(&b, "$ smolbottle %s\n", shellQuote(args))
@@ -55,7 +55,7 @@ func TestHelpTranscripts(t *testing.T) {
 	for _, cmd := range []string{"plan", "up", "run", "exec", "cp", "down", "ls", "doctor", "selftest"} {
 		t.Run(cmd, func(t *testing.T) {
 			var out, errb bytes.Buffer
-			err := run(context.Background(), []string{cmd, "-h"}, &out, &errb)
+			err := runCLI(context.Background(), []string{cmd, "-h"}, &out, &errb)
 			if code := exitCode(&errb, err); code != 0 || errb.Len() != 0 {
 				t.Errorf("%s -h: exit %d, stderr %q; want 0 and nothing", cmd, code, errb.String())
 			}
@@ -197,7 +197,7 @@ func TestVersion(t *testing.T) {
 	var out bytes.Buffer
 	for _, arg := range []string{"version", "--version", "-version"} {
 		out.Reset()
-		if err := run(context.Background(), []string{arg}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "smolbottle ") {
+		if err := runCLI(context.Background(), []string{arg}, &out, &out); err != nil || !strings.HasPrefix(out.String(), "smolbottle ") {
 			t.Errorf("%s: %v %q", arg, err, out.String())
 		}
 	}

@@ -53,16 +53,16 @@ func TestUpClaudeInGuest(t *testing.T) {
 	ctx := context.Background()
 	var out, errb bytes.Buffer
 	stage := filepath.Join(b.state, "cc")
-	if err := run(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "cc"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "cc"}, &out, &errb); err != nil {
 		t.Fatalf("plan: %v %s", err, errb.String())
 	}
-	if err := run(ctx, b.upArgs("cc"), &out, &errb); err != nil {
+	if err := runCLI(ctx, b.upArgs("cc"), &out, &errb); err != nil {
 		t.Fatalf("up: %v\n%s", err, errb.String())
 	}
-	t.Cleanup(func() { run(context.Background(), []string{"down", "cc"}, io.Discard, io.Discard) })
+	t.Cleanup(func() { runCLI(context.Background(), []string{"down", "cc"}, io.Discard, io.Discard) })
 	guestCtx := func(ctx context.Context, args ...string) string {
 		var o, e bytes.Buffer
-		err := run(ctx, append([]string{"exec", "cc", "--"}, args...), &o, &e)
+		err := runCLI(ctx, append([]string{"exec", "cc", "--"}, args...), &o, &e)
 		if err != nil {
 			// The sidecar logs each forwarded or failed request, without
 			// values.
@@ -136,7 +136,7 @@ func TestUpClaudeInGuest(t *testing.T) {
 		t.Errorf("only %d files under the guest's root: the scan did not see the guest", files)
 	}
 	scanForSecret(t, stage, nil, key)
-	if err := run(ctx, []string{"down", "cc"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"down", "cc"}, &out, &errb); err != nil {
 		t.Fatal(err)
 	}
 	scanForSecret(t, stage, nil, key)

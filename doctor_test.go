@@ -64,7 +64,7 @@ func TestDoctor(t *testing.T) {
 				t.Setenv("ANTHROPIC_API_KEY", testSecret)
 			}
 			var out, errb bytes.Buffer
-			err := run(context.Background(), []string{"doctor"}, &out, &errb)
+			err := runCLI(context.Background(), []string{"doctor"}, &out, &errb)
 			if code := exitCode(&errb, err); code != tt.code {
 				t.Errorf("exit %d, want %d; stderr %q", code, tt.code, errb.String())
 			}

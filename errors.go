@@ -25,7 +25,7 @@ import (
 //   - Any other failure exits 1; exec and run pass the guest command's
 //     status through (exitStatus) and print nothing more.
 //
-// Nothing below main exits: errors are returned up to run, and main calls
+// Nothing below main exits: errors are returned up to runCLI, and main calls
 // exitCode once.
 
 // errUsage marks an error that is the caller's fault: exit status 2.

@@ -68,13 +68,13 @@ func TestGuestEgressThroughRealPipelock(t *testing.T) {
 	}
 	ctx := context.Background()
 	var out, errb bytes.Buffer
-	if err := run(ctx, b.upArgs("egress", "-git-gate", "-git-gate-cmd", sidecar+" {port}"), &out, &errb); err != nil {
+	if err := runCLI(ctx, b.upArgs("egress", "-git-gate", "-git-gate-cmd", sidecar+" {port}"), &out, &errb); err != nil {
 		t.Fatalf("up: %v\n%s", err, errb.String())
 	}
-	t.Cleanup(func() { run(context.Background(), []string{"down", "egress"}, io.Discard, io.Discard) })
+	t.Cleanup(func() { runCLI(context.Background(), []string{"down", "egress"}, io.Discard, io.Discard) })
 	sh := func(script string) (string, string, int) {
 		var o, e bytes.Buffer
-		err := run(ctx, []string{"exec", "egress", "--", "sh", "-c", script}, &o, &e)
+		err := runCLI(ctx, []string{"exec", "egress", "--", "sh", "-c", script}, &o, &e)
 		return o.String(), e.String(), exitCode(&e, err)
 	}
 	ca := guestWorkspace + "/ca.pem"
@@ -117,7 +117,7 @@ func TestGuestEgressThroughRealPipelock(t *testing.T) {
 	if strings.Contains(string(events), "proxy.internal") {
 		t.Errorf("a sidecar request went through pipelock:\n%.2000s", events)
 	}
-	if err := run(ctx, []string{"down", "egress"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"down", "egress"}, &out, &errb); err != nil {
 		t.Fatalf("down: %v", err)
 	}
 	assertTornDown(t, b, f, "egress")

@@ -37,7 +37,7 @@ func TestLs(t *testing.T) {
 	t.Setenv("SMOLBOTTLE_STATE", b.state)
 
 	var out, errb bytes.Buffer
-	if err := run(context.Background(), []string{"ls", "-json"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"ls", "-json"}, &out, &errb); err != nil {
 		t.Fatalf("ls: %v %s", err, errb.String())
 	}
 	var got []bottleInfo
@@ -54,7 +54,7 @@ func TestLs(t *testing.T) {
 		}
 	}
 	out.Reset()
-	if err := run(context.Background(), []string{"ls"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"ls"}, &out, &errb); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(out.Bytes(), []byte("SLUG")) || !bytes.Contains(out.Bytes(), []byte("stale")) {
@@ -161,7 +161,7 @@ func TestUpGuestNetworkNeverComesUp(t *testing.T) {
 	f := useBottle(t, b)
 	f.control(t, fakeControl{Fail: map[string]string{"exec": "connect: guest agent did not answer"}})
 	var out, errb bytes.Buffer
-	err := run(context.Background(), b.upArgs("net"), &out, &errb)
+	err := runCLI(context.Background(), b.upArgs("net"), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "prepare the guest") {
 		t.Fatalf("up = %v, want the first guest step (prepare) to fail", err)
 	}
@@ -175,7 +175,7 @@ func TestUpGuestNetworkNeverComesUp(t *testing.T) {
 		}
 	}
 	// The kept logs do not stop the slug from being planned again.
-	if err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "net"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "net"}, &out, &errb); err != nil {
 		t.Errorf("plan after a failed up: %v", err)
 	}
 }
@@ -186,7 +186,7 @@ func TestUpSidecarFails(t *testing.T) {
 	staticSmolbottle(t)
 	f := useBottle(t, b)
 	var out, errb bytes.Buffer
-	err := run(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
+	err := runCLI(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "git-gate") {
 		t.Fatalf("up = %v, want a git-gate failure", err)
 	}
@@ -206,7 +206,7 @@ func TestUpMachineAlreadyExists(t *testing.T) {
 		t.Fatalf("pre-create: %v %s", err, out)
 	}
 	var out, errb bytes.Buffer
-	err := run(context.Background(), b.upArgs("dup"), &out, &errb)
+	err := runCLI(context.Background(), b.upArgs("dup"), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("up = %v, want already exists", err)
 	}
@@ -271,7 +271,7 @@ func TestSupervisorKilled(t *testing.T) {
 	}
 	for i := range 2 {
 		var out, errb bytes.Buffer
-		if err := run(context.Background(), []string{"down", "kill"}, &out, &errb); err != nil {
+		if err := runCLI(context.Background(), []string{"down", "kill"}, &out, &errb); err != nil {
 			t.Fatalf("down #%d: %v", i+1, err)
 		}
 	}
@@ -399,7 +399,7 @@ func TestLifecycleArgs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var out, errb bytes.Buffer
-		err := run(context.Background(), tt.args, &out, &errb)
+		err := runCLI(context.Background(), tt.args, &out, &errb)
 		code := exitCode(&errb, err)
 		if code != tt.code || !strings.Contains(errb.String(), tt.want) {
 			t.Errorf("%q: exit %d stderr %q, want %d and %q", tt.args, code, errb.String(), tt.code, tt.want)
@@ -407,7 +407,7 @@ func TestLifecycleArgs(t *testing.T) {
 	}
 	var out, errb bytes.Buffer
 	// down -n says what down does: after a mere plan, no machine delete.
-	if err := run(context.Background(), []string{"down", "-n", "args"}, &out, &errb); err != nil || strings.Contains(out.String(), "machine delete") || !strings.Contains(out.String(), "plan.json") {
+	if err := runCLI(context.Background(), []string{"down", "-n", "args"}, &out, &errb); err != nil || strings.Contains(out.String(), "machine delete") || !strings.Contains(out.String(), "plan.json") {
 		t.Errorf("down -n: %v\n%s", err, out.String())
 	}
 	if _, err := os.Stat(filepath.Join(p.Stage, smolfileName)); err != nil {
@@ -416,7 +416,7 @@ func TestLifecycleArgs(t *testing.T) {
 	// A bottle that was only planned never ran a machine: down removes its
 	// stage and deletes no machine (one of that name may be another
 	// stage's).
-	if err := run(context.Background(), []string{"down", "args"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"down", "args"}, &out, &errb); err != nil {
 		t.Fatalf("down after plan: %v", err)
 	}
 	for _, r := range f.records(t) {
@@ -448,7 +448,7 @@ func TestUpInterrupted(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		var out, errb bytes.Buffer
-		done <- run(ctx, b.upArgs("intr"), &out, &errb)
+		done <- runCLI(ctx, b.upArgs("intr"), &out, &errb)
 	}()
 	// Wait until up is inside machine start, then interrupt it.
 	deadline := time.Now().Add(30 * time.Second)
@@ -492,7 +492,7 @@ func TestUpLocked(t *testing.T) {
 	}
 	defer unlock()
 	var out, errb bytes.Buffer
-	err = run(context.Background(), b.upArgs("busy"), &out, &errb)
+	err = runCLI(context.Background(), b.upArgs("busy"), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "another smolbottle up or down is working on stage") {
 		t.Fatalf("up = %v, want refused", err)
 	}
@@ -506,7 +506,7 @@ func TestUpLocked(t *testing.T) {
 	}
 	// Bad input is refused before the lock: nothing is written at all.
 	os.RemoveAll(b.state)
-	err = run(context.Background(), []string{"up", "-image", filepath.Join(b.dir, "missing.tar"), "nolock"}, &out, &errb)
+	err = runCLI(context.Background(), []string{"up", "-image", filepath.Join(b.dir, "missing.tar"), "nolock"}, &out, &errb)
 	if err == nil {
 		t.Fatal("up with a missing image succeeded")
 	}

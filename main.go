@@ -108,14 +108,14 @@ func main() {
 	// Children get stdio and what they are handed, never what this
 	// process inherited without close-on-exec.
 	closeOnExecInherited()
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	err := runCLI(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(os.Stderr, err))
 }
 
-// run is the whole program; it returns instead of exiting so that every
+// runCLI is the whole program; it returns instead of exiting so that every
 // deferred cleanup runs.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runCLI(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return withHint(usageError("no subcommand"), "smolbottle help lists the subcommands")
 	}
@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(args) > 1 {
 			return usageError("version takes no arguments")
 		}
-		fmt.Fprintln(stdout, "smolbottle", version())
+		fmt.Fprintln(stdout, "smolbottle", buildVersion())
 		return nil
 	case "plan":
 		return cmdPlan(ctx, args[1:], stdout, stderr)
@@ -150,7 +150,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case nsCheckCmd:
 		return runNSCheck()
 	case "selftest":
-		return runSelftest(ctx, args[1:], stdout, stderr)
+		return cmdSelftest(ctx, args[1:], stdout, stderr)
 	case confineCmd, dropExecCmd, guestNetCmd, probeCmd, selftestHostCmd, selftestPeerCmd, selftestGuestCmd:
 		return runNetInternal(ctx, args, stdout, stderr) // internal: argv built by the network code only
 	default:
@@ -259,7 +259,7 @@ func writeCommandHelp(w io.Writer, fs *flag.FlagSet) {
 
 // version is the module version and, in a binary built from a checkout,
 // the VCS revision it was built from (+dirty with uncommitted changes).
-func version() string {
+func buildVersion() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "(unknown)"
@@ -412,6 +412,24 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New(err.Error())
 	}
 	return nil
+}
+
+// cmdSelftest implements smolbottle selftest.
+func cmdSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o selftestOptions
+	fs := newFlagSet("selftest", stdout)
+	fs.StringVar(&o.gvproxy, "gvproxy", "", "gvproxy v0.8.9, statically linked (default: found as every subcommand finds it, smolbottle's own directory, then PATH)")
+	fs.StringVar(&o.gvforwarder, "gvforwarder", "", "gvforwarder v0.8.9 (default: found as gvproxy is)")
+	fs.BoolVar(&o.verbose, "v", false, "print gvproxy's and gvforwarder's logs")
+	fs.BoolVar(&o.unconfined, "unconfined", false, "run the matrix against stock, unconfined gvproxy (rows are expected to FAIL: it shows what the confinement prevents)")
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError("selftest takes no arguments")
+	}
+	return runSelftest(ctx, o, stdout, stderr)
 }
 
 // writeCredentialModel tells which credentials the host has (names only)

@@ -19,7 +19,7 @@ func TestMain(m *testing.M) {
 	if name == "smolbottle" {
 		// The code re-executes itself (namespaces, jail, guest helpers); in
 		// tests "itself" is this binary.
-		exitNow(exitCode(os.Stderr, run(context.Background(), os.Args[1:], os.Stdout, os.Stderr)))
+		exitNow(exitCode(os.Stderr, runCLI(context.Background(), os.Args[1:], os.Stdout, os.Stderr)))
 	}
 	if fake, ok := fakes[name]; ok {
 		exitNow(fake(os.Args[1:]))

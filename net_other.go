@@ -22,7 +22,13 @@ const (
 
 var errNeedsLinux = errors.New("this needs Linux namespaces; nothing was started")
 
-func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// selftestOptions mirrors selftest.go's.
+type selftestOptions struct {
+	gvproxy, gvforwarder string
+	verbose, unconfined  bool
+}
+
+func runSelftest(ctx context.Context, o selftestOptions, stdout, stderr io.Writer) error {
 	return withHint(errNeedsLinux, "run the selftest on Linux; there is no confinement off Linux")
 }
 

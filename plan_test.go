@@ -369,7 +369,7 @@ func TestPlanCLI(t *testing.T) {
 	t.Setenv("SMOLBOTTLE_STATE", b.state)
 	t.Setenv("ANTHROPIC_API_KEY", "sk-ant-SECRET-VALUE")
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate", "-git-gate-cmd", "/bin/true {port}"}, &out, &errb)
+	err := runCLI(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "cli", "-git-gate", "-git-gate-cmd", "/bin/true {port}"}, &out, &errb)
 	if err != nil {
 		t.Fatalf("plan: %v\n%s", err, errb.String())
 	}
@@ -386,7 +386,7 @@ func TestPlanCLI(t *testing.T) {
 		t.Errorf("plan output shows a secret value")
 	}
 	out.Reset()
-	if err := run(context.Background(), []string{"plan", "-json", "-image", b.image, "-workspace", b.workspace, "cli"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"plan", "-json", "-image", b.image, "-workspace", b.workspace, "cli"}, &out, &errb); err != nil {
 		t.Fatalf("plan -json: %v", err)
 	}
 	var p plan
@@ -400,17 +400,17 @@ func TestPlanCLI(t *testing.T) {
 
 func TestUsageGolden(t *testing.T) {
 	var out bytes.Buffer
-	if err := run(context.Background(), []string{"help"}, &out, &out); err != nil {
+	if err := runCLI(context.Background(), []string{"help"}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "usage.golden", out.Bytes())
 	var errb bytes.Buffer
-	err := run(context.Background(), nil, &out, &errb)
+	err := runCLI(context.Background(), nil, &out, &errb)
 	if code := exitCode(&errb, err); code != 2 {
 		t.Errorf("no arguments: exit %d, want 2", code)
 	}
 	errb.Reset()
-	err = run(context.Background(), []string{"frobnicate"}, &out, &errb)
+	err = runCLI(context.Background(), []string{"frobnicate"}, &out, &errb)
 	if code := exitCode(&errb, err); code != 2 || errb.String() != "smolbottle: error: unknown subcommand \"frobnicate\"\nsmolbottle: hint: smolbottle help lists the subcommands\n" {
 		t.Errorf("unknown subcommand: exit %d, stderr %q", code, errb.String())
 	}

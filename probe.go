@@ -20,10 +20,10 @@ import (
 // when the connection is refused, unreachable, times out, or a name does
 // not resolve; they fail the moment anything answers. Every DNS query goes
 // to the gateway explicitly, never to whatever resolv.conf says, so a probe
-// cannot be fooled by the guest's own configuration.
+// cannot be fooled by the guest's own configuration. The guest runs them
+// as probeCmd (named in bottle.go, with the plan's other hidden subcommand):
 //
 //	smolbottle _probe -plan '<json probePlan>'   prints []probeResult as JSON
-const probeCmd = "_probe"
 
 const (
 	probeDialTimeout = 2 * time.Second

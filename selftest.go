@@ -90,26 +90,10 @@ func runNetInternal(ctx context.Context, args []string, stdout, stderr io.Writer
 	return usageError("unknown subcommand %q", args[0])
 }
 
-// selftestOptions are the flags of selftest.
+// selftestOptions are the flags of selftest (parsed in main.go).
 type selftestOptions struct {
 	gvproxy, gvforwarder string
 	verbose, unconfined  bool
-}
-
-func parseSelftestFlags(fs *flag.FlagSet, args []string) (selftestOptions, error) {
-	var o selftestOptions
-	fs.StringVar(&o.gvproxy, "gvproxy", "", "gvproxy v0.8.9, statically linked (default: found as every subcommand finds it, smolbottle's own directory, then PATH)")
-	fs.StringVar(&o.gvforwarder, "gvforwarder", "", "gvforwarder v0.8.9 (default: found as gvproxy is)")
-	fs.BoolVar(&o.verbose, "v", false, "print gvproxy's and gvforwarder's logs")
-	fs.BoolVar(&o.unconfined, "unconfined", false, "run the matrix against stock, unconfined gvproxy (rows are expected to FAIL: it shows what the confinement prevents)")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return o, err
-	}
-	if len(pos) > 0 {
-		return o, usageError("selftest takes no arguments")
-	}
-	return o, nil
 }
 
 // findTool returns the absolute path of a tool: the flag, else what
@@ -138,11 +122,7 @@ func findTool(flagValue, name string) (string, error) {
 }
 
 // runSelftest is `smolbottle selftest`.
-func runSelftest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parseSelftestFlags(newFlagSet("selftest", stdout), args)
-	if err != nil {
-		return err
-	}
+func runSelftest(ctx context.Context, o selftestOptions, stdout, stderr io.Writer) error {
 	if o.unconfined {
 		fmt.Fprintln(stderr, "smolbottle: warning: -unconfined: gvproxy runs without its jail; the guest can reach the sandbox's whole network")
 	}

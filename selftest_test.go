@@ -56,7 +56,7 @@ func TestSelftestMatrix(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errb bytes.Buffer
-	err := run(ctx, []string{"selftest", "-gvproxy", gvproxy, "-gvforwarder", gvforwarder}, &out, &errb)
+	err := runCLI(ctx, []string{"selftest", "-gvproxy", gvproxy, "-gvforwarder", gvforwarder}, &out, &errb)
 	t.Logf("matrix:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("selftest: %v\nstderr:\n%s", err, errb.String())
@@ -86,7 +86,7 @@ func TestSelftestDetectsLeaks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errb bytes.Buffer
-	err := run(ctx, []string{"selftest", "-unconfined", "-gvproxy", gvproxy, "-gvforwarder", gvforwarder}, &out, &errb)
+	err := runCLI(ctx, []string{"selftest", "-unconfined", "-gvproxy", gvproxy, "-gvforwarder", gvforwarder}, &out, &errb)
 	t.Logf("matrix:\n%s", out.String())
 	var es exitStatus
 	if !errors.As(err, &es) || es != 1 {

@@ -23,7 +23,7 @@ func TestStagedElsewhere(t *testing.T) {
 	stage := filepath.Join(b.dir, "elsewhere")
 	cli := func(args ...string) (string, int) {
 		var out, errb bytes.Buffer
-		err := run(ctx, args, &out, &errb)
+		err := runCLI(ctx, args, &out, &errb)
 		code := exitCode(&errb, err)
 		return out.String() + errb.String(), code
 	}
@@ -152,7 +152,7 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 	}
 	for i := range 2 {
 		var out, errb bytes.Buffer
-		err := run(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
+		err := runCLI(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
 		if code := exitCode(&errb, err); code != 1 {
 			t.Fatalf("attempt %d: exit %d, want 1", i, code)
 		}

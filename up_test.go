@@ -51,16 +51,16 @@ func TestUpEndToEnd(t *testing.T) {
 
 	ctx := context.Background()
 	var out, errb bytes.Buffer
-	if err := run(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"plan", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("plan: %v %s", err, errb.String())
 	}
 	stage := filepath.Join(b.state, "e2e")
 	out.Reset()
 	errb.Reset()
-	if err := run(ctx, []string{"up", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"up", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("up: %v\n%s", err, errb.String())
 	}
-	t.Cleanup(func() { run(context.Background(), []string{"down", "e2e"}, &out, &errb) })
+	t.Cleanup(func() { runCLI(context.Background(), []string{"down", "e2e"}, &out, &errb) })
 	for _, step := range []string{"starting the supervisor", "creating machine", "egress self-test", "ready"} {
 		if !strings.Contains(errb.String(), step) {
 			t.Errorf("up progress lacks %q:\n%s", step, errb.String())
@@ -69,7 +69,7 @@ func TestUpEndToEnd(t *testing.T) {
 
 	exec := func(args ...string) (string, int) {
 		var o, e bytes.Buffer
-		err := run(ctx, append([]string{"exec", "e2e", "--"}, args...), &o, &e)
+		err := runCLI(ctx, append([]string{"exec", "e2e", "--"}, args...), &o, &e)
 		return o.String() + e.String(), exitCode(&e, err)
 	}
 	if _, code := exec("sh", "-c", "exit 3"); code != 3 {
@@ -91,7 +91,7 @@ func TestUpEndToEnd(t *testing.T) {
 	}
 	src := filepath.Join(b.dir, "note.txt")
 	os.WriteFile(src, []byte("copied in\n"), 0o600)
-	if err := run(ctx, []string{"cp", "e2e", src, "/tmp/note.txt"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"cp", "e2e", src, "/tmp/note.txt"}, &out, &errb); err != nil {
 		t.Fatalf("cp: %v", err)
 	}
 	if got, _ := exec("cat", "/tmp/note.txt"); got != "copied in\n" {
@@ -118,22 +118,22 @@ func TestUpEndToEnd(t *testing.T) {
 	if len(bottles) != 1 || bottles[0].State != "running" {
 		t.Errorf("ls = %+v, want e2e running", bottles)
 	}
-	if err := run(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "live bottle") {
+	if err := runCLI(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "live bottle") {
 		t.Errorf("second up over a live bottle = %v, want refused", err)
 	}
 	out.Reset()
-	if err := run(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("down: %v", err)
 	}
 	assertTornDown(t, b, f, "e2e")
-	if err := run(ctx, []string{"exec", "e2e", "--", "true"}, &out, &errb); !errors.As(err, new(errNoBottle)) {
+	if err := runCLI(ctx, []string{"exec", "e2e", "--", "true"}, &out, &errb); !errors.As(err, new(errNoBottle)) {
 		t.Errorf("exec after down = %v, want no bottle", err)
 	}
 	// The same slug comes up again over the logs down kept.
-	if err := run(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"up", "-q", "-image", b.image, "-workspace", b.workspace, "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("second up: %v", err)
 	}
-	if err := run(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"down", "e2e"}, &out, &errb); err != nil {
 		t.Fatalf("second down: %v", err)
 	}
 	assertTornDown(t, b, f, "e2e")
@@ -162,7 +162,7 @@ func TestRunExitStatusAndDown(t *testing.T) {
 	staticSmolbottle(t)
 	f := useBottle(t, b)
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"run", "-q", "-image", b.image, "-workspace", b.workspace, "once",
+	err := runCLI(context.Background(), []string{"run", "-q", "-image", b.image, "-workspace", b.workspace, "once",
 		"--", "sh", "-c", "pwd; exit 7"}, &out, &errb)
 	if code := exitCode(&errb, err); code != 7 {
 		t.Errorf("run exit %d, want the guest's 7 (%v, %s)", code, err, errb.String())
@@ -194,11 +194,11 @@ func TestUpExternalEgressProxy(t *testing.T) {
 
 	ctx := context.Background()
 	var out, errb bytes.Buffer
-	if err := run(ctx, b.upArgs("ext", "-egress-proxy", addr), &out, &errb); err != nil {
+	if err := runCLI(ctx, b.upArgs("ext", "-egress-proxy", addr), &out, &errb); err != nil {
 		t.Fatalf("up -egress-proxy: %v\n%s", err, errb.String())
 	}
 	var o, e bytes.Buffer
-	err = run(ctx, []string{"exec", "ext", "--", "sh", "-c", `echo "$HTTPS_PROXY"`}, &o, &e)
+	err = runCLI(ctx, []string{"exec", "ext", "--", "sh", "-c", `echo "$HTTPS_PROXY"`}, &o, &e)
 	if want := "http://proxy.internal:" + fmt.Sprint(portOf(addr)); err != nil || strings.TrimSpace(o.String()) != want {
 		t.Errorf("guest HTTPS_PROXY = %q (%v), want %s", o.String(), err, want)
 	}
@@ -206,13 +206,13 @@ func TestUpExternalEgressProxy(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(logs, "pipelock.log")); err == nil {
 		t.Errorf("pipelock was started although -egress-proxy was given")
 	}
-	if err := run(ctx, []string{"down", "ext"}, &out, &errb); err != nil {
+	if err := runCLI(ctx, []string{"down", "ext"}, &out, &errb); err != nil {
 		t.Fatal(err)
 	}
 	assertTornDown(t, b, f, "ext")
 
 	proxy.Close()
-	err = run(ctx, b.upArgs("ext2", "-egress-proxy", addr), &out, &errb)
+	err = runCLI(ctx, b.upArgs("ext2", "-egress-proxy", addr), &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "egress proxy "+addr) {
 		t.Fatalf("up with the proxy down = %v, want it named", err)
 	}

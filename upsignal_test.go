@@ -113,7 +113,7 @@ func TestUpKilledMidway(t *testing.T) {
 	up.Process.Kill()
 	up.Wait()
 	var out, errb bytes.Buffer
-	if err := run(context.Background(), []string{"ls", "-json"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"ls", "-json"}, &out, &errb); err != nil {
 		t.Fatalf("ls: %v %s", err, errb.String())
 	}
 	var got []bottleInfo
@@ -129,7 +129,7 @@ func TestUpKilledMidway(t *testing.T) {
 	if st.Supervisor.alive() {
 		t.Errorf("the supervisor outlived the up that never finished")
 	}
-	if err := run(context.Background(), []string{"down", "kill"}, &out, &errb); err != nil {
+	if err := runCLI(context.Background(), []string{"down", "kill"}, &out, &errb); err != nil {
 		t.Fatalf("down: %v %s", err, errb.String())
 	}
 	assertTornDown(t, b, f, "kill")

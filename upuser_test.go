@@ -44,12 +44,12 @@ func TestUpExecUserNonRootImage(t *testing.T) {
 	f := useBottle(t, b)
 	ctx := context.Background()
 	var out, errb bytes.Buffer
-	if err := run(ctx, b.upArgs("user"), &out, &errb); err != nil {
+	if err := runCLI(ctx, b.upArgs("user"), &out, &errb); err != nil {
 		t.Fatalf("up: %v\n%s", err, errb.String())
 	}
-	t.Cleanup(func() { run(context.Background(), []string{"down", "user"}, &out, &errb) })
+	t.Cleanup(func() { runCLI(context.Background(), []string{"down", "user"}, &out, &errb) })
 	var o, e bytes.Buffer
-	if err := run(ctx, []string{"exec", "user", "--", "id", "-u"}, &o, &e); err != nil || o.String() != "1000\n" {
+	if err := runCLI(ctx, []string{"exec", "user", "--", "id", "-u"}, &o, &e); err != nil || o.String() != "1000\n" {
 		t.Errorf("exec id -u = %q, %v (%s); want the image's uid 1000", o.String(), err, e.String())
 	}
 	root := 0
@@ -81,7 +81,7 @@ func TestUpNonRootImageWithoutExecUser(t *testing.T) {
 	staticSmolbottle(t)
 	f := useBottle(t, b)
 	var out, errb bytes.Buffer
-	err := run(context.Background(), b.upArgs("nouser"), &out, &errb)
+	err := runCLI(context.Background(), b.upArgs("nouser"), &out, &errb)
 	if err == nil {
 		t.Fatal("up with a non-root image on smolvm 1.9.3 succeeded")
 	}
