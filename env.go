@@ -3,7 +3,9 @@ package main
 import (
 	"os"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Child environments. No child program inherits smolbottle's environment:
@@ -23,6 +25,10 @@ import (
 //     environment, set where they are started).
 //   - in the guest, gvforwarder, _guestnet and _probe run through smolvm
 //     machine exec with the guest's own environment; smolbottle adds none.
+//
+// No child inherits a descriptor either: every smolbottle process starts
+// with closeOnExecInherited, and a child gets stdio and what is handed to
+// it explicitly (ExtraFiles), nothing else.
 
 // smolvmEnvKeep is the allow-list of smolvm's environment.
 func smolvmEnvKeep(name string) bool {
@@ -80,4 +86,26 @@ func isProxyVar(name string) bool {
 		return true
 	}
 	return false
+}
+
+// closeOnExecInherited marks every descriptor above stderr close-on-exec:
+// what the caller left open without it (a shell's, a CI runner's) must
+// reach no child. What a child is handed on purpose (ExtraFiles: the
+// supervisor's fd 3 ready pipe and fd 4 credentials pipe, _confine's fd 3
+// status socket) is set in place by exec after this, and the internal
+// command uses it itself: it passes it on to no one. main runs it in every
+// process; _dropexec runs it again and fails if it cannot.
+func closeOnExecInherited() error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		if entries, err = os.ReadDir("/dev/fd"); err != nil {
+			return err
+		}
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 )
 
@@ -158,4 +159,25 @@ func firstLine(out string, err error) string {
 		return "no output"
 	}
 	return out
+}
+
+// fileTail returns up to n bytes from the end of a file, none before
+// offset from.
+func fileTail(path string, from, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-n, from, 0)
+	if off >= fi.Size() {
+		return ""
+	}
+	b := make([]byte, fi.Size()-off)
+	f.ReadAt(b, off)
+	return string(b)
 }

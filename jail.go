@@ -120,7 +120,8 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	if err := checkStatic(spec.Gvproxy); err != nil {
 		return nil, err
 	}
-	c, _, logw, logf, err := prepareGvproxy(spec, sockDirs(spec.Stage)...)
+	sock, jail, _ := stagePaths(spec.Stage)
+	c, _, logw, logf, err := prepareGvproxy(spec, sock, jail)
 	if err != nil {
 		return nil, err
 	}
@@ -146,12 +147,6 @@ func startConfined(ctx context.Context, spec confineSpec) (*confinedNet, error) 
 	}
 	context.AfterFunc(runCtx, func() { c.Close() })
 	return c, nil
-}
-
-// sockDirs are the stage directories a confined gvproxy needs.
-func sockDirs(stage string) []string {
-	sock, jail, _ := stagePaths(stage)
-	return []string{sock, jail}
 }
 
 // prepareGvproxy makes dirs, clears a dead socket and writes gvproxy's
@@ -741,7 +736,7 @@ func runDropExec(args []string, stderr io.Writer) error {
 	// Go starts children with only the descriptors it is given, but it does
 	// not close what this process itself inherited without close-on-exec
 	// (a shell's or a supervisor's); none of that may reach gvproxy.
-	if err := closeInheritedFDs(); err != nil {
+	if err := closeOnExecInherited(); err != nil {
 		return setupStepError("close inherited descriptors", err)
 	}
 	if err := syscall.Chroot(*root); err != nil {
@@ -755,20 +750,6 @@ func runDropExec(args []string, stderr io.Writer) error {
 	}
 	err := syscall.Exec(argv[0], argv, []string{})
 	return setupStepError("exec gvproxy", err)
-}
-
-// closeInheritedFDs marks every descriptor above stderr close-on-exec.
-func closeInheritedFDs() error {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
-	return nil
 }
 
 const (

@@ -107,7 +107,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	// Children get stdio and what they are handed, never what this
 	// process inherited without close-on-exec.
-	closeOnExecInherited()
+	closeOnExecInherited() // best effort here; _dropexec insists (jail.go)
 	err := runCLI(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(os.Stderr, err))

@@ -203,40 +203,6 @@ func raiseNoFile() {
 	}
 }
 
-// closeOnExecInherited marks every descriptor above stderr close-on-exec:
-// what the caller left open without it (a shell's, a CI runner's) must
-// reach no child. What a child is handed on purpose (ExtraFiles: the
-// supervisor's fd 3 ready pipe and fd 4 credentials pipe, _confine's fd 3
-// status socket) is set in place by exec after this, and the internal
-// command uses it itself: it passes it on to no one.
-func closeOnExecInherited() {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		entries, _ = os.ReadDir("/dev/fd")
-	}
-	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
-			syscall.CloseOnExec(fd)
-		}
-	}
-}
-
-// sidecarSpecFor returns how to start one of the plan's sidecars.
-func sidecarSpecFor(p *plan, sc sidecar, env []string) (sidecarSpec, error) {
-	logs := filepath.Join(p.Stage, logsDir)
-	if sc.Name == "pipelock" {
-		return pipelockSidecar(p.Tools.Pipelock, filepath.Join(p.Stage, pipelockFile), sc.Port, p.Stage, logs, env), nil
-	}
-	if len(sc.Command) == 0 {
-		return sidecarSpec{}, fmt.Errorf("sidecar %s has no command: pass -%s-cmd", sc.Name, sc.Name)
-	}
-	argv, err := expandTemplate(sc.Command, templateVars(sc.Port, p.Stage))
-	if err != nil {
-		return sidecarSpec{}, err
-	}
-	return sidecarSpec{Name: sc.Name, Argv: argv, Dir: p.Stage, Env: env, Port: sc.Port, Health: healthTCP, LogDir: logs}, nil
-}
-
 // startSupervisor starts `smolbottle _supervise STAGE` detached and waits
 // until it reports ready or failed. The supervisor's output goes to
 // logs/supervisor.log; a failure carries its last lines.
@@ -336,27 +302,6 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 		return fail(errors.New("the supervisor did not record its state"))
 	}
 	return st, nil
-}
-
-// fileTail returns up to n bytes from the end of a file, none before
-// offset from.
-func fileTail(path string, from, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := max(fi.Size()-n, from, 0)
-	if off >= fi.Size() {
-		return ""
-	}
-	b := make([]byte, fi.Size()-off)
-	f.ReadAt(b, off)
-	return string(b)
 }
 
 // stopSupervisor stops a recorded supervisor: SIGTERM, then SIGKILL after
