@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 )
 
 // The image is checked at plan time the way smolvm 1.9.3 will read it, so
@@ -195,4 +196,30 @@ func (c *capReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.left -= int64(n)
 	return n, err
+}
+
+// looksLikeRegistryRef reports whether s reads as an image reference such
+// as alpine:3, docker.io/library/node or ghcr.io/x/y@sha256:....
+func looksLikeRegistryRef(s string) bool {
+	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, ".") || strings.HasPrefix(s, "~") {
+		return false
+	}
+	if strings.Contains(s, "://") || strings.Contains(s, "@sha256:") {
+		return true
+	}
+	name := s
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
+		return true // name:tag
+	}
+	first, _, hasSlash := strings.Cut(name, "/")
+	return hasSlash && (strings.Contains(first, ".") || first == "localhost")
+}
+
+// registryRefError says how to turn a registry reference given as -image
+// into the local archive a bottle needs.
+func registryRefError(p string) error {
+	return withHint(fmt.Errorf("image %q is a registry reference; a bottle needs a local image", p),
+		"smolvm cannot pull into a machine without network; make a local archive first:",
+		"docker pull "+p+" && docker save "+p+" -o image.tar   (or: skopeo copy docker://"+p+" docker-archive:image.tar)",
+		"then pass -image image.tar")
 }

@@ -462,3 +462,18 @@ func guestExec(ctx context.Context, p *plan, workdir string, interactive, tty bo
 	}
 	return sv.exec(ctx, p.Machine, o, command...)
 }
+
+// stateWord is ls's word for a recorded bottle: running only when its
+// supervisor lives and up finished; starting while up still works on it;
+// stale (down cleans it up) otherwise.
+func (st bottleState) stateWord() string {
+	switch {
+	case !st.Supervisor.alive():
+		return "stale"
+	case st.Ready:
+		return "running"
+	case st.Up.alive():
+		return "starting"
+	}
+	return "stale"
+}

@@ -6,6 +6,8 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 )
 
@@ -99,3 +101,23 @@ func allocPorts(n int) ([]int, error) {
 
 // loopbackAddr returns 127.0.0.1:port.
 func loopbackAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// liveSubnets returns the subnet indexes held by live bottles staged under
+// root, other than slug's own.
+func liveSubnets(root, slug string) map[int]bool {
+	held := map[int]bool{}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return held
+	}
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == slug {
+			continue
+		}
+		st, ok, err := readState(filepath.Join(root, e.Name()))
+		if err == nil && ok && st.Supervisor.alive() {
+			held[st.Subnet] = true
+		}
+	}
+	return held
+}

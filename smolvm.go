@@ -54,8 +54,7 @@ const (
 	smolvmWaitDelay   = 10 * time.Second // after SIGTERM on cancel, before SIGKILL
 	smolvmTailBytes   = 4 << 10          // stderr kept for error messages
 	smolvmMaxStdout   = 4 << 20          // captured stdout: machine SUB --help
-	smolvmMaxName     = 128
-	smolvmMaxCopy     = 4 << 30 // per-transfer cap of machine cp
+	smolvmMaxCopy     = 4 << 30          // per-transfer cap of machine cp
 	smolvmExists      = "already exists or is being created"
 	smolvmNotFoundPfx = "vm not found: "
 )

@@ -108,21 +108,6 @@ func markReady(stage string) error {
 	return writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600)
 }
 
-// stateWord is ls's word for a recorded bottle: running only when its
-// supervisor lives and up finished; starting while up still works on it;
-// stale (down cleans it up) otherwise.
-func (st bottleState) stateWord() string {
-	switch {
-	case !st.Supervisor.alive():
-		return "stale"
-	case st.Ready:
-		return "running"
-	case st.Up.alive():
-		return "starting"
-	}
-	return "stale"
-}
-
 // procIdent names a process across pid reuse: the pid plus its start time
 // in clock ticks since boot (/proc/PID/stat field 22).
 type procIdent struct {
@@ -210,26 +195,6 @@ func checkStageFree(stage, slug string) error {
 		return withHint(fmt.Errorf("stage %q exists and was not made by smolbottle", stage), "pass -stage with a new or empty directory")
 	}
 	return nil
-}
-
-// liveSubnets returns the subnet indexes held by live bottles staged under
-// root, other than slug's own.
-func liveSubnets(root, slug string) map[int]bool {
-	held := map[int]bool{}
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		return held
-	}
-	for _, e := range entries {
-		if !e.IsDir() || e.Name() == slug {
-			continue
-		}
-		st, ok, err := readState(filepath.Join(root, e.Name()))
-		if err == nil && ok && st.Supervisor.alive() {
-			held[st.Subnet] = true
-		}
-	}
-	return held
 }
 
 // writeFileAtomic writes data to path with the given mode (0600 for every

@@ -196,12 +196,9 @@ func checkVolumeSource(what, real string) error {
 	return nil
 }
 
-// Host directories no agent should be given as its workspace: the trees
-// are refused with everything below them, the others only as themselves.
-var (
-	protectedTrees = []string{"/etc", "/usr", "/proc", "/run", "/sys", "/dev", "/boot"}
-	protectedDirs  = []string{"/", "/bin", "/sbin", "/lib", "/lib64", "/var", "/home", "/root", "/tmp"}
-)
+// Host directories no agent should be given as its workspace, refused only
+// as themselves, beyond those checkVolumeSource refuses for smolvm.
+var protectedDirs = []string{"/lib64", "/home", "/root", "/tmp"}
 
 // checkWorkspace validates the workspace directory and resolves symlinks,
 // so that the path smolvm mounts is the one we checked.
@@ -230,11 +227,7 @@ func checkWorkspace(p string) (string, error) {
 	if err := checkVolumeSource("workspace", real); err != nil {
 		return "", withHint(err, "give the agent a project directory outside those")
 	}
-	system := slices.Contains(protectedDirs, real)
-	for _, d := range protectedTrees {
-		system = system || real == d || strings.HasPrefix(real, d+"/")
-	}
-	if system {
+	if slices.Contains(protectedDirs, real) {
 		return "", fmt.Errorf("workspace %q is a system directory; give the agent a project directory", real)
 	}
 	return real, nil
@@ -256,10 +249,7 @@ func checkImage(p string) (string, error) {
 		return "", withHint(errors.New("no -image given"), "pass a docker save archive of an image that holds the agent; "+hintBuildImage)
 	}
 	if _, err := os.Stat(p); err != nil && looksLikeRegistryRef(p) {
-		return "", withHint(fmt.Errorf("image %q is a registry reference; a bottle needs a local image", p),
-			"smolvm cannot pull into a machine without network; make a local archive first:",
-			"docker pull "+p+" && docker save "+p+" -o image.tar   (or: skopeo copy docker://"+p+" docker-archive:image.tar)",
-			"then pass -image image.tar")
+		return "", registryRefError(p)
 	}
 	abs, err := checkHostPath("image", p)
 	if err != nil {
@@ -282,23 +272,6 @@ func checkImage(p string) (string, error) {
 		return "", err
 	}
 	return abs, nil
-}
-
-// looksLikeRegistryRef reports whether s reads as an image reference such
-// as alpine:3, docker.io/library/node or ghcr.io/x/y@sha256:....
-func looksLikeRegistryRef(s string) bool {
-	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, ".") || strings.HasPrefix(s, "~") {
-		return false
-	}
-	if strings.Contains(s, "://") || strings.Contains(s, "@sha256:") {
-		return true
-	}
-	name := s
-	if i := strings.LastIndex(s, ":"); i > 0 && !strings.Contains(s[i:], "/") {
-		return true // name:tag
-	}
-	first, _, hasSlash := strings.Cut(name, "/")
-	return hasSlash && (strings.Contains(first, ".") || first == "localhost")
 }
 
 // within reports whether path is dir or below it.
