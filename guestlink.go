@@ -58,7 +58,6 @@ type guestLink struct {
 	pending  int
 	linked   bool
 	closed   bool
-	cut      func() // ends the live link, if any
 	refusals refusalLog
 	wg       sync.WaitGroup
 }
@@ -155,9 +154,7 @@ func (g *guestLink) handle(c *net.UnixConn) {
 		return
 	}
 	g.logf("guest link: up")
-	if err := g.splice(c, up); err != nil {
-		g.logf("guest link: %v", err)
-	}
+	splice(c, up)
 	g.logf("guest link: down")
 }
 
@@ -182,16 +179,9 @@ func readLinkRequest(c net.Conn) ([]byte, error) {
 }
 
 // splice copies both ways until either side ends, then closes both: a
-// link has no half-close worth keeping.
-func (g *guestLink) splice(a, b *net.UnixConn) error {
-	g.mu.Lock()
-	closed := g.closed
-	g.cut = func() { a.Close(); b.Close() }
-	g.mu.Unlock()
-	if closed {
-		a.Close()
-		return nil
-	}
+// link has no half-close worth keeping. Close cuts it by closing a, the
+// guest's side, which stays in g.conns until handle returns.
+func splice(a, b *net.UnixConn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src *net.UnixConn) {
 		// UnixConn has no splice path: one read and one write per burst.
@@ -204,10 +194,6 @@ func (g *guestLink) splice(a, b *net.UnixConn) error {
 	go cp(b, a)
 	<-done
 	<-done
-	g.mu.Lock()
-	g.cut = nil
-	g.mu.Unlock()
-	return nil
 }
 
 // refuse answers 403, closes c (when there is one) and logs why.
@@ -233,9 +219,6 @@ func (g *guestLink) Close() error {
 	err := g.ln.Close()
 	for c := range g.conns {
 		c.Close()
-	}
-	if g.cut != nil {
-		g.cut()
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
