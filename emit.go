@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"strconv"
+	"strings"
 )
 
 // The writers every renderer (smolfile.go, gvproxy.go, pipelock.go) emits
@@ -29,12 +30,15 @@ func (e fieldError) Unwrap() error { return e.err }
 // syntax.
 type tomlWriter struct {
 	buf bytes.Buffer
-	err error
+	firstErr
 }
 
-func (t *tomlWriter) fail(field string, err error) {
-	if err != nil && t.err == nil {
-		t.err = fieldError{field, err}
+// firstErr keeps a writer's first error.
+type firstErr struct{ err error }
+
+func (f *firstErr) fail(field string, err error) {
+	if err != nil && f.err == nil {
+		f.err = fieldError{field, err}
 	}
 }
 
@@ -78,7 +82,7 @@ func (t *tomlWriter) keyStrings(k string, vs []string) {
 // collections.
 type yamlWriter struct {
 	buf bytes.Buffer
-	err error
+	firstErr
 	top string // the last top-level key, so errors can name "logging.file"
 }
 
@@ -92,45 +96,29 @@ func (y *yamlWriter) field(n int, k string) string {
 	return y.top + "." + k
 }
 
-func (y *yamlWriter) indent(n int) {
-	for range n {
-		y.buf.WriteByte(' ')
-	}
-}
-
-func (y *yamlWriter) quotedKey(k string) {
+// head writes n spaces, prefix and `"k":`, and returns k's field name.
+func (y *yamlWriter) head(n int, prefix, k string) string {
 	q, err := yamlKey(k)
-	if err != nil && y.err == nil {
-		y.err = fieldError{k, err}
-	}
-	y.buf.WriteString(q)
-	y.buf.WriteString(":")
+	y.fail(k, err)
+	y.buf.WriteString(strings.Repeat(" ", n) + prefix + q + ":")
+	return y.field(n, k)
 }
 
+// value writes ` "v"` and ends the line.
 func (y *yamlWriter) value(field, v string) {
 	q, err := yamlString(v)
-	if err != nil && y.err == nil {
-		y.err = fieldError{field, err}
-	}
-	y.buf.WriteString(q)
-	y.buf.WriteByte('\n')
+	y.fail(field, err)
+	y.buf.WriteString(" " + q + "\n")
 }
 
 // key writes `"k":` opening a nested block.
 func (y *yamlWriter) key(n int, k string) {
-	y.field(n, k)
-	y.indent(n)
-	y.quotedKey(k)
+	y.head(n, "", k)
 	y.buf.WriteByte('\n')
 }
 
 // keyValue writes `"k": "v"`.
-func (y *yamlWriter) keyValue(n int, k, v string) {
-	y.indent(n)
-	y.quotedKey(k)
-	y.buf.WriteByte(' ')
-	y.value(y.field(n, k), v)
-}
+func (y *yamlWriter) keyValue(n int, k, v string) { y.value(y.head(n, "", k), v) }
 
 // keyInt writes `"k": 123`.
 func (y *yamlWriter) keyInt(n int, k string, v int) { y.keyBare(n, k, strconv.Itoa(v)) }
@@ -141,28 +129,17 @@ func (y *yamlWriter) keyBool(n int, k string, v bool) { y.keyBare(n, k, strconv.
 // keyBare writes `"k": v` with v unquoted: only for the integers and
 // booleans above, never for a user's string.
 func (y *yamlWriter) keyBare(n int, k, v string) {
-	y.field(n, k)
-	y.indent(n)
-	y.quotedKey(k)
-	y.buf.WriteByte(' ')
-	y.buf.WriteString(v)
-	y.buf.WriteByte('\n')
+	y.head(n, "", k)
+	y.buf.WriteString(" " + v + "\n")
 }
 
 // item writes a sequence entry `- "v"` of the list under the current
 // top-level key, which errors name.
 func (y *yamlWriter) item(n int, v string) {
-	y.indent(n)
-	y.buf.WriteString("- ")
+	y.buf.WriteString(strings.Repeat(" ", n) + "-")
 	y.value(y.top, v)
 }
 
 // itemKeyValue opens a sequence entry holding a mapping: `- "k": "v"`;
 // further keys of that mapping are written at n+2.
-func (y *yamlWriter) itemKeyValue(n int, k, v string) {
-	y.indent(n)
-	y.buf.WriteString("- ")
-	y.quotedKey(k)
-	y.buf.WriteByte(' ')
-	y.value(y.field(n, k), v)
-}
+func (y *yamlWriter) itemKeyValue(n int, k, v string) { y.value(y.head(n, "- ", k), v) }

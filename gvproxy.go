@@ -42,9 +42,7 @@ func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 	var y yamlWriter
 	vip := spec.Net.HostVIP.String()
 	listen := "unix://" + spec.SocketPath
-	if err := checkListenPath(listen, spec.SocketPath); err != nil {
-		y.err = fieldError{"listen", err}
-	}
+	y.fail("listen", checkListenPath(listen, spec.SocketPath))
 	y.buf.WriteString(generatedHeader)
 	y.keyValue(0, "log-level", gvproxyLogLevel)
 	y.key(0, "listen")
