@@ -245,7 +245,11 @@ func TestRelayCapsFitTheLimit(t *testing.T) {
 }
 
 // BenchmarkRelayConnect: connect, one byte there and back, close; direct
-// to the sidecar and through a relay, on loopback.
+// to the sidecar, through a relay, and through "bare": the least a
+// user-space relay can do (accept, dial at once, copy both ways; no caps,
+// no wait for the first bytes). relay against bare is what the caps and
+// the first-byte rule cost; bare against direct is the cost of the second
+// TCP connection itself, which only a relay-free path avoids.
 func BenchmarkRelayConnect(b *testing.B) {
 	target := loopbackTCP(b, echoConn)
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -254,7 +258,15 @@ func BenchmarkRelayConnect(b *testing.B) {
 	}
 	r := startRelay(ln, tcpDialer(target), b.Logf, relayPortCap, &connCap{max: relayBottleCap})
 	defer r.Close()
-	for _, tc := range []struct{ name, addr string }{{"direct", target}, {"relay", ln.Addr().String()}} {
+	bare := loopbackTCP(b, func(c net.Conn) {
+		d, err := net.Dial("tcp4", target)
+		if err != nil {
+			c.Close()
+			return
+		}
+		joinConns(c, d)
+	})
+	for _, tc := range []struct{ name, addr string }{{"direct", target}, {"relay", ln.Addr().String()}, {"bare", bare}} {
 		b.Run(tc.name, func(b *testing.B) {
 			buf := make([]byte, 1)
 			for b.Loop() {
