@@ -344,19 +344,3 @@ func probeEgressProxy(ctx context.Context, port int, timeout time.Duration) erro
 	resp.Body.Close()
 	return nil
 }
-
-// sidecarSpecFor returns how to start one of the plan's sidecars.
-func sidecarSpecFor(p *plan, sc sidecar, env []string) (sidecarSpec, error) {
-	logs := filepath.Join(p.Stage, logsDir)
-	if sc.Name == "pipelock" {
-		return pipelockSidecar(p.Tools.Pipelock, filepath.Join(p.Stage, pipelockFile), sc.Port, p.Stage, logs, env), nil
-	}
-	if len(sc.Command) == 0 {
-		return sidecarSpec{}, fmt.Errorf("sidecar %s has no command: pass -%s-cmd", sc.Name, sc.Name)
-	}
-	argv, err := expandTemplate(sc.Command, templateVars(sc.Port, p.Stage))
-	if err != nil {
-		return sidecarSpec{}, err
-	}
-	return sidecarSpec{Name: sc.Name, Argv: argv, Dir: p.Stage, Env: env, Port: sc.Port, Health: healthTCP, LogDir: logs}, nil
-}
