@@ -653,8 +653,8 @@ func (s *sandbox) matrix(ctx context.Context, stdout io.Writer) error {
 	// The link rows first, while the unconfined control's socket is still
 	// gvproxy's (a later API row replaces it there). The flood last: the
 	// streams the relays refuse are closed by gvproxy, whose stack then
-	// holds them in TIME_WAIT, and a later guest dial that reuses one of
-	// those ports can lose its first SYNs.
+	// holds them in TIME_WAIT for 60 s, and a later guest dial that reuses
+	// one of those ports gets no answer until then (floodCheck).
 	plan.Probes = append(linkRows, plan.Probes...)
 	plan.Probes = append(plan.Probes,
 		probe{Name: "sidecar still echoes 1 MiB after the API attempts", Kind: probeEcho, Addr: vip(sidecarPort), Bytes: selftestEchoBytes},
