@@ -257,7 +257,7 @@ func writeCommandHelp(w io.Writer, fs *flag.FlagSet) {
 	fs.SetOutput(out)
 }
 
-// version is the module version and, in a binary built from a checkout,
+// buildVersion is the module version and, in a binary built from a checkout,
 // the VCS revision it was built from (+dirty with uncommitted changes).
 func buildVersion() string {
 	bi, ok := debug.ReadBuildInfo()
