@@ -256,17 +256,7 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	cmd.Args[0] = "smolbottle"
 	cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = []string{}, "/", logw, logw
 	cmd.ExtraFiles = []*os.File{theirs} // fd 3
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		// A user namespace even as root: the capabilities held inside are
-		// then worth nothing outside, and the same code runs unprivileged.
-		// A PID namespace makes _confine its init: when _confine dies for
-		// any reason, the kernel kills gvproxy with it, whatever happens
-		// to the Pdeathsig of individual threads.
-		Cloneflags:  confineCloneflags,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		Pdeathsig:   syscall.SIGKILL,
-	}
+	cmd.SysProcAttr = nsAttr()          // the very namespaces doctor checks
 	setStop(cmd)
 	err = cmd.Start()
 	theirs.Close()
