@@ -270,18 +270,16 @@ func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.
 	if err != nil {
 		return setupStepError("start the confined side", fmt.Errorf("%v (%v)", err, c.exitReason()))
 	}
-	if err := c.parseStatus(line); err != nil {
+	if err := parseStatus(line); err != nil {
 		closeFDs(fds)
 		return err
 	}
-	// The status carries gvproxy's pid inside the new PID namespace; the
-	// host sees it as the only child of _confine.
-	pid, err := onlyChild(c.InnerPID)
-	if err != nil {
+	// gvproxy has a pid of its own inside the new PID namespace; the host
+	// sees it as the only child of _confine.
+	if c.GvproxyPID, err = onlyChild(c.InnerPID); err != nil {
 		closeFDs(fds)
 		return setupStepError("start the confined side", err)
 	}
-	c.GvproxyPID = pid
 	if len(fds) != len(spec.Ports) {
 		closeFDs(fds)
 		return setupStepError("start the confined side", fmt.Errorf("got %d listening sockets, want %d", len(fds), len(spec.Ports)))
@@ -334,14 +332,9 @@ func closeFDs(fds []int) {
 	}
 }
 
-// parseStatus reads "ok <gvproxy pid>" or "fail <step>\t<error>".
-func (c *confinedNet) parseStatus(line string) error {
-	if rest, ok := strings.CutPrefix(line, "ok "); ok {
-		pid, err := strconv.Atoi(rest)
-		if err != nil {
-			return setupStepError("start the confined side", fmt.Errorf("bad status %q", line))
-		}
-		c.GvproxyPID = pid
+// parseStatus reads "ok" or "fail <step>\t<error>".
+func parseStatus(line string) error {
+	if line == "ok" {
 		return nil
 	}
 	if rest, ok := strings.CutPrefix(line, "fail "); ok {
@@ -581,7 +574,7 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 	for i, f := range listeners {
 		fds[i] = int(f.Fd())
 	}
-	if _, _, err := status.WriteMsgUnix([]byte(fmt.Sprintf("ok %d\n", cmd.Process.Pid)), syscall.UnixRights(fds...), nil); err != nil {
+	if _, _, err := status.WriteMsgUnix([]byte("ok\n"), syscall.UnixRights(fds...), nil); err != nil {
 		kill()
 		return fmt.Errorf("report to the owner: %v", err)
 	}
