@@ -89,36 +89,33 @@ func (r *relay) serve() {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			defer c.Close() // gives the stream's place back
+			defer c.Close() // closes the guest side, gives its place back
 			// The bare *net.TCPConn, so that joinConns can splice.
 			r.serveConn(c.(*servedConn).Conn)
 		}()
 	}
 }
 
-// serveConn waits for the guest's first bytes, then dials and joins.
+// serveConn waits for the guest's first bytes, then dials and joins. The
+// caller closes c.
 func (r *relay) serveConn(c net.Conn) {
 	first := make([]byte, relayFirstChunk)
 	c.SetReadDeadline(time.Now().Add(relayFirstByteTimeout))
 	n, err := c.Read(first)
 	c.SetReadDeadline(time.Time{})
 	if err != nil {
-		c.Close()
 		return
 	}
 	d, err := r.dial(r.ctx)
 	if err != nil {
 		r.logf("relay %s: %v", r.ln.Addr(), err)
-		c.Close()
 		return
 	}
+	defer d.Close()
 	defer context.AfterFunc(r.ctx, func() { d.Close() })()
-	if _, err := d.Write(first[:n]); err != nil {
-		c.Close()
-		d.Close()
-		return
+	if _, err := d.Write(first[:n]); err == nil {
+		joinConns(c, d)
 	}
-	joinConns(c, d)
 }
 
 // Close stops the listener, cuts every stream and waits for the goroutines.
