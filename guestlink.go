@@ -117,7 +117,7 @@ func (g *guestLink) serve() {
 // handle reads the one request, then splices the link to gvproxy.
 func (g *guestLink) handle(c *net.UnixConn) {
 	defer g.wg.Done()
-	defer g.untrack(c)
+	defer g.drop(c)
 	head, err := readLinkRequest(c)
 	g.mu.Lock()
 	g.pending--
@@ -128,10 +128,9 @@ func (g *guestLink) handle(c *net.UnixConn) {
 	busy := g.linked && !claimed
 	g.mu.Unlock()
 	if !claimed {
-		switch {
-		case err == nil && busy:
+		if err == nil && busy {
 			g.refuse(c, "a second link while one is open")
-		default:
+		} else {
 			g.refuse(c, "not gvforwarder's link request: %v: %q", err, head)
 		}
 		return
@@ -144,13 +143,11 @@ func (g *guestLink) handle(c *net.UnixConn) {
 	up, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: g.gvproxy, Net: "unix"})
 	if err != nil {
 		g.logf("guest link: dial gvproxy: %v", err)
-		c.Close()
 		return
 	}
 	defer up.Close()
 	if _, err := io.WriteString(up, linkRequest); err != nil {
 		g.logf("guest link: %v", err)
-		c.Close()
 		return
 	}
 	g.logf("guest link: up")
@@ -206,7 +203,9 @@ func (g *guestLink) refuse(c net.Conn, format string, args ...any) {
 	g.refusals.log(g.logf, "guest link", format, args...)
 }
 
-func (g *guestLink) untrack(c net.Conn) {
+// drop closes c and forgets it.
+func (g *guestLink) drop(c net.Conn) {
+	c.Close()
 	g.mu.Lock()
 	delete(g.conns, c)
 	g.mu.Unlock()
