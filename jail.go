@@ -224,10 +224,7 @@ func setStop(cmd *exec.Cmd) {
 // startInner starts _confine in new namespaces. It answers on a unix
 // socket pair with one status message; "ok" carries, as SCM_RIGHTS, the
 // listening sockets it opened on 127.0.0.1:P inside the new network
-// namespace. The relays here accept on them directly: a socket stays in the
-// namespace it was created in, so gvproxy's dials to 127.0.0.1:P land in
-// this process, which dials the sidecar in the host namespace. One hop, no
-// relay socket file on disk.
+// namespace, on which the relays here accept (relay.go).
 func (c *confinedNet) startInner(ctx context.Context, spec confineSpec, logw io.Writer, logf func(string, ...any)) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -357,7 +354,7 @@ func readStatus(ctx context.Context, conn *net.UnixConn, maxFDs int, limit time.
 	oob := make([]byte, syscall.CmsgSpace(4*maxFDs))
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 	switch {
-	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.EOF): // an empty read, which a status never is
 		return "", nil, errors.New("it exited before reporting")
 	case err != nil && ctx.Err() != nil:
 		return "", nil, ctx.Err()
@@ -378,10 +375,6 @@ func readStatus(ctx context.Context, conn *net.UnixConn, maxFDs int, limit time.
 			}
 			fds = append(fds, got...)
 		}
-	}
-	if n == 0 {
-		closeFDs(fds)
-		return "", nil, errors.New("it exited before reporting")
 	}
 	return strings.TrimSuffix(string(buf[:n]), "\n"), fds, nil
 }
