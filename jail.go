@@ -599,8 +599,8 @@ func runConfine(ctx context.Context, args []string, stderr io.Writer) error {
 // buildJail mounts the chroot for gvproxy: a tmpfs holding the binary (bind,
 // read-only), the config (a copy) and the socket directory (bind, same
 // absolute path; writable until gvproxy has made its socket, then sealed by
-// runConfine), then remounts the tmpfs read-only. It
-// runs in the private mount namespace, so the host sees none of it.
+// runConfine), then remounts the tmpfs read-only. It runs in the private
+// mount namespace, so the host sees none of it.
 func buildJail(ic innerConfig) error {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -634,10 +634,7 @@ func buildJail(ic innerConfig) error {
 	return nil
 }
 
-// bindMount binds src on dst, then remounts it with nosuid and nodev (and
-// read-only, or noexec for the writable socket directory). A remount inside
-// a user namespace must repeat the flags locked on the source mount, or the
-// kernel refuses it.
+// bindMount binds src on dst, then remounts it (remount).
 func bindMount(src, dst string, readOnly bool) error {
 	if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %q: %w", src, err)
@@ -645,8 +642,10 @@ func bindMount(src, dst string, readOnly bool) error {
 	return remount(dst, readOnly)
 }
 
-// remount sets nosuid, nodev and read-only (or noexec) on the bind mount
-// at dst, keeping the flags locked on its source.
+// remount sets nosuid, nodev and read-only (or, for the writable socket
+// directory, noexec) on the bind mount at dst. A remount inside a user
+// namespace must repeat the flags locked on the source mount, or the kernel
+// refuses it: those statfs reports (ST_* bits) are kept.
 func remount(dst string, readOnly bool) error {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dst, &st); err != nil {
