@@ -31,8 +31,7 @@ import (
 //     each for at most linkHeadTimeout, reading at most len(linkRequest)
 //     bytes; the excess is answered 403 and closed at once (the answer
 //     fits in a fresh socket's buffer; a 100 ms deadline bounds the write
-//     anyway). Refusals are logged up to
-//     refusalLogLines lines, then counted.
+//     anyway). Refusals are logged up to refusalLogLines lines, then counted.
 //  5. After the request, bytes pass both ways unchanged: the data path is
 //     gvproxy's own framing (a 2-byte little-endian length before each
 //     Ethernet frame, cmd/vm/main_linux.go:158-224 @ v0.8.9).

@@ -87,7 +87,7 @@ type confinedNet struct {
 	SocketPath string // gvproxy's listen socket and API: smolbottle's alone
 	LinkPath   string // the guest link front's socket: gvforwarder connects here
 	InnerPID   int    // the _confine process
-	GvproxyPID int
+	GvproxyPID int    // as the host sees it
 
 	cmd    *exec.Cmd
 	link   *guestLink
