@@ -37,7 +37,6 @@ const (
 	supervisorReadyTimeout = 60 * time.Second
 	supervisorStopGrace    = 10 * time.Second
 	supervisorLog          = "supervisor.log"
-	gvproxyLog             = "gvproxy.log"
 )
 
 // runSupervise is the _supervise subcommand.
@@ -83,7 +82,6 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	if err != nil {
 		return err
 	}
-	logs := filepath.Join(stage, logsDir)
 	if upIdent.PID == 1 {
 		return errors.New("the up that started the supervisor is gone")
 	}
@@ -147,7 +145,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 		}()
 	}
 
-	gvlog, err := openSidecarLog(logs, strings.TrimSuffix(gvproxyLog, ".log"))
+	gvlog, err := openSidecarLog(filepath.Join(stage, logsDir), "gvproxy")
 	if err != nil {
 		return err
 	}
@@ -217,6 +215,11 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	if fi, err := logf.Stat(); err == nil {
 		from = fi.Size()
 	}
+	values, err := credValues(p.Credentials, os.Getenv)
+	if err != nil {
+		return bottleState{}, withHint(err, "export it in the shell that runs smolbottle up")
+	}
+	defer clear(values)
 	r, w, err := os.Pipe()
 	if err != nil {
 		return bottleState{}, err
@@ -224,12 +227,6 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	defer r.Close()
 	// The credential values go through a pipe of their own, which the
 	// supervisor reads first thing.
-	values, err := credValues(p.Credentials, os.Getenv)
-	if err != nil {
-		w.Close()
-		return bottleState{}, withHint(err, "export it in the shell that runs smolbottle up")
-	}
-	defer clear(values)
 	cr, cw, err := os.Pipe()
 	if err != nil {
 		w.Close()
@@ -253,7 +250,6 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	w.Close()
 	cr.Close()
 	if err != nil {
-		cw.Close()
 		return bottleState{}, fmt.Errorf("start the supervisor: %w", err)
 	}
 	pid := cmd.Process.Pid
@@ -314,21 +310,24 @@ func stopSupervisor(id procIdent) error {
 	if err := syscall.Kill(id.PID, syscall.SIGTERM); err != nil {
 		return nil
 	}
-	deadline := time.Now().Add(supervisorStopGrace)
-	for time.Now().Before(deadline) {
-		if !id.alive() {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	if waitGone(id, supervisorStopGrace) {
+		return nil
 	}
 	syscall.Kill(id.PID, syscall.SIGKILL)
-	for range 100 {
-		if !id.alive() {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	if waitGone(id, 2*time.Second) {
+		return nil
 	}
 	return fmt.Errorf("supervisor pid %d does not die", id.PID)
+}
+
+// waitGone polls for at most d until id is gone; it reports whether it is.
+func waitGone(id procIdent, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !id.alive() {
+			return true
+		}
+	}
+	return false
 }
 
 // sidecarSpecFor returns how to start one of the plan's sidecars.
