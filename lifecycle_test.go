@@ -515,6 +515,19 @@ func TestUpLocked(t *testing.T) {
 	}
 }
 
+// TestMarkReadyWithoutState: a stage whose state file is gone says so,
+// and markReady writes none.
+func TestMarkReadyWithoutState(t *testing.T) {
+	stage := t.TempDir()
+	err := markReady(stage)
+	if err == nil || strings.Contains(err.Error(), "<nil>") || !strings.Contains(err.Error(), stateFile+" is gone") {
+		t.Errorf("markReady without a state file = %v, want that it is gone", err)
+	}
+	if _, err := os.Stat(filepath.Join(stage, stateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("markReady wrote a state file: %v", err)
+	}
+}
+
 // TestStageThroughSymlinkIntoWorkspace: a stage whose path leads through a
 // symlink into the workspace is refused, since the guest could rewrite it.
 func TestStageThroughSymlinkIntoWorkspace(t *testing.T) {

@@ -72,7 +72,7 @@ func linkPath(stage string) string { return filepath.Join(stage, linkDir, linkSo
 // sun_path on every host.
 func checkSocketPaths(stage string) error {
 	longest := filepath.Join(stage, sockDir, gvproxySock)
-	if l := filepath.Join(stage, linkDir, linkSock); len(l) > len(longest) {
+	if l := linkPath(stage); len(l) > len(longest) {
 		longest = l
 	}
 	if len(longest) > maxSocketPath {
@@ -100,7 +100,10 @@ type bottleState struct {
 // gone is a half-made bottle, which it tears down itself and ls calls stale.
 func markReady(stage string) error {
 	st, ok, err := readState(stage)
-	if err != nil || !ok {
+	if err == nil && !ok {
+		err = fmt.Errorf("%s is gone", filepath.Join(stage, stateFile))
+	}
+	if err != nil {
 		return fmt.Errorf("record that up finished: %v", err)
 	}
 	st.Ready = true
@@ -197,11 +200,10 @@ func checkStageFree(stage, slug string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path with the given mode (0600 for every
-// rendered file, 0555 for guest/'s binaries) through a temporary file in the same directory
-// and a rename, so readers see the old file or
-// the new one, never a torn one, and a planted symlink at path is replaced,
-// not followed.
+// writeFileAtomic writes data to path with the given mode through a
+// temporary file in the same directory and a rename, so readers see the old
+// file or the new one, never a torn one, and a planted symlink at path is
+// replaced, not followed.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
