@@ -30,29 +30,34 @@ import (
 // with closeOnExecInherited, and a child gets stdio and what is handed to
 // it explicitly (ExtraFiles), nothing else.
 
-// smolvmEnvKeep is the allow-list of smolvm's environment.
-func smolvmEnvKeep(name string) bool {
-	switch name {
-	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "RUST_LOG", "LANG":
-		return true
-	}
-	return strings.HasPrefix(name, "XDG_") || strings.HasPrefix(name, "SMOLVM_") || strings.HasPrefix(name, "LC_")
-}
-
 // smolvmEnv returns the environment smolvm runs with.
-func smolvmEnv(parent []string) []string { return filterEnv(parent, smolvmEnvKeep) }
-
-// sidecarEnvKeep is the allow-list of a sidecar's environment.
-func sidecarEnvKeep(name string) bool {
-	switch name {
-	case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "TZ":
-		return true
-	}
-	return strings.HasPrefix(name, "LC_") || strings.HasPrefix(name, "XDG_")
+func smolvmEnv(parent []string) []string {
+	return filterEnv(parent, func(name string) bool {
+		switch name {
+		case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "RUST_LOG", "LANG":
+			return true
+		}
+		return strings.HasPrefix(name, "XDG_") || strings.HasPrefix(name, "SMOLVM_") || strings.HasPrefix(name, "LC_")
+	})
 }
 
 // sidecarEnv returns the environment sidecars run with.
-func sidecarEnv(parent []string) []string { return filterEnv(parent, sidecarEnvKeep) }
+func sidecarEnv(parent []string) []string {
+	return filterEnv(parent, func(name string) bool {
+		switch name {
+		case "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "TZ":
+			return true
+		}
+		return strings.HasPrefix(name, "LC_") || strings.HasPrefix(name, "XDG_")
+	})
+}
+
+// supervisorEnv returns the environment the supervisor runs with.
+func supervisorEnv(parent []string) []string {
+	return append(sidecarEnv(parent), filterEnv(parent, func(name string) bool {
+		return name == "SSL_CERT_FILE" || name == "SSL_CERT_DIR"
+	})...)
+}
 
 // probeEnv is the whole environment of a version or help probe.
 func probeEnv() []string {

@@ -80,6 +80,16 @@ func TestSidecarEnv(t *testing.T) {
 	}
 }
 
+func TestSupervisorEnv(t *testing.T) {
+	t.Parallel()
+	got := supervisorEnv([]string{"PATH=/bin", "ANTHROPIC_API_KEY=sk", "HTTPS_PROXY=x",
+		"SSL_CERT_FILE=/ca.pem", "SSL_CERT_DIR=/certs", "SSL_CERT_DIR=/certs2", "SSLKEYLOGFILE=/k", "TZ=UTC"})
+	want := []string{"PATH=/bin", "TZ=UTC", "SSL_CERT_DIR=/certs2", "SSL_CERT_FILE=/ca.pem"}
+	if !slices.Equal(got, want) {
+		t.Errorf("supervisorEnv = %q, want %q", got, want)
+	}
+}
+
 func TestFakeAllowed(t *testing.T) {
 	t.Parallel()
 	allow := []string{"*.anthropic.com", "example.org"}

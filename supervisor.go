@@ -235,11 +235,7 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	defer cw.Close()
 	cmd := exec.Command(self, supervisorCmd, p.Stage)
 	cmd.Args[0] = "smolbottle"
-	// SSL_CERT_FILE and SSL_CERT_DIR choose the roots the credential
-	// sidecar verifies the Messages API with.
-	cmd.Env = append(sidecarEnv(os.Environ()), filterEnv(os.Environ(), func(k string) bool {
-		return k == "SSL_CERT_FILE" || k == "SSL_CERT_DIR"
-	})...)
+	cmd.Env = supervisorEnv(os.Environ())
 	cmd.Dir = p.Stage
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w, cr}
