@@ -390,8 +390,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	if !errors.As(err, &ee) {
 		return nil, fmt.Errorf("smolvm %s: %w", sub, err)
 	}
-	code := ee.ExitCode()
-	return out.buf.Bytes(), classify(sub, code, tail.String())
+	return out.buf.Bytes(), classify(sub, ee.ExitCode(), tail.String())
 }
 
 func fileExists(p string) bool {
