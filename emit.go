@@ -24,23 +24,31 @@ type fieldError struct {
 func (e fieldError) Error() string { return strconv.Quote(e.field) + ": " + e.err.Error() }
 func (e fieldError) Unwrap() error { return e.err }
 
+// doc is what both writers build: the text so far and its first error.
+type doc struct {
+	buf bytes.Buffer
+	err error
+}
+
+func (d *doc) fail(field string, err error) {
+	if err != nil && d.err == nil {
+		d.err = fieldError{field, err}
+	}
+}
+
+// result returns the rendered file, or nothing and the first error.
+func (d *doc) result() ([]byte, error) {
+	if d.err != nil {
+		return nil, d.err
+	}
+	return d.buf.Bytes(), nil
+}
+
 // tomlWriter writes TOML 1.0 with every string through tomlString and every
 // key through tomlKey, and keeps the first error. It writes tables,
 // key = value lines and string arrays only: no inline tables and no TOML 1.1
 // syntax.
-type tomlWriter struct {
-	buf bytes.Buffer
-	firstErr
-}
-
-// firstErr keeps a writer's first error.
-type firstErr struct{ err error }
-
-func (f *firstErr) fail(field string, err error) {
-	if err != nil && f.err == nil {
-		f.err = fieldError{field, err}
-	}
-}
+type tomlWriter struct{ doc }
 
 func (t *tomlWriter) key(k string) string {
 	q, err := tomlKey(k)
@@ -81,27 +89,21 @@ func (t *tomlWriter) keyStrings(k string, vs []string) {
 // never emits single-quoted or block scalars, anchors, tags or flow
 // collections.
 type yamlWriter struct {
-	buf bytes.Buffer
-	firstErr
+	doc
 	top string // the last top-level key, so errors can name "logging.file"
 }
 
-// field returns the name errors use for key k at indent n, remembering the
-// top-level key it sits under.
-func (y *yamlWriter) field(n int, k string) string {
+// head writes n spaces, prefix and `"k":`, and returns the name errors use
+// for k's value: k at the top level (which it remembers), else top.k.
+func (y *yamlWriter) head(n int, prefix, k string) string {
+	q, err := yamlKey(k)
+	y.fail(k, err)
+	y.buf.WriteString(strings.Repeat(" ", n) + prefix + q + ":")
 	if n == 0 {
 		y.top = k
 		return k
 	}
 	return y.top + "." + k
-}
-
-// head writes n spaces, prefix and `"k":`, and returns k's field name.
-func (y *yamlWriter) head(n int, prefix, k string) string {
-	q, err := yamlKey(k)
-	y.fail(k, err)
-	y.buf.WriteString(strings.Repeat(" ", n) + prefix + q + ":")
-	return y.field(n, k)
 }
 
 // value writes ` "v"` and ends the line.

@@ -62,10 +62,7 @@ func renderGvproxy(spec gvproxySpec) ([]byte, error) {
 	y.key(2, "gatewayVirtualIPs")
 	y.item(4, vip)
 	y.keyBool(2, "ec2MetadataAccess", false)
-	if y.err != nil {
-		return nil, y.err
-	}
-	return y.buf.Bytes(), nil
+	return y.result()
 }
 
 // checkListenPath refuses a socket path that gvproxy would not bind as

@@ -74,8 +74,5 @@ func renderPipelock(spec pipelockSpec) ([]byte, error) {
 	y.keyValue(2, "file", spec.LogFile)
 	y.keyBool(2, "include_allowed", true)
 	y.keyBool(2, "include_blocked", true)
-	if y.err != nil {
-		return nil, y.err
-	}
-	return y.buf.Bytes(), nil
+	return y.result()
 }

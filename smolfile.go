@@ -65,8 +65,5 @@ func renderSmolfile(spec smolfileSpec) ([]byte, error) {
 		env[i] = e.Name + "=" + e.Value
 	}
 	t.keyStrings("env", env)
-	if t.err != nil {
-		return nil, t.err
-	}
-	return t.buf.Bytes(), nil
+	return t.result()
 }
