@@ -17,24 +17,27 @@ import (
 // 1024 characters altogether" (spec 1.2.2, production ns-s-implicit-yaml-key).
 const maxYAMLKey = 1024
 
-var (
-	errNotUTF8 = errors.New("not valid UTF-8")
-	errNUL     = errors.New("contains a NUL byte")
-)
+// quotable refuses what neither quoting can carry unchanged: invalid UTF-8,
+// and NUL, since smolvm passes these strings to exec and mount calls, where
+// a NUL would silently truncate the value.
+func quotable(s string) error {
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		return errors.New("contains a NUL byte")
+	}
+	return nil
+}
 
 // tomlString returns s as a TOML 1.0 basic string. The output is printable
 // ASCII only: \n, \t and \r get their short escapes, everything else
 // \uXXXX or \UXXXXXXXX, the only numeric escapes TOML 1.0 defines (toml.md
-// v1.0.0, "String"). strconv.Quote is not
-// used because it emits \a, \v and \xNN, which TOML 1.0 rejects. NUL is
-// refused: smolvm passes these strings to exec and mount calls, where a NUL
-// would silently truncate the value.
+// v1.0.0, "String"). strconv.Quote is not used because it emits \a, \v and
+// \xNN, which TOML 1.0 rejects.
 func tomlString(s string) (string, error) {
-	if !utf8.ValidString(s) {
-		return "", errNotUTF8
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return "", errNUL
+	if err := quotable(s); err != nil {
+		return "", err
 	}
 	var b strings.Builder
 	b.Grow(len(s) + 2)
@@ -82,15 +85,11 @@ func tomlKey(k string) (string, error) {
 // yamlString returns s as a YAML 1.2 double-quoted scalar. Every escape
 // strconv.QuoteToASCII produces (\a \b \f \n \r \t \v \\ \" \xXX \uXXXX
 // \UXXXXXXXX) is a YAML escape with the same meaning (spec 1.2.2 §5.7), and
-// the output is printable ASCII. Invalid UTF-8 is refused first: Go would
-// write a stray byte as \xff, which YAML reads as U+00FF and so silently
-// changes the value. NUL is refused for the same reason as in tomlString.
+// the output is printable ASCII. Invalid UTF-8 is refused (quotable): Go
+// would write a stray byte as \xff, which YAML reads as U+00FF.
 func yamlString(s string) (string, error) {
-	if !utf8.ValidString(s) {
-		return "", errNotUTF8
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return "", errNUL
+	if err := quotable(s); err != nil {
+		return "", err
 	}
 	return strconv.QuoteToASCII(s), nil
 }
