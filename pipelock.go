@@ -1,8 +1,6 @@
 package main
 
-import (
-	"errors"
-)
+import "errors"
 
 // pipelock config facts (schema internal/config/schema.go @ v2.3.0):
 // unknown keys are fatal, nested ones too (internal/config/load.go:33-46);

@@ -12,17 +12,17 @@ import (
 
 // Limits on user values, checked before anything is rendered or written.
 const (
-	maxSlug      = 32   // keeps the machine name and every stage socket path short
-	maxPath      = 4096 // PATH_MAX on Linux
-	maxHostName  = 253  // RFC 1035 §2.3.4, in text form without the final dot
-	maxLabel     = 63   // RFC 1035 §2.3.4
-	maxAllow     = 64   // a longer allow-list is a policy nobody reviews
-	maxMachine   = 128  // smolvm src/data/mod.rs:55 @ v1.9.3
-	minCPUs      = 1    //
-	maxCPUs      = 64   // smolvm takes a u8; more than this is a typo
-	minMemMiB    = 256  // below this no agent image boots
-	maxMemMiB    = 1 << 20
-	machinPrefix = "smolbottle-"
+	maxSlug       = 32      // keeps the machine name and every stage socket path short
+	maxPath       = 4096    // PATH_MAX on Linux
+	maxHostName   = 253     // RFC 1035 §2.3.4, in text form without the final dot
+	maxLabel      = 63      // RFC 1035 §2.3.4
+	maxAllow      = 64      // a longer allow-list is a policy nobody reviews
+	maxMachine    = 128     // smolvm src/data/mod.rs:55 @ v1.9.3
+	minCPUs       = 1       // a machine needs one
+	maxCPUs       = 64      // smolvm takes a u8; more than this is a typo
+	minMemMiB     = 256     // below this no agent image boots
+	maxMemMiB     = 1 << 20 // 1 TiB
+	machinePrefix = "smolbottle-"
 	// maxSocketPath is the smaller sun_path of Linux (108 bytes) and
 	// macOS (104), including the terminating NUL: a stage that works on
 	// one works on the other, although only Linux confines a bottle yet.
@@ -68,7 +68,7 @@ func checkSlug(slug string) error {
 }
 
 // machineName is the smolvm machine a bottle runs in.
-func machineName(slug string) string { return machinPrefix + slug }
+func machineName(slug string) string { return machinePrefix + slug }
 
 // checkMachineName applies smolvm's own rule for machine names
 // (src/data/mod.rs:55-103 @ v1.9.3): 1-128 characters from [A-Za-z0-9_-],
@@ -238,9 +238,10 @@ func checkWorkspace(p string) (string, error) {
 // smolvm reads any file at an absolute path as an archive, by its magic
 // bytes; smolbottle also asks for one of the names smolvm itself takes as
 // an archive (.tar, .tar.gz, .tgz, src/data/image_source.rs:49 @ v1.9.3) so
-// that a stray file is not mistaken for an image. smolvm refuses registry images on a machine without
-// network (src/config.rs:841-884 @ v1.9.3), and a bottle never has smolvm
-// networking, so a registry reference gets a hint instead.
+// that a stray file is not mistaken for an image. smolvm refuses registry
+// images on a machine without network (src/config.rs:841-884 @ v1.9.3), and
+// a bottle never has smolvm networking, so a registry reference gets a hint
+// instead.
 func checkImage(p string) (string, error) {
 	if err := checkText("image", p); err != nil {
 		return "", err
