@@ -250,6 +250,8 @@ func TestPlanBadInput(t *testing.T) {
 		{"workspace is a file", func(o *planOptions) { o.Workspace = file }, "not a directory", 1},
 		{"workspace /etc", func(o *planOptions) { o.Workspace = "/etc" }, "smolvm refuses to mount", 1},
 		{"workspace newline", func(o *planOptions) { o.Workspace = "/tmp/a\nb" }, "control character", 1},
+		{"workspace NEL", func(o *planOptions) { o.Workspace = "/tmp/a\u0085b" }, "control character", 1},
+		{"image CSI", func(o *planOptions) { o.Image = "/tmp/a\u009b2Jb.tar" }, "control character", 1},
 		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 2},
 		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 2},
 		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 2},

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -30,14 +31,15 @@ const (
 )
 
 // checkText refuses values that hold bytes no path, name or list entry of
-// ours may contain: invalid UTF-8, NUL, and control characters such as a
-// newline, which could start a new line in a rendered file or a log.
+// ours may contain: invalid UTF-8, NUL, control characters (C0, DEL and
+// C1, such as a newline, NEL or CSI) and the Unicode line and paragraph
+// separators, which could start a new line or a terminal escape in a log.
 func checkText(field, v string) error {
 	if !utf8.ValidString(v) {
 		return fmt.Errorf("%s %q is not valid UTF-8", field, v)
 	}
 	for _, r := range v {
-		if r < 0x20 || r == 0x7f || r == '\u2028' || r == '\u2029' {
+		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return fmt.Errorf("%s %q contains a control character", field, v)
 		}
 	}
