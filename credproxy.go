@@ -37,8 +37,9 @@ import (
 //     header, each exactly this bottle's placeholder in its own header.
 //     The rest is refused with a status saying why, logged without values.
 //  4. Only the credential header, Host and the URL (to the real API) are
-//     rewritten. Responses, server-sent
-//     events included, stream through with a flush after every write.
+//     rewritten; ReverseProxy drops the hop-by-hop and Forwarded and
+//     X-Forwarded-* headers. Responses, server-sent events included,
+//     stream through with a flush after every write.
 const (
 	credSidecar        = "credentials"
 	credUpstream       = "api.anthropic.com"
@@ -187,10 +188,7 @@ func (cp *credProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		cp.refuse(w, r, status, why)
 		return
 	}
-	if r.ContentLength > credMaxBody {
-		cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
-		return
-	}
+	// A chunked body has no ContentLength for check to refuse: cut it here.
 	r.Body = http.MaxBytesReader(w, r.Body, credMaxBody)
 	cp.proxy.ServeHTTP(w, r)
 }
@@ -252,6 +250,9 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 	}
 	if !matched {
 		return http.StatusUnauthorized, "no credential header carries this bottle's placeholder"
+	}
+	if r.ContentLength > credMaxBody {
+		return http.StatusRequestEntityTooLarge, credTooLarge
 	}
 	return 0, ""
 }
