@@ -108,9 +108,10 @@ func credValues(creds []credential, getenv func(string) string) ([]byte, error) 
 }
 
 // readCredValues reads what credValues wrote, once, and checks that every
-// credential of the plan has its value.
+// credential of the plan has its value. JSON writes a byte as at most six
+// ("\u003c"), and each name and its quotes fit in 256.
 func readCredValues(r io.Reader, creds []credential) (map[string]string, error) {
-	b, err := io.ReadAll(io.LimitReader(r, int64(len(credKinds))*(credMaxValue+256)))
+	b, err := io.ReadAll(io.LimitReader(r, int64(len(credKinds))*(6*credMaxValue+256)))
 	if err != nil {
 		return nil, fmt.Errorf("read the credentials: %w", err)
 	}

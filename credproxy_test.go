@@ -525,6 +525,15 @@ func TestCredValuesHandOver(t *testing.T) {
 	if err != nil || got["ANTHROPIC_API_KEY"] != testSecret || got["CLAUDE_CODE_OAUTH_TOKEN"] != testOAuthSecret {
 		t.Errorf("read back %v, %v", got, err)
 	}
+	// The longest values credValues accepts, each byte one JSON escapes to
+	// six ("\u003c"), are read back whole.
+	env["ANTHROPIC_API_KEY"], env["CLAUDE_CODE_OAUTH_TOKEN"] = strings.Repeat("<", credMaxValue), strings.Repeat("&", credMaxValue)
+	if data, err = credValues(creds, getenv); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = readCredValues(bytes.NewReader(data), creds); err != nil || got["CLAUDE_CODE_OAUTH_TOKEN"] != env["CLAUDE_CODE_OAUTH_TOKEN"] {
+		t.Errorf("the longest escaped values: %v", err)
+	}
 	if _, err := readCredValues(strings.NewReader(`{"ANTHROPIC_API_KEY":"x"}`), creds); err == nil {
 		t.Errorf("a missing value was accepted")
 	}
