@@ -61,9 +61,8 @@ func (c *connCap) give() {
 	c.mu.Unlock()
 }
 
-// acceptBackoff paces retries after a failed accept (EMFILE, ENFILE,
-// ECONNABORTED...): 5 ms doubling to 200 ms, so that a listener recovers
-// as soon as descriptors are free again instead of giving up.
+// acceptBackoff paces retries after a failed accept: 5 ms doubling to
+// 200 ms, so that a listener recovers soon after descriptors are free again.
 type acceptBackoff struct{ d time.Duration }
 
 func (b *acceptBackoff) wait() {
