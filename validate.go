@@ -79,13 +79,12 @@ func checkMachineName(name string) error {
 	if name == "" || len(name) > maxMachine {
 		return fmt.Errorf("machine name %q must be 1-%d characters", name, maxMachine)
 	}
-	c := name[0]
-	if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+	alnum := func(c byte) bool { return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
+	if !alnum(name[0]) {
 		return fmt.Errorf("smolvm refuses machine name %q: it must start with a letter or digit", name)
 	}
 	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if c := name[i]; !alnum(c) && c != '_' && c != '-' {
 			return fmt.Errorf("smolvm refuses machine name %q: only letters, digits, '_' and '-'", name)
 		}
 	}
