@@ -733,7 +733,7 @@ func TestFakeVMGuest(t *testing.T) {
 	if err := f.s.create(ctx, f.spec(name, socketMount{Host: sock, Guest: "/run/x/s.sock"})); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.s.start(ctx, name, nil); err != nil {
+	if err := f.s.start(ctx, name); err != nil {
 		t.Fatalf("start: %v", err)
 	}
 	vm := f.fake.state(t).Machines[name].PID
@@ -819,7 +819,7 @@ func TestFakeVMStartFails(t *testing.T) {
 	if err := f.s.create(ctx, f.spec("sb-oci")); err != nil {
 		t.Fatal(err)
 	}
-	err := f.s.start(ctx, "sb-oci", nil)
+	err := f.s.start(ctx, "sb-oci")
 	if err == nil || !strings.Contains(err.Error(), "file manifest.json not found in tar") {
 		t.Fatalf("start with an OCI archive = %v", err)
 	}
@@ -927,7 +927,7 @@ func TestFakeVMConfinedNetwork(t *testing.T) {
 	if err := f.s.create(ctx, steps.Create.create); err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	if err := f.s.start(ctx, name, nil); err != nil {
+	if err := f.s.start(ctx, name); err != nil {
 		t.Fatalf("start: %v", err)
 	}
 	vm := f.fake.state(t).Machines[name].PID
@@ -1010,7 +1010,7 @@ func TestFakeVMExecCancel(t *testing.T) {
 	if err := f.s.create(context.Background(), f.spec(name)); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.s.start(context.Background(), name, nil); err != nil {
+	if err := f.s.start(context.Background(), name); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -163,7 +163,7 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	}
 	created = true
 	prog.step("starting machine %s (first boot)", p.Machine)
-	if err := sv.start(ctx, p.Machine, nil); err != nil {
+	if err := sv.start(ctx, p.Machine); err != nil {
 		return p, err
 	}
 	prog.step("preparing the guest for gvforwarder (root, /dev/net/tun)")

@@ -438,13 +438,13 @@ func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 }
 
 // start boots a created or stopped machine; an already running one is
-// fine. stderr, when set, receives smolvm's stderr as it comes.
-func (s *smolvm) start(ctx context.Context, name string, stderr io.Writer) error {
+// fine.
+func (s *smolvm) start(ctx context.Context, name string) error {
 	args, err := nameArgs("start", name)
 	if err != nil {
 		return err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args, stderr: stderr})
+	_, err = s.call(ctx, smolvmCall{args: args})
 	return err
 }
 

@@ -338,10 +338,10 @@ func TestSmolvmLifecycle(t *testing.T) {
 	if err != nil || st.State != "created" || st.Network {
 		t.Fatalf("status after create = %+v, %v; want created without network", st, err)
 	}
-	if err := s.start(ctx, name, nil); err != nil {
+	if err := s.start(ctx, name); err != nil {
 		t.Fatalf("start: %v", err)
 	}
-	if err := s.start(ctx, name, nil); err != nil {
+	if err := s.start(ctx, name); err != nil {
 		t.Fatalf("second start: %v", err)
 	}
 	st, err = s.status(ctx, name)
@@ -500,7 +500,7 @@ func TestSmolvmStartFails(t *testing.T) {
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-nostart")
 	f.fake.control(t, fakeControl{Fail: map[string]string{"start": "krun_start_enter returned: -22 (EINVAL)"}})
-	err := f.s.start(context.Background(), "sb-nostart", nil)
+	err := f.s.start(context.Background(), "sb-nostart")
 	want := "smolvm machine start: agent operation failed: start: krun_start_enter returned: -22 (EINVAL)"
 	if err == nil || err.Error() != want {
 		t.Fatalf("start = %v\nwant %s", err, want)
@@ -540,7 +540,7 @@ func TestSmolvmExecExitCode(t *testing.T) {
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-exit")
-	if err := f.s.start(ctx, "sb-exit", nil); err != nil {
+	if err := f.s.start(ctx, "sb-exit"); err != nil {
 		t.Fatal(err)
 	}
 	for _, code := range []int{3, 1, 2, 124} {
@@ -571,7 +571,7 @@ func TestSmolvmNoCredential(t *testing.T) {
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-secret")
-	if err := f.s.start(ctx, "sb-secret", nil); err != nil {
+	if err := f.s.start(ctx, "sb-secret"); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
@@ -599,7 +599,7 @@ func TestSmolvmExecCancel(t *testing.T) {
 	for _, ignoreTerm := range []bool{false, true} {
 		f := newSmolvmFixture(t)
 		f.create(t, "sb-hang")
-		if err := f.s.start(context.Background(), "sb-hang", nil); err != nil {
+		if err := f.s.start(context.Background(), "sb-hang"); err != nil {
 			t.Fatal(err)
 		}
 		f.fake.control(t, fakeControl{Hang: map[string]bool{"exec": true}, IgnoreTerm: ignoreTerm})
@@ -623,7 +623,7 @@ func TestSmolvmExecUser(t *testing.T) {
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-user")
-	if err := f.s.start(ctx, "sb-user", nil); err != nil {
+	if err := f.s.start(ctx, "sb-user"); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.s.exec(ctx, "sb-user", execOpts{User: "root"}, "true"); err == nil || !strings.Contains(err.Error(), "no machine exec --user") {
@@ -636,7 +636,7 @@ func TestSmolvmExecUser(t *testing.T) {
 	newer := newSmolvmFixture(t)
 	newer.fake.control(t, fakeControl{Caps: []string{fakeCapExecUser}}) // smolvm PR #1148
 	newer.create(t, "sb-user")
-	if err := newer.s.start(ctx, "sb-user", nil); err != nil {
+	if err := newer.s.start(ctx, "sb-user"); err != nil {
 		t.Fatal(err)
 	}
 	if err := newer.s.exec(ctx, "sb-user", execOpts{User: "root"}, "true"); err != nil {
@@ -659,7 +659,7 @@ func TestSmolvmCp(t *testing.T) {
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-cp")
-	if err := f.s.start(ctx, "sb-cp", nil); err != nil {
+	if err := f.s.start(ctx, "sb-cp"); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -826,7 +826,7 @@ func TestSmolvmExecDetached(t *testing.T) {
 	ctx := context.Background()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-detach")
-	if err := f.s.start(ctx, "sb-detach", nil); err != nil {
+	if err := f.s.start(ctx, "sb-detach"); err != nil {
 		t.Fatal(err)
 	}
 	pid, err := f.s.execDetached(ctx, "sb-detach", execOpts{}, "sleep", "60")
