@@ -52,7 +52,9 @@ func sidecarEnv(parent []string) []string {
 	})
 }
 
-// supervisorEnv returns the environment the supervisor runs with.
+// supervisorEnv returns the environment the supervisor runs with: a
+// sidecar's, and SSL_CERT_FILE and SSL_CERT_DIR, which choose the roots the
+// credential sidecar verifies the Messages API with.
 func supervisorEnv(parent []string) []string {
 	return append(sidecarEnv(parent), filterEnv(parent, func(name string) bool {
 		return name == "SSL_CERT_FILE" || name == "SSL_CERT_DIR"
