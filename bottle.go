@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,7 +23,6 @@ const (
 	guestBinDir    = "/opt/smolbottle"
 	guestSocket    = "/run/smolbottle/gvproxy.sock"
 	guestTap       = "tap0"
-	defaultAllow   = "api.anthropic.com"
 	defaultBackend = "smolmachines"
 	defaultCPUs    = 4
 	defaultMemMiB  = 4096
@@ -225,50 +223,6 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	return p, nil
 }
 
-// checkAllowList validates and de-duplicates the allow-list, keeping order.
-// An empty entry is refused here, by name: pipelock's strict mode refuses
-// an empty allow-list (internal/config/validate.go:250-252 @ v2.3.0), so
-// "allow nothing" cannot be expressed and must not reach up.
-func checkAllowList(entries []string) ([]string, error) {
-	if len(entries) == 0 {
-		entries = []string{defaultAllow}
-	}
-	if slices.Contains(entries, "") {
-		return nil, withHint(usageError("empty -allow: the egress allow-list cannot be empty (pipelock's strict mode refuses it)"),
-			"name each host the agent may reach, e.g. -allow api.anthropic.com; without -allow the list is "+defaultAllow)
-	}
-	if len(entries) > maxAllow {
-		return nil, usageError("%d -allow entries; at most %d", len(entries), maxAllow)
-	}
-	var out []string
-	for _, e := range entries {
-		h, err := checkAllow(e)
-		if err != nil {
-			return nil, inputError(err) // a malformed value, like a bad -cpus: exit 2
-		}
-		if !slices.Contains(out, h) {
-			out = append(out, h)
-		}
-	}
-	return out, nil
-}
-
-// checkEgressProxy validates -egress-proxy: a loopback HOST:PORT, since the
-// relay dials 127.0.0.1 on the host and the guest sees the same port.
-func checkEgressProxy(v string) (int, error) {
-	if err := checkText("-egress-proxy", v); err != nil {
-		return 0, err
-	}
-	ap, err := netip.ParseAddrPort(strings.Replace(v, "localhost:", "127.0.0.1:", 1))
-	if err != nil || ap.Port() == 0 {
-		return 0, usageError("-egress-proxy %q is not HOST:PORT", v)
-	}
-	if ap.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
-		return 0, usageError("-egress-proxy %q must be on 127.0.0.1: the confined network reaches only host loopback ports", v)
-	}
-	return int(ap.Port()), nil
-}
-
 // checkCommandTemplate validates a sidecar's argument template and resolves
 // its program to an absolute path. The template is split at spaces (no
 // quoting: no shell ever sees it); {port} and {stage} are substituted when
@@ -286,7 +240,7 @@ func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) 
 		return nil, nil
 	}
 	if !enabled {
-		return nil, usageError("%s given without -%s", flagName, strings.TrimSuffix(strings.TrimPrefix(flagName, "-"), "-cmd"))
+		return nil, usageError("%s given without %s", flagName, sidecarFlag)
 	}
 	if err := checkText(flagName, tmpl); err != nil {
 		return nil, err

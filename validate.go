@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -24,6 +25,7 @@ const (
 	minMemMiB     = 256     // below this no agent image boots
 	maxMemMiB     = 1 << 20 // 1 TiB
 	machinePrefix = "smolbottle-"
+	defaultAllow  = "api.anthropic.com" // the allow-list without -allow
 	// maxSocketPath is the smaller sun_path of Linux (108 bytes) and
 	// macOS (104), including the terminating NUL: a stage that works on
 	// one works on the other, although only Linux confines a bottle yet.
@@ -109,6 +111,50 @@ func checkAllow(entry string) (string, error) {
 			"write a name such as api.anthropic.com or *.githubusercontent.com, without scheme, port or path")
 	}
 	return h, nil
+}
+
+// checkAllowList validates and de-duplicates the allow-list, keeping order.
+// An empty entry is refused here, by name: pipelock's strict mode refuses
+// an empty allow-list (internal/config/validate.go:250-252 @ v2.3.0), so
+// "allow nothing" cannot be expressed and must not reach up.
+func checkAllowList(entries []string) ([]string, error) {
+	if len(entries) == 0 {
+		entries = []string{defaultAllow}
+	}
+	if slices.Contains(entries, "") {
+		return nil, withHint(usageError("empty -allow: the egress allow-list cannot be empty (pipelock's strict mode refuses it)"),
+			"name each host the agent may reach, e.g. -allow api.anthropic.com; without -allow the list is "+defaultAllow)
+	}
+	if len(entries) > maxAllow {
+		return nil, usageError("%d -allow entries; at most %d", len(entries), maxAllow)
+	}
+	var out []string
+	for _, e := range entries {
+		h, err := checkAllow(e)
+		if err != nil {
+			return nil, inputError(err) // a malformed value, like a bad -cpus: exit 2
+		}
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}
+
+// checkEgressProxy validates -egress-proxy: a loopback HOST:PORT, since the
+// relay dials 127.0.0.1 on the host and the guest sees the same port.
+func checkEgressProxy(v string) (int, error) {
+	if err := checkText("-egress-proxy", v); err != nil {
+		return 0, err
+	}
+	ap, err := netip.ParseAddrPort(strings.Replace(v, "localhost:", "127.0.0.1:", 1))
+	if err != nil || ap.Port() == 0 {
+		return 0, usageError("-egress-proxy %q is not HOST:PORT", v)
+	}
+	if ap.Addr() != netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+		return 0, usageError("-egress-proxy %q must be on 127.0.0.1: the confined network reaches only host loopback ports", v)
+	}
+	return int(ap.Port()), nil
 }
 
 // checkHostName checks an RFC 1123 host name with at least one dot and a
