@@ -37,9 +37,11 @@ import (
 //     header, each exactly this bottle's placeholder in its own header.
 //     The rest is refused with a status saying why, logged without values.
 //  4. Only the credential header, Host and the URL (to the real API) are
-//     rewritten; ReverseProxy drops the hop-by-hop and Forwarded and
-//     X-Forwarded-* headers. Responses, server-sent events included,
-//     stream through with a flush after every write.
+//     rewritten; ReverseProxy drops the hop-by-hop headers and Forwarded,
+//     X-Forwarded-For, -Host and -Proto (net/http/httputil/reverseproxy.go:
+//     365-375,504-507 @ go1.26.8); the guest's other headers pass. Responses,
+//     server-sent events included, stream through with a flush after every
+//     write.
 const (
 	credSidecar        = "credentials"
 	credUpstream       = "api.anthropic.com"
@@ -133,6 +135,8 @@ type credProxy struct {
 	values map[string]string // by credential Env
 	proxy  *httputil.ReverseProxy
 	log    *log.Logger
+	// The lines a guest can cause at will, each capped (limits.go).
+	refused, forwarded, failed refusalLog
 }
 
 // newCredProxy returns the sidecar for one bottle. host is the Host header
@@ -169,7 +173,7 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 		FlushInterval: -1,
 		ErrorLog:      cp.log,
 		ModifyResponse: func(resp *http.Response) error {
-			cp.log.Printf("forwarded %s %q: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)
+			cp.forwarded.log(cp.log.Printf, "forwarded", "%s %q: %s", resp.Request.Method, resp.Request.URL.Path, resp.Status)
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -177,7 +181,7 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 				cp.refuse(w, r, http.StatusRequestEntityTooLarge, credTooLarge)
 				return
 			}
-			cp.log.Printf("%s %q: upstream: %v", r.Method, r.URL.Path, err)
+			cp.failed.log(cp.log.Printf, "upstream", "%s %q: %v", r.Method, r.URL.Path, err)
 			http.Error(w, "smolbottle credentials: the Messages API could not be reached through the egress proxy", http.StatusBadGateway)
 		},
 	}
@@ -197,7 +201,7 @@ func (cp *credProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // refuse answers status with why, and logs it. Method and path are
 // quoted: they are the guest's.
 func (cp *credProxy) refuse(w http.ResponseWriter, r *http.Request, status int, why string) {
-	cp.log.Printf("refused %q %q: %d %s", r.Method, r.URL.Path, status, why)
+	cp.refused.log(cp.log.Printf, "refused", "%q %q: %d %s", r.Method, r.URL.Path, status, why)
 	http.Error(w, "smolbottle credentials: "+why, status)
 }
 

@@ -332,8 +332,33 @@ func TestCredProxy(t *testing.T) {
 	if b, _ := os.ReadFile(f.egress); !strings.Contains(string(b), `"target":"localhost:`+fmt.Sprint(portOf(f.standIn.addr))+`"`) {
 		t.Errorf("pipelock's log does not show the tunnel to the stand-in:\n%s", b)
 	}
-	if !strings.Contains(f.log.String(), "refused \"POST\" \"/v1/models\": 403") {
+	if !strings.Contains(f.log.String(), "refused: \"POST\" \"/v1/models\": 403") {
 		t.Errorf("the sidecar's log does not name the refusals:\n%s", f.log.String())
+	}
+}
+
+// TestCredProxyLogCapped: a guest that sends refused requests as fast as
+// it can gets refusalLogLines lines in the log, then one per 1,000.
+func TestCredProxyLogCapped(t *testing.T) {
+	f := newCredFixture(t)
+	client := &http.Client{}
+	for range 2100 {
+		resp, err := client.Get("http://" + f.addr + "/v1/messages")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Fatalf("status %d, want 405", resp.StatusCode)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(f.log.String()), "\n")
+	if len(lines) != refusalLogLines+2 {
+		t.Fatalf("%d log lines for 2,100 refusals, want %d:\n%s", len(lines), refusalLogLines+2, f.log.String())
+	}
+	if last := lines[len(lines)-1]; !strings.HasSuffix(last, "refused: 2000 lines so far, the rest not logged") {
+		t.Errorf("last line %q, want the count", last)
 	}
 }
 

@@ -127,6 +127,28 @@ func answer(t *testing.T, g *guestLink, req string) string {
 	return string(got)
 }
 
+// TestGuestLinkLogCapped: a guest that makes and drops links as fast as it
+// can gets refusalLogLines lines in the log, then one per 1,000.
+func TestGuestLinkLogCapped(t *testing.T) {
+	g, _, l := newTestLinkLog(t)
+	for range 1100 {
+		c, err := net.Dial("unix", g.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, linkRequest+"\x03\x00abc")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 5)) // the frame back, or a refusal
+		c.Close()
+	}
+	g.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.lines); n < refusalLogLines+1 || n > refusalLogLines+3 || !strings.HasSuffix(l.lines[n-1], "lines so far, the rest not logged") {
+		t.Fatalf("%d log lines for 1,100 links, want %d and the counts:\n%s", n, refusalLogLines, strings.Join(l.lines, "\n"))
+	}
+}
+
 func TestGuestLinkAdmitsOneLinkAndNothingElse(t *testing.T) {
 	g, u := newTestLink(t)
 	for _, req := range []string{

@@ -17,8 +17,12 @@ import (
 //     supervisor's own work (state file, logs, stopping children).
 //   - A listener whose accept fails (EMFILE, ENFILE, ECONNABORTED, ...)
 //     backs off and retries (acceptBackoff); it stops only on Close.
-//   - A flood cannot fill the disk through the log: refusals are logged up
-//     to refusalLogLines lines, then one line per 1,000 (refusalLog).
+//   - A flood cannot fill the disk through the owner's logs: every line a
+//     guest can cause at will (a refusal, a failed dial, a guest link made
+//     or lost, a request the credential sidecar forwarded or could not) is
+//     logged up to refusalLogLines times per listener, then once per 1,000
+//     (refusalLog). pipelock's own request log (pipelock.jsonl) is
+//     pipelock's, and is not capped here.
 const (
 	relayPortCap      = 256
 	relayBottleCap    = 512
@@ -72,8 +76,8 @@ func (b *acceptBackoff) wait() {
 
 func (b *acceptBackoff) reset() { b.d = 0 }
 
-// refusalLog counts refusals and logs the first refusalLogLines of them,
-// then one line per 1,000.
+// refusalLog counts the lines a guest can cause and logs the first
+// refusalLogLines of them, then one line per 1,000.
 type refusalLog struct {
 	mu sync.Mutex
 	n  int
@@ -86,8 +90,8 @@ func (l *refusalLog) log(logf func(string, ...any), who, format string, args ...
 	l.mu.Unlock()
 	switch {
 	case n <= refusalLogLines:
-		logf(who+": refused: "+format, args...)
+		logf(who+": "+format, args...)
 	case n%1000 == 0:
-		logf("%s: %d refusals so far", who, n)
+		logf("%s: %d lines so far, the rest not logged", who, n)
 	}
 }

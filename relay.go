@@ -55,7 +55,6 @@ const (
 type relay struct {
 	ln     *servedListener // admits within the caps; Close cuts the guest sides
 	dial   func(ctx context.Context) (net.Conn, error)
-	logf   func(format string, args ...any)
 	ctx    context.Context // cancelled by Close: cuts dials in flight and the sidecar sides
 	cancel context.CancelFunc
 	taken  atomic.Int64 // streams admitted, for the selftest
@@ -65,7 +64,7 @@ type relay struct {
 // startRelay serves ln in the background, with at most portCap streams of
 // its own and at most bottle.max together with the relays sharing bottle.
 func startRelay(ln net.Listener, dial func(ctx context.Context) (net.Conn, error), logf func(string, ...any), portCap int, bottle *connCap) *relay {
-	r := &relay{ln: newServedListener(ln, "relay", logf, portCap, bottle), dial: dial, logf: logf}
+	r := &relay{ln: newServedListener(ln, "relay", logf, portCap, bottle), dial: dial}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.serve()
@@ -108,7 +107,7 @@ func (r *relay) serveConn(c net.Conn) {
 	}
 	d, err := r.dial(r.ctx)
 	if err != nil {
-		r.logf("relay %s: %v", r.ln.Addr(), err)
+		r.ln.refused.log(r.ln.logf, r.ln.who, "%v", err)
 		return
 	}
 	defer d.Close()
@@ -183,20 +182,20 @@ func (l *servedListener) Accept() (net.Conn, error) {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.refused.log(l.logf, l.who, "accept: %v (retrying)", err)
+			l.refused.log(l.logf, l.who, "refused: accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}
 		backoff.reset()
 		if !l.port.take() {
 			c.Close()
-			l.refused.log(l.logf, l.who, "over the cap of %d streams for this port", l.port.max)
+			l.refused.log(l.logf, l.who, "refused: over the cap of %d streams for this port", l.port.max)
 			continue
 		}
 		if !l.bottle.take() {
 			l.port.give()
 			c.Close()
-			l.refused.log(l.logf, l.who, "over the cap of %d streams for the bottle", l.bottle.max)
+			l.refused.log(l.logf, l.who, "refused: over the cap of %d streams for the bottle", l.bottle.max)
 			continue
 		}
 		sc := &servedConn{Conn: c, l: l}

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -183,6 +185,42 @@ func TestRelayDialsOnFirstBytes(t *testing.T) {
 	silent[0].SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(silent[0], make([]byte, 1)); err != nil {
 		t.Errorf("a stream that spoke late was not carried: %v", err)
+	}
+}
+
+// TestRelayDialFailuresLogCapped: a guest that opens streams to a port
+// whose sidecar is down, as fast as it can, gets refusalLogLines lines in
+// the log, then one per 1,000.
+func TestRelayDialFailuresLogCapped(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var lines []string
+	logf := func(format string, args ...any) {
+		mu.Lock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+		mu.Unlock()
+	}
+	down := func(context.Context) (net.Conn, error) { return nil, errors.New("connection refused") }
+	r := startRelay(ln, down, logf, relayPortCap, &connCap{max: relayBottleCap})
+	const streams = 1100
+	for range streams {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 1)) // EOF once the relay has given up on it
+		c.Close()
+	}
+	r.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lines) != refusalLogLines+1 || !strings.HasSuffix(lines[len(lines)-1], "1000 lines so far, the rest not logged") {
+		t.Fatalf("%d log lines for %d failed dials, want %d and the count last:\n%s", len(lines), streams, refusalLogLines+1, strings.Join(lines, "\n"))
 	}
 }
 
