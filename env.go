@@ -16,8 +16,8 @@ import (
 //   - smolvm: where it keeps its data, its logging, the locale. smolvm start
 //     falls back to the host's proxy variables for the in-guest image pull,
 //     so those are never passed.
-//   - sidecars (pipelock, git-gate, supervise): the user's identity, home,
-//     locale and time zone. The supervisor (_supervise), which starts them,
+//   - sidecars (pipelock, git-gate, supervise): PATH, TMPDIR, the user's
+//     identity, home, locale, time zone and XDG_* directories. The supervisor (_supervise), which starts them,
 //     gets the same plus SSL_CERT_FILE and SSL_CERT_DIR, the roots its
 //     credential sidecar verifies the API with.
 //   - version and help probes (preflight): a fixed PATH, HOME and LANG=C.
@@ -27,8 +27,9 @@ import (
 //     machine exec with the guest's own environment; smolbottle adds none.
 //
 // No child inherits a descriptor either: every smolbottle process starts
-// with closeOnExecInherited, and a child gets stdio and what is handed to
-// it explicitly (ExtraFiles), nothing else.
+// with closeOnExecInherited (best effort in main; _supervise and _dropexec
+// refuse to go on without it), and a child gets stdio and what is handed
+// to it explicitly (ExtraFiles), nothing else.
 
 // smolvmEnv returns the environment smolvm runs with.
 func smolvmEnv(parent []string) []string {

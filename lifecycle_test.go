@@ -569,3 +569,23 @@ func TestJudgeProbes(t *testing.T) {
 		t.Errorf("a missing row: %v, want refused", err)
 	}
 }
+
+// TestSameProgram: the supervisor takes its parent for up only while the
+// parent runs smolbottle; a subreaper or init that inherited it after up
+// died runs another program.
+func TestSameProgram(t *testing.T) {
+	if !sameProgram(os.Getpid()) {
+		t.Fatal("this process does not run its own program")
+	}
+	sleep := exec.Command("sleep", "30")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }()
+	if sameProgram(sleep.Process.Pid) {
+		t.Error("sleep runs this program")
+	}
+	if sameProgram(1 << 22) {
+		t.Error("a pid that does not exist runs this program")
+	}
+}

@@ -43,12 +43,20 @@ const (
 func runSupervise(ctx context.Context, args []string) error {
 	// The up that started this process, read before anything can block:
 	// if up dies before it marks the bottle ready (SIGKILL), nothing else
-	// will tear down. Once up is gone the parent is init (pid 1) or a
-	// subreaper, so pid 1 means up is already dead.
+	// will tear down. Once up is gone the parent is init or a subreaper,
+	// which runs another program than this one: up is already dead then.
 	up := procIdent{PID: os.Getppid()}
 	up.Start, _ = procStart(up.PID)
+	if !sameProgram(up.PID) {
+		up = procIdent{}
+	}
 	if len(args) != 1 || !filepath.IsAbs(args[0]) {
 		return usageError("%s STAGE: want one absolute stage directory", supervisorCmd)
+	}
+	// main marks inherited descriptors close-on-exec at best; here it must
+	// hold, or the sidecars would inherit the ready and credential pipes.
+	if err := closeOnExecInherited(); err != nil {
+		return fmt.Errorf("close inherited descriptors: %w", err)
 	}
 	ready := os.NewFile(3, "ready")
 	report := func(msg string) {
@@ -58,7 +66,6 @@ func runSupervise(ctx context.Context, args []string) error {
 			ready = nil
 		}
 	}
-	syscall.CloseOnExec(4)
 	creds := os.NewFile(4, "credentials")
 	err := supervise(ctx, args[0], creds, up, func(canary int) { report("ready " + strconv.Itoa(canary)) })
 	if err != nil {
@@ -82,7 +89,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	if err != nil {
 		return err
 	}
-	if upIdent.PID == 1 {
+	if upIdent.PID == 0 {
 		return errors.New("the up that started the supervisor is gone")
 	}
 	// Descriptors: the soft limit up to the hard one, so that the relays'
@@ -190,6 +197,17 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 			}
 		}
 	}
+}
+
+// sameProgram reports whether process pid runs the same executable file
+// as this process (false when it cannot be read, as for another user's).
+func sameProgram(pid int) bool {
+	self, err := os.Stat("/proc/self/exe")
+	if err != nil {
+		return false
+	}
+	other, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err == nil && os.SameFile(self, other)
 }
 
 // raiseNoFile sets the soft descriptor limit to the hard one.
