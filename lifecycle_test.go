@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -587,5 +588,48 @@ func TestSameProgram(t *testing.T) {
 	}
 	if sameProgram(1 << 22) {
 		t.Error("a pid that does not exist runs this program")
+	}
+}
+
+// TestSweepSession: a process left in a dead supervisor's session (a
+// sidecar's child, which Pdeathsig does not reach) is killed; nothing is
+// touched while the session's leader lives.
+func TestSweepSession(t *testing.T) {
+	leader := exec.Command("sh", "-c", "sleep 300 & echo $!; exec sleep 300")
+	leader.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := leader.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(left, syscall.SIGKILL)
+	dead := func() bool {
+		state, err := procStat(left, 3)
+		return err != nil || state == "Z"
+	}
+	sweepSession(leader.Process.Pid)
+	if dead() {
+		t.Fatal("the sweep killed a process while its session's leader lives")
+	}
+	leader.Process.Kill()
+	leader.Wait()
+	if dead() {
+		t.Fatal("the session's other process died with its leader: nothing to sweep")
+	}
+	sweepSession(leader.Process.Pid)
+	for deadline := time.Now().Add(5 * time.Second); !dead(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the process left in the dead supervisor's session still runs")
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -22,9 +23,11 @@ import (
 // network: the sidecars, the confined gvproxy and its relays, and a canary
 // listener on a host loopback port that the guest must not reach (the
 // self-test probes it). up starts it detached, in a session of its own, so
-// it outlives up; its children die with it (Pdeathsig). It records itself
-// in <stage>/state.json, so down finds it after a crash and the next up
-// finds a stale bottle instead of reusing it.
+// it outlives up; its children die with it (Pdeathsig), and what their
+// own children leave behind is killed by down, or by a failed up, through
+// the session (sweepSession). It records itself in <stage>/state.json, so
+// down finds it after a crash and the next up finds a stale bottle instead
+// of reusing it.
 //
 //	smolbottle _supervise STAGE
 //
@@ -114,10 +117,12 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	}()
 
 	var procs []*sidecarProc
-	defer func() {
+	defer func() { // all at once: the stops share one grace period
+		var wg sync.WaitGroup
 		for _, s := range procs {
-			s.stop(sidecarStopGrace)
+			wg.Go(func() { s.stop(sidecarStopGrace) })
 		}
+		wg.Wait()
 	}()
 	died := make(chan error, len(p.Sidecars)+1)
 	env := sidecarEnv(os.Environ())
@@ -285,6 +290,7 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 			syscall.Kill(pid, syscall.SIGKILL)
 			<-exited
 		}
+		sweepSession(pid)
 		return bottleState{}, withTail(err, fileTail(logf.Name(), from, 2<<10))
 	}
 	// Written after the start, so a small pipe buffer cannot block up; a
@@ -315,23 +321,42 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 }
 
 // stopSupervisor stops a recorded supervisor: SIGTERM, then SIGKILL after
-// the grace period. It is a no-op when the process is gone or the pid now
-// belongs to another process.
+// the grace period; then it kills what is left of its session. A pid that
+// now belongs to another process is not signalled.
 func stopSupervisor(id procIdent) error {
-	if !id.alive() {
-		return nil
+	if id.alive() {
+		syscall.Kill(id.PID, syscall.SIGTERM)
+		if !waitGone(id, supervisorStopGrace) {
+			syscall.Kill(id.PID, syscall.SIGKILL)
+			if !waitGone(id, 2*time.Second) {
+				return fmt.Errorf("supervisor pid %d does not die", id.PID)
+			}
+		}
 	}
-	if err := syscall.Kill(id.PID, syscall.SIGTERM); err != nil {
-		return nil
+	sweepSession(id.PID)
+	return nil
+}
+
+// sweepSession kills what is left of a dead supervisor's session (it
+// calls setsid, so the session id is its pid): a sidecar's children that
+// outlived their leader, whom Pdeathsig alone reaches, when the supervisor
+// was killed. Linux does not reuse a pid that a live session still holds,
+// so a process in session sid was started under that supervisor; if the
+// pid is alive again, it is another process's, and nothing is touched.
+func sweepSession(sid int) {
+	if _, err := procStart(sid); err == nil {
+		return
 	}
-	if waitGone(id, supervisorStopGrace) {
-		return nil
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if s, err := procStat(pid, 6); err == nil && s == strconv.Itoa(sid) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
-	syscall.Kill(id.PID, syscall.SIGKILL)
-	if waitGone(id, 2*time.Second) {
-		return nil
-	}
-	return fmt.Errorf("supervisor pid %d does not die", id.PID)
 }
 
 // waitGone polls for at most d until id is gone; it reports whether it is.
