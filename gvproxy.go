@@ -20,7 +20,10 @@ import (
 //   - a zone named "" is a catch-all: its suffix "." ends every name, so
 //     every other A query gets NXDOMAIN without an upstream lookup, and
 //     record names in it are full names (pkg/services/dns/dns.go:59-94 @
-//     v0.8.9);
+//     v0.8.9); other query types (MX, NS, SRV, TXT) skip the zones and go
+//     to gvproxy's own resolver (dns.go:62-64,119-236): only its jail,
+//     with no resolv.conf and no interface but lo (jail.go), makes those
+//     fail instead of reaching the host's DNS;
 //   - it has no stack.deviceIP or stack.hostIP (pkg/types/configuration.go:
 //     8-56 @ v0.8.9; those keys are newer).
 const (
