@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,5 +47,87 @@ func TestFindProgramOrder(t *testing.T) {
 	}
 	if h := gvisorHint("gvproxy", env); !strings.Contains(h, "CGO_ENABLED=0 GOBIN="+own+" go install github.com/containers/gvisor-tap-vsock/cmd/gvproxy@v0.8.9") {
 		t.Errorf("gvproxy hint = %q", h)
+	}
+}
+
+// TestPreflightCacheChecked: the cache's key is built from facts anyone on
+// the machine can learn, so a cached result is used only from a private
+// file of ours whose tools are the ones findProgram finds now. A planted
+// cache with the right key must not choose the programs smolbottle runs.
+func TestPreflightCacheChecked(t *testing.T) {
+	own, cacheDir, elsewhere := t.TempDir(), t.TempDir(), t.TempDir()
+	for _, d := range []string{own, elsewhere} {
+		for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
+			if err := os.WriteFile(filepath.Join(d, name), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	env := preflightEnv{ExeDir: own, Path: "", Pipelock: true, CacheDir: cacheDir}
+	key := preflightKey(env)
+	good := tools{Smolvm: filepath.Join(own, "smolvm"), Gvproxy: filepath.Join(own, "gvproxy"),
+		Gvforwarder: filepath.Join(own, "gvforwarder"), Pipelock: filepath.Join(own, "pipelock")}
+	cacheFile := filepath.Join(cacheDir, preflightCacheFile)
+	plant := func(tl tools) {
+		t.Helper()
+		os.Remove(cacheFile)
+		writePreflightCache(cacheDir, key, preflightCache{Key: key, Tools: tl})
+		if _, err := os.Stat(cacheFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plant(good)
+	if c, ok := readPreflightCache(env, key); !ok || c.Tools != good {
+		t.Fatalf("our own cache with the tools found now: %+v, %v; want a hit", c.Tools, ok)
+	}
+	noPipelock := env
+	noPipelock.Pipelock = false
+	if _, ok := readPreflightCache(noPipelock, key); ok {
+		t.Errorf("a cache naming pipelock used when none is launched")
+	}
+
+	tests := []struct {
+		name string
+		set  func()
+	}{
+		{"other smolvm", func() { tl := good; tl.Smolvm = filepath.Join(elsewhere, "smolvm"); plant(tl) }},
+		{"other gvproxy", func() { tl := good; tl.Gvproxy = filepath.Join(elsewhere, "gvproxy"); plant(tl) }},
+		{"other gvforwarder", func() { tl := good; tl.Gvforwarder = filepath.Join(elsewhere, "gvforwarder"); plant(tl) }},
+		{"other pipelock", func() { tl := good; tl.Pipelock = filepath.Join(elsewhere, "pipelock"); plant(tl) }},
+		{"no pipelock", func() { tl := good; tl.Pipelock = ""; plant(tl) }},
+		{"group-writable", func() { plant(good); os.Chmod(cacheFile, 0o620) }},
+		{"other-writable", func() { plant(good); os.Chmod(cacheFile, 0o602) }},
+		{"symlink", func() {
+			plant(good)
+			real := filepath.Join(elsewhere, "cache.json")
+			os.Rename(cacheFile, real)
+			os.Symlink(real, cacheFile)
+		}},
+	}
+	if os.Getuid() == 0 { // only root can give a file to another uid
+		tests = append(tests, struct {
+			name string
+			set  func()
+		}{"not ours", func() {
+			plant(good)
+			if err := os.Chown(cacheFile, 65534, -1); err != nil {
+				t.Fatal(err)
+			}
+		}})
+	}
+	for _, tt := range tests {
+		tt.set()
+		if c, ok := readPreflightCache(env, key); ok {
+			t.Errorf("%s: cache used, tools %+v", tt.name, c.Tools)
+		}
+	}
+
+	// Through preflight: a planted cache naming another smolvm is not
+	// what comes back; the preflight runs again (and fails on these fakes).
+	tl := good
+	tl.Smolvm = filepath.Join(elsewhere, "smolvm")
+	plant(tl)
+	if _, got, err := preflight(context.Background(), env); err == nil || got.Smolvm == tl.Smolvm {
+		t.Errorf("preflight with a planted cache = %+v, %v; want a fresh run that fails", got, err)
 	}
 }

@@ -91,11 +91,14 @@ func defaultPreflightEnv(pipelock bool) preflightEnv {
 // every program found (path, device, inode, size, modification time), the
 // boot and the uid, so that a plan does not re-run eight child programs
 // while none of them changed. Replacing a binary, rebooting or another user
-// misses the cache. The namespace result is advisory either way: up builds
-// the jail and fails closed if the kernel refuses.
+// misses the cache. The key is made of facts anyone on the machine can
+// learn, so it proves nothing about who wrote the file: a cached result is
+// used only from a private file of ours (readPrivateFile) whose tools are
+// the very paths findProgram finds now. The namespace result is advisory
+// either way: up builds the jail and fails closed if the kernel refuses.
 func preflight(ctx context.Context, env preflightEnv) ([]check, tools, error) {
 	key := preflightKey(env)
-	if c, ok := readPreflightCache(env.CacheDir, key); ok {
+	if c, ok := readPreflightCache(env, key); ok {
 		return c.Checks, c.Tools, nil
 	}
 	checks, t, err := preflightFresh(ctx, env)
@@ -143,14 +146,32 @@ func fileIdent(p string) string {
 	return fmt.Sprintf("%d:%d:%d:%d", st.Dev, st.Ino, fi.Size(), fi.ModTime().UnixNano())
 }
 
-func readPreflightCache(dir, key string) (preflightCache, bool) {
+// maxPreflightCache bounds the cache file read; a real one is a few KiB.
+const maxPreflightCache = 64 << 10
+
+// readPreflightCache returns the cached result for key, if env.CacheDir
+// holds one that can be trusted; anything else is a miss, and the
+// preflight runs again.
+func readPreflightCache(env preflightEnv, key string) (preflightCache, bool) {
 	var c preflightCache
-	if dir == "" {
+	if env.CacheDir == "" {
 		return c, false
 	}
-	b, err := os.ReadFile(filepath.Join(dir, preflightCacheFile))
+	b, err := readPrivateFile(filepath.Join(env.CacheDir, preflightCacheFile), "preflight cache", maxPreflightCache)
 	if err != nil || json.Unmarshal(b, &c) != nil || c.Key != key {
-		return c, false
+		return preflightCache{}, false
+	}
+	// The tools a passing preflightFresh returns: the path findProgram
+	// finds for each, and no pipelock when none is launched.
+	cached := map[string]string{"smolvm": c.Tools.Smolvm, "gvproxy": c.Tools.Gvproxy, "gvforwarder": c.Tools.Gvforwarder, "pipelock": c.Tools.Pipelock}
+	for name, path := range cached {
+		found, err := findProgram(name, env)
+		if name == "pipelock" && !env.Pipelock {
+			found, err = "", nil
+		}
+		if err != nil || path != found {
+			return preflightCache{}, false
+		}
 	}
 	return c, true
 }
