@@ -195,13 +195,17 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 // upPortTries bounds how often up plans new ports when one was taken
 // between its allocation (net.Listen on 127.0.0.1:0, then closed) and the
 // sidecar's bind: the freed port is back in the kernel's ephemeral range,
-// where any program's outbound connection may take it. Nothing is created
-// before the supervisor starts, so planning again is safe.
+// where any program's outbound connection may take it. The machine is
+// created only after the supervisor has started, and a supervisor that
+// failed to start has stopped what it started, so planning again only has
+// to rewrite the stage.
 const upPortTries = 3
 
 // startSupervisorPorts starts the supervisor for p and, when a sidecar's
 // port was taken first, plans the bottle again with new ports (replan),
 // rewrites the stage and starts it again. It returns the plan that runs.
+// Rewriting the stage makes its directories private again, the guest
+// directory included, so that is filled again too (fillGuestDir, 0755).
 func startSupervisorPorts(ctx context.Context, self string, p *plan, replan func() (*plan, error), prog *progress) (*plan, bottleState, error) {
 	st, err := startSupervisor(ctx, self, p)
 	for try := 1; err != nil && strings.Contains(err.Error(), errPortTaken.Error()) && try < upPortTries; try++ {
@@ -215,6 +219,9 @@ func startSupervisorPorts(ctx context.Context, self string, p *plan, replan func
 		}
 		p = np
 		if err = p.writeStage(); err != nil {
+			return p, st, err
+		}
+		if err = fillGuestDir(p, self); err != nil {
 			return p, st, err
 		}
 		st, err = startSupervisor(ctx, self, p)

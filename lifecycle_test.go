@@ -318,14 +318,21 @@ func TestSupervisorPortTaken(t *testing.T) {
 // TestSupervisorPortTakenReplans: when a sidecar's port is taken between
 // allocation and bind (here by a listener; in life, by any program's
 // outbound connection taking the freed ephemeral port), up plans new ports
-// and starts the supervisor again instead of failing.
+// and starts the supervisor again instead of failing. The guest directory
+// up filled before keeps its binaries and its 0755 mode: the self-test
+// runs as the image's user, who must still reach them.
 func TestSupervisorPortTakenReplans(t *testing.T) {
 	b := newTestBottle(t, "")
+	staticSmolbottle(t)
 	p, err := resolvePlan(context.Background(), b.opts("replan"), b.env(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	if err := fillGuestDir(p, self); err != nil {
 		t.Fatal(err)
 	}
 	taken := p.Sidecars[0].Port
@@ -339,7 +346,6 @@ func TestSupervisorPortTakenReplans(t *testing.T) {
 		replans++
 		return resolvePlan(context.Background(), b.opts("replan"), b.env(t))
 	}
-	self, _ := os.Executable()
 	np, st, err := startSupervisorPorts(context.Background(), self, p, replan, &progress{})
 	if err != nil {
 		t.Fatalf("startSupervisorPorts: %v", err)
@@ -350,6 +356,15 @@ func TestSupervisorPortTakenReplans(t *testing.T) {
 	}
 	if on, err := readPlan(p.Stage); err != nil || on.Sidecars[0].Port != np.Sidecars[0].Port {
 		t.Errorf("the stage's plan.json is not the plan that runs: %v", err)
+	}
+	guest := filepath.Join(p.Stage, guestDir)
+	for name, want := range map[string]os.FileMode{"": guestDirMode, "gvforwarder": guestBinMode, "smolbottle": guestBinMode} {
+		fi, err := os.Stat(filepath.Join(guest, name))
+		if err != nil {
+			t.Errorf("guest/%s after a replan: %v", name, err)
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("guest/%s after a replan is mode %v, want %v", name, fi.Mode().Perm(), want)
+		}
 	}
 	if err := stopSupervisor(st.Supervisor); err != nil {
 		t.Fatal(err)
