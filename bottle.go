@@ -576,9 +576,10 @@ func (smolmachines) preflight(ctx context.Context, env preflightEnv) ([]check, t
 
 // upCommands lists, in order, what up runs: the supervisor (confined
 // gvproxy, relays, sidecars), then the machine without any smolvm network
-// and with gvproxy's socket bridged in, then the guest network and the
-// egress self-test from the read-only guest binaries. The smolvm argv come
-// from the same builders up calls, so the plan prints what runs.
+// and with the guest link front's socket (linkPath, guestlink.go) bridged
+// in, then the guest network and the egress self-test from the read-only
+// guest binaries. The smolvm argv come from the same builders up calls, so
+// the plan prints what runs.
 func (smolmachines) upCommands(p *plan) [][]string {
 	t := p.Tools
 	cmds := [][]string{

@@ -60,9 +60,11 @@
 // Security: smolbottle trusts the smolvm, gvproxy, gvforwarder and pipelock
 // binaries it finds beside itself or on PATH, in that order, and checks
 // their versions. It writes only under the stage directory (default
-// ~/.local/state/smolbottle/SLUG) and, for a stage elsewhere, a pointer
-// file in the state root: directories 0700, files 0600, each written
-// whole, except the guest binaries (guest/, 0755 with 0555 files: the
+// ~/.local/state/smolbottle/SLUG), a lock file beside it (.NAME.lock,
+// NAME the stage directory's), and in the state root a passing
+// preflight's cache (preflight.json) and, for a stage elsewhere, a pointer
+// file (SLUG.stage): directories 0700, files 0600, each written whole,
+// except the guest binaries (guest/, 0755 with 0555 files: the
 // image's user, any uid, runs them; nothing in them is secret). Child
 // programs get an explicit environment and argv, never a shell, and no
 // descriptor but stdio and what they are handed. Nothing listens on

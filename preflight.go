@@ -36,7 +36,7 @@ const probeTimeout = 10 * time.Second
 // Install hints, one per program.
 const (
 	hintSmolvm   = "install smolvm from smol-machines (https://smolmachines.com/install.sh or its apt/yum/brew packages); a pip package by CelestoAI also installs a `smolvm` command: put smol-machines' first on PATH"
-	hintPipelock = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy HOST:PORT"
+	hintPipelock = "install pipelock 2.3.0 (its release binary, or build it from a git archive of its v2.3.0 tag with make tools PIPELOCK_SRC=ARCHIVE: the Go module proxy refuses go install of it), or pass -egress-proxy 127.0.0.1:PORT of an HTTP proxy already running"
 )
 
 // check is one line of the preflight report.

@@ -23,9 +23,12 @@ import (
 // pipelock (the egress proxy), git-gate and supervise. Each listens on one
 // allocated loopback port, writes its output to a 0600 log under the
 // stage, gets an allow-listed environment (env.go) without credentials or
-// proxy variables, runs in its own process group (so a stop reaches its
-// children) and dies with the supervisor (Pdeathsig on Linux). With -egress-proxy no pipelock
-// is started; probeEgressProxy checks the given proxy instead.
+// proxy variables and runs in its own process group, so that a stop
+// reaches its children. Only the sidecar's own process dies with the
+// supervisor (Pdeathsig, Linux only): a supervisor that is killed never
+// signals the group, so children the sidecar started are not stopped by
+// that. With -egress-proxy no pipelock is started; probeEgressProxy
+// checks the given proxy instead.
 const (
 	sidecarHealthDeadline = 20 * time.Second
 	sidecarStopGrace      = 5 * time.Second
@@ -314,7 +317,7 @@ func (s *sidecarProc) stop(grace time.Duration) error {
 }
 
 // probeEgressProxy checks that the -egress-proxy given instead of pipelock
-// answers as an HTTP proxy on 127.0.0.1:port (bottle.go's
+// answers as an HTTP proxy on 127.0.0.1:port (validate.go's
 // checkEgressProxy has already held it to 127.0.0.1, the address the
 // relay dials). It asks for a tunnel to a name that cannot exist and
 // accepts any HTTP answer: a strict proxy refuses it, which is fine.

@@ -4,9 +4,10 @@ package main
 
 import "syscall"
 
-// sidecarSysProcAttr puts a sidecar in its own process group. Without
-// Pdeathsig (Linux only) the supervisor's state file is what lets down
-// find and stop sidecars after a crash.
+// sidecarSysProcAttr puts a sidecar in its own process group. There is no
+// Pdeathsig off Linux, and the state file records no sidecars, so a
+// sidecar would outlive a supervisor that crashed; but off Linux the
+// preflight fails (checkNamespaces), so up never starts a supervisor.
 func sidecarSysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
