@@ -25,9 +25,9 @@ import (
 // stage, gets an allow-listed environment (env.go) without credentials or
 // proxy variables and runs in its own process group, so that a stop
 // reaches its children. Only the sidecar's own process dies with the
-// supervisor (Pdeathsig, Linux only): a supervisor that is killed never
-// signals the group, so children the sidecar started are not stopped by
-// that. With -egress-proxy no pipelock is started; probeEgressProxy
+// supervisor (Pdeathsig, Linux only): children it started outlive a
+// supervisor that is killed until down (or the failed up) kills what is
+// left of the supervisor's session (supervisor.go). With -egress-proxy no pipelock is started; probeEgressProxy
 // checks the given proxy instead.
 const (
 	sidecarHealthDeadline = 20 * time.Second
