@@ -712,9 +712,10 @@ const (
 	probeCmd      = "_probe"
 )
 
-// readPlan reads the plan a stage was written from.
+// readPlan reads the plan a stage was written from, as readStageFile
+// says: down removes what it lists and runs the smolvm it names.
 func readPlan(stage string) (*plan, error) {
-	b, err := os.ReadFile(filepath.Join(stage, planFile))
+	b, err := readStageFile(stage, planFile)
 	if err != nil {
 		return nil, err
 	}

@@ -360,7 +360,9 @@ func bottleDown(ctx context.Context, p *plan) error {
 }
 
 // teardown stops the supervisor, deletes the machine when deleteMachine is
-// set, and removes the stage but its logs.
+// set, and removes the stage but its logs. It removes only the entries of
+// p.Cleanup.Remove that are directly in the stage: the plan is read back
+// from disk, and a path anywhere else is left alone and reported.
 func teardown(ctx context.Context, p *plan, deleteMachine bool) error {
 	var errs []error
 	if st, ok, err := readState(p.Stage); err != nil {
@@ -384,6 +386,11 @@ func teardown(ctx context.Context, p *plan, deleteMachine bool) error {
 		return errors.Join(errs...)
 	}
 	for _, path := range p.Cleanup.Remove {
+		if filepath.Clean(path) != path || filepath.Dir(path) != p.Stage || path == p.Stage {
+			errs = append(errs, withHint(fmt.Errorf("not removing %q: the plan lists it, but down removes only what is directly in the stage %q", path, p.Stage),
+				"smolbottle never plans that: see who changed "+filepath.Join(p.Stage, planFile)+", and remove the path by hand only if it is the bottle's"))
+			continue
+		}
 		if err := os.RemoveAll(path); err != nil {
 			errs = append(errs, err)
 		}

@@ -531,6 +531,114 @@ func TestUpLocked(t *testing.T) {
 	}
 }
 
+// TestDownTrustsOnlyItsOwnStage: down reads plan.json and state.json only
+// from a private stage of the user's, each a file of theirs that nobody
+// else may write, and removes only what is directly in the stage, whatever
+// plan.json lists.
+func TestDownTrustsOnlyItsOwnStage(t *testing.T) {
+	b := newTestBottle(t, "")
+	t.Setenv("SMOLBOTTLE_STATE", b.state)
+	ctx := context.Background()
+	victim := filepath.Join(b.dir, "victim")
+	// plant writes slug's stage, then has its plan.json list the victim,
+	// the stage itself and the stage's parent for removal.
+	plant := func(t *testing.T, slug string, edit func(m map[string]any)) string {
+		t.Helper()
+		if err := os.WriteFile(victim, []byte("keep me"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := resolvePlan(ctx, b.opts(slug), b.env(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.writeStage(); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(p.Stage, planFile)
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatal(err)
+		}
+		c := m["cleanup"].(map[string]any)
+		c["remove"] = append(c["remove"].([]any), victim, p.Stage, filepath.Join(p.Stage, ".."))
+		if edit != nil {
+			edit(m)
+		}
+		data, _ = json.Marshal(m)
+		if err := writeFileAtomic(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p.Stage
+	}
+	const nobody = 65534
+	tests := []struct {
+		name     string
+		set      func(t *testing.T, stage string)
+		want     string
+		needRoot bool // to give a file away
+	}{
+		// down removes the rest: see the end of the loop.
+		{"plan lists paths outside the stage", func(*testing.T, string) {}, "down removes only what is directly in the stage", false},
+		{"stage open to all", func(_ *testing.T, stage string) { os.Chmod(stage, 0o777) }, "smolbottle makes it 0700", false},
+		{"stage group-readable", func(_ *testing.T, stage string) { os.Chmod(stage, 0o750) }, "smolbottle makes it 0700", false},
+		{"plan writable by others", func(_ *testing.T, stage string) { os.Chmod(filepath.Join(stage, planFile), 0o666) }, "smolbottle writes it 0600", false},
+		{"plan a symlink", func(t *testing.T, stage string) {
+			moved := filepath.Join(b.dir, "moved-plan.json")
+			if err := os.Rename(filepath.Join(stage, planFile), moved); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(moved, filepath.Join(stage, planFile)); err != nil {
+				t.Fatal(err)
+			}
+		}, "is a symlink", false},
+		{"stage not ours", func(_ *testing.T, stage string) { os.Chown(stage, nobody, nobody) }, "is not owned by you", true},
+		{"plan not ours", func(_ *testing.T, stage string) { os.Chown(filepath.Join(stage, planFile), nobody, nobody) }, "is not owned by you", true},
+		{"state not ours", func(_ *testing.T, stage string) {
+			writeState(t, stage, bottleState{Slug: filepath.Base(stage), Supervisor: procIdent{PID: 1 << 22, Start: 1}})
+			os.Chown(filepath.Join(stage, stateFile), nobody, nobody)
+		}, "is not owned by you", true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.needRoot && os.Getuid() != 0 {
+				t.Skip("giving a file to another user needs root")
+			}
+			slug := "trust" + strconv.Itoa(i)
+			stage := plant(t, slug, nil)
+			tt.set(t, stage)
+			var out, errb bytes.Buffer
+			err := runCLI(ctx, []string{"down", slug}, &out, &errb)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("down = %v, want %q", err, tt.want)
+			}
+			if _, err := os.Stat(victim); err != nil {
+				t.Errorf("down removed a path outside its stage: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(stage, logsDir)); err != nil {
+				t.Errorf("down removed the stage or its logs: %v", err)
+			}
+			_, err = os.Stat(filepath.Join(stage, smolfileName))
+			if gone := errors.Is(err, os.ErrNotExist); gone != (i == 0) {
+				t.Errorf("Smolfile removed: %v, want %v (only a trusted plan is torn down)", gone, i == 0)
+			}
+		})
+	}
+	// A stage reached through a symlink (as a stage pointer may name one)
+	// is refused, even when its plan names that very path.
+	link := filepath.Join(b.dir, "link")
+	real := plant(t, "viasymlink", func(m map[string]any) { m["stage"] = link })
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPlan(link); err == nil || !strings.Contains(err.Error(), "is a symlink") {
+		t.Errorf("readPlan through a symlinked stage = %v, want it refused", err)
+	}
+}
+
 // TestMarkReadyWithoutState: a stage whose state file is gone says so,
 // and markReady writes none.
 func TestMarkReadyWithoutState(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -154,8 +155,9 @@ func procStat(pid, n int) (string, error) {
 }
 
 // readState returns the stage's state file; ok is false when there is none.
+// It is read as readStageFile says: down signals the pid it names.
 func readState(stage string) (st bottleState, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join(stage, stateFile))
+	b, err := readStageFile(stage, stateFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return st, false, nil
 	}
@@ -198,6 +200,90 @@ func checkStageFree(stage, slug string) error {
 		return withHint(fmt.Errorf("stage %q exists and was not made by smolbottle", stage), "pass -stage with a new or empty directory")
 	}
 	return nil
+}
+
+// The stage's trust rule. down removes what plan.json lists and runs the
+// smolvm it names, exec and cp run that smolvm too, and down signals the
+// supervisor state.json names: so both files are read only from a stage
+// that is a private directory of the user's (not a symlink, owned by them,
+// nothing for group or others, as mkdirPrivate makes it), and only when
+// the file itself is a private file of theirs (readPrivateFile, which also
+// vets the stage pointers and the preflight cache).
+
+// maxStageFile bounds what is read of plan.json or state.json; a real one
+// is a few KiB.
+const maxStageFile = 1 << 20
+
+// readStageFile reads name (plan.json or state.json) from stage under the
+// trust rule above. A missing file is fs.ErrNotExist, whatever the stage:
+// where there is nothing to read there is nothing to trust.
+func readStageFile(stage, name string) ([]byte, error) {
+	b, err := readPrivateFile(filepath.Join(stage, name), "stage file", maxStageFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkStageDir(stage); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// checkStageDir refuses a stage that is not a private directory of the
+// user's.
+func checkStageDir(stage string) error {
+	fi, err := os.Lstat(stage)
+	if err != nil {
+		return err
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return withHint(fmt.Errorf("stage %q is a symlink; smolbottle reads a plan or state only in a real directory", stage),
+			"if the directory it points to is yours, pass -stage with that directory")
+	case !fi.IsDir():
+		return fmt.Errorf("stage %q is not a directory", stage)
+	case st == nil || int(st.Uid) != os.Getuid():
+		return withHint(fmt.Errorf("stage %q is not owned by you; smolbottle trusts the plan and state only of a stage you own", stage),
+			"leave this stage alone; a bottle of yours lives in a directory you own")
+	case fi.Mode().Perm()&0o077 != 0:
+		return withHint(fmt.Errorf("stage %q is mode %v; smolbottle makes it 0700, so others may have changed its plan or state", stage, fi.Mode().Perm()),
+			"if nobody else wrote into it, make it private again: "+shellQuote([]string{"chmod", "700", stage}))
+	}
+	return nil
+}
+
+// readPrivateFile reads a file smolbottle wrote 0600 for itself, after
+// checking that it still is one: a regular file (not a symlink, not a FIFO
+// that would hang the read) owned by the user, with no permission for
+// group or others, and at most limit bytes. what names the file in errors;
+// fs.ErrNotExist when there is none.
+func readPrivateFile(path, what string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s %q is a symlink", what, path)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s %q is not a regular file", what, path)
+	case st == nil || int(st.Uid) != os.Getuid():
+		return nil, withHint(fmt.Errorf("%s %q is not owned by you", what, path),
+			"smolbottle trusts only files you own: leave it alone, or remove it if it is in a directory of yours")
+	case fi.Mode().Perm()&0o077 != 0:
+		return nil, withHint(fmt.Errorf("%s %q is mode %v; smolbottle writes it 0600", what, path, fi.Mode().Perm()),
+			"if nobody else changed it, make it private again: "+shellQuote([]string{"chmod", "600", path}))
+	case fi.Size() > limit:
+		return nil, fmt.Errorf("%s %q is larger than %d bytes", what, path, limit)
+	}
+	return io.ReadAll(io.LimitReader(f, limit))
 }
 
 // writeFileAtomic writes data to path with the given mode through a

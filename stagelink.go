@@ -3,13 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // A bottle planned with -stage lives outside the state root. So that ls
@@ -102,38 +100,6 @@ func readStageLink(root, slug string) (string, error) {
 		return "", fmt.Errorf("stage pointer %q: %w", link, err)
 	}
 	return stage, nil
-}
-
-// readPrivateFile reads a file smolbottle wrote 0600 for itself, after
-// checking that it still is one: a regular file (not a symlink, not a FIFO
-// that would hang the read) owned by the user, with no permission for
-// group or others, and at most limit bytes. what names the file in errors;
-// fs.ErrNotExist when there is none.
-func readPrivateFile(path, what string, limit int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%s %q is a symlink", what, path)
-		}
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%s %q is not a regular file", what, path)
-	case fi.Mode().Perm()&0o077 != 0:
-		return nil, fmt.Errorf("%s %q is mode %v; smolbottle writes it 0600", what, path, fi.Mode().Perm())
-	case st == nil || int(st.Uid) != os.Getuid():
-		return nil, fmt.Errorf("%s %q is not owned by you", what, path)
-	case fi.Size() > limit:
-		return nil, fmt.Errorf("%s %q is larger than %d bytes", what, path, limit)
-	}
-	return io.ReadAll(io.LimitReader(f, limit))
 }
 
 // linkedStages returns the slugs and stages of every pointer under root
