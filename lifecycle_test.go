@@ -496,8 +496,8 @@ func startRan(t *testing.T, f *fakeSmolvmBin) bool {
 	return false
 }
 
-// TestUpLocked: while one up or down holds a bottle's stage, another up of
-// it is refused before it touches anything.
+// TestUpLocked: while one plan, up or down holds a bottle's stage, an up
+// or a plan of it is refused before it touches anything.
 func TestUpLocked(t *testing.T) {
 	b := newTestBottle(t, "")
 	staticSmolbottle(t)
@@ -509,8 +509,12 @@ func TestUpLocked(t *testing.T) {
 	defer unlock()
 	var out, errb bytes.Buffer
 	err = runCLI(context.Background(), b.upArgs("busy"), &out, &errb)
-	if err == nil || !strings.Contains(err.Error(), "another smolbottle up or down is working on stage") {
+	if err == nil || !strings.Contains(err.Error(), "another smolbottle plan, up or down is working on stage") {
 		t.Fatalf("up = %v, want refused", err)
+	}
+	err = runCLI(context.Background(), []string{"plan", "-image", b.image, "-workspace", b.workspace, "busy"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "another smolbottle plan, up or down is working on stage") {
+		t.Fatalf("plan = %v, want refused", err)
 	}
 	for _, r := range f.records(t) {
 		if len(r.Argv) > 2 && r.Argv[2] == "--name" {
@@ -518,7 +522,7 @@ func TestUpLocked(t *testing.T) {
 		}
 	}
 	if _, err := os.Stat(filepath.Join(b.state, "busy")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a refused up created the stage")
+		t.Errorf("a refused up or plan created the stage")
 	}
 	// Bad input is refused before the lock: nothing is written at all.
 	os.RemoveAll(b.state)

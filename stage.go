@@ -346,9 +346,9 @@ func mkdirPrivate(dir string) error {
 }
 
 // lockStage takes an exclusive lock for the stage, so that two ups, or an
-// up and a down, never work on one bottle at once: between the check that
-// the stage is free and the supervisor recording itself, another would
-// otherwise see the stage free too. The lock is a 0600 file beside the
+// up and a plan or a down, never work on one bottle at once: between the
+// check that the stage is free and the supervisor recording itself, another
+// would otherwise see the stage free too, or a plan rewrite plan.json. The lock is a 0600 file beside the
 // stage (the stage itself may not exist yet) and is released by the
 // returned function or when the process ends.
 func lockStage(stage string) (unlock func(), err error) {
@@ -363,7 +363,7 @@ func lockStage(stage string) (unlock func(), err error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another smolbottle up or down is working on stage %q", stage)
+			return nil, fmt.Errorf("another smolbottle plan, up or down is working on stage %q", stage)
 		}
 		return nil, fmt.Errorf("lock stage %q: %w", stage, err)
 	}
