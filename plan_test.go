@@ -302,6 +302,50 @@ func TestPlanBadInput(t *testing.T) {
 	}
 }
 
+// TestStateRoot: the state root holds the preflight cache and the stage
+// pointers, so a relative or control-character value never becomes one: a
+// bad SMOLBOTTLE_STATE is refused, a relative XDG_STATE_HOME ignored.
+func TestStateRoot(t *testing.T) {
+	tests := []struct {
+		name, state, xdg string
+		want             string // the root, or the error it is refused with
+		fails            bool
+	}{
+		{"default", "", "", "/home/u/.local/state/smolbottle", false},
+		{"SMOLBOTTLE_STATE", "/srv/sb", "/x", "/srv/sb", false},
+		{"XDG_STATE_HOME", "", "/x", "/x/smolbottle", false},
+		{"SMOLBOTTLE_STATE relative", "rel/sb", "", `SMOLBOTTLE_STATE "rel/sb" is not an absolute path`, true},
+		{"SMOLBOTTLE_STATE dot", ".", "", "is not an absolute path", true},
+		{"SMOLBOTTLE_STATE newline", "/srv/a\nb", "", "control character", true},
+		{"XDG_STATE_HOME relative is ignored", "", "rel", "/home/u/.local/state/smolbottle", false},
+		{"XDG_STATE_HOME newline", "", "/x\x1b", "control character", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{"SMOLBOTTLE_STATE": tt.state, "XDG_STATE_HOME": tt.xdg, "HOME": "/home/u"}
+			root, err := stateRoot(func(k string) string { return env[k] })
+			switch {
+			case tt.fails && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("stateRoot = %q, %v; want refused with %q", root, err, tt.want)
+			case !tt.fails && (err != nil || root != tt.want):
+				t.Errorf("stateRoot = %q, %v; want %q", root, err, tt.want)
+			}
+		})
+	}
+	// A plan in an explicit stage under a relative SMOLBOTTLE_STATE caches
+	// no preflight result relative to the working directory.
+	b := newTestBottle(t, "")
+	opts := b.opts("rel")
+	opts.Stage = filepath.Join(b.dir, "stage")
+	t.Chdir(b.dir)
+	if _, err := resolvePlan(context.Background(), opts, b.env(t, "SMOLBOTTLE_STATE", "relstate")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b.dir, "relstate")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a relative SMOLBOTTLE_STATE became a state root: %v", err)
+	}
+}
+
 // TestPlanPreflightFailures checks that a missing or wrong program fails
 // the plan with exit 1, names every missing piece and writes nothing.
 func TestPlanPreflightFailures(t *testing.T) {

@@ -50,12 +50,27 @@ const (
 
 // stateRoot returns the directory under which bottles are staged by
 // default: $SMOLBOTTLE_STATE, else $XDG_STATE_HOME/smolbottle, else
-// ~/.local/state/smolbottle.
+// ~/.local/state/smolbottle. It also holds the preflight cache and the
+// stage pointers, so a relative value, which would put them wherever
+// smolbottle happens to run, is refused for SMOLBOTTLE_STATE and ignored
+// for XDG_STATE_HOME, as the XDG Base Directory Specification 0.8 says
+// (section 2, "Basics": a relative path there "should" be considered
+// invalid and ignored).
 func stateRoot(getenv func(string) string) (string, error) {
 	if d := getenv("SMOLBOTTLE_STATE"); d != "" {
+		fix := "set SMOLBOTTLE_STATE to an absolute directory, or unset it"
+		if err := checkText("SMOLBOTTLE_STATE", d); err != nil {
+			return "", withHint(err, fix)
+		}
+		if !filepath.IsAbs(d) {
+			return "", withHint(fmt.Errorf("SMOLBOTTLE_STATE %q is not an absolute path", d), fix)
+		}
 		return d, nil
 	}
-	if d := getenv("XDG_STATE_HOME"); d != "" {
+	if d := getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		if err := checkText("XDG_STATE_HOME", d); err != nil {
+			return "", withHint(err, "set XDG_STATE_HOME to an absolute directory, or set SMOLBOTTLE_STATE")
+		}
 		return filepath.Join(d, "smolbottle"), nil
 	}
 	home := getenv("HOME")
