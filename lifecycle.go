@@ -121,13 +121,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	if err := checkStageLink(p); err != nil {
 		return nil, err
 	}
-	if err := p.writeStage(); err != nil {
-		return nil, err
-	}
-	if err := recordStage(p); err != nil {
-		return nil, err
-	}
-	created := false // only a machine this up created is deleted on failure
+	// Only a machine this up created is deleted on failure. The teardown is
+	// set before the first write, so a failed up leaves only logs.
+	created := false
 	defer func() {
 		if err != nil {
 			prog.step("failed; tearing down")
@@ -136,6 +132,12 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 			}
 		}
 	}()
+	if err := p.writeStage(); err != nil {
+		return p, err
+	}
+	if err := recordStage(p); err != nil {
+		return p, err
+	}
 	if err := fillGuestDir(p, self); err != nil {
 		return p, err
 	}

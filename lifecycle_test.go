@@ -760,3 +760,26 @@ func TestSweepSession(t *testing.T) {
 		}
 	}
 }
+
+// TestUpFailedPointerLeavesOnlyLogs: an up that fails right after writing
+// the stage (its pointer cannot be recorded) tears the stage down to its
+// logs, as any later failure does.
+func TestUpFailedPointerLeavesOnlyLogs(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	useBottle(t, b)
+	stage := filepath.Join(b.dir, "other")
+	if err := os.MkdirAll(stageLinkPath(b.state, "ptr"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if err := runCLI(context.Background(), b.upArgs("ptr", "-stage", stage), &out, &errb); err == nil {
+		t.Fatal("up succeeded with a directory where its pointer goes")
+	}
+	entries, _ := os.ReadDir(stage)
+	for _, e := range entries {
+		if e.Name() != logsDir {
+			t.Errorf("%s left in the stage", e.Name())
+		}
+	}
+}
