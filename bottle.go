@@ -191,6 +191,9 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
+	if err := checkGuestReach(p, opts, env, root); err != nil {
+		return nil, err
+	}
 
 	held := map[int]bool{}
 	if rootErr == nil {

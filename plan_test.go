@@ -346,6 +346,100 @@ func TestStateRoot(t *testing.T) {
 	}
 }
 
+// TestPlanGuestReach checks that the guest can reach nothing the host
+// trusts: the workspace, which it writes, may not hold the state root, a
+// stage, smolbottle, its directory or a program run on the host, and a
+// stage may not lie in another bottle's workspace.
+func TestPlanGuestReach(t *testing.T) {
+	// fakeBottle records a bottle of slug staged in stage, its workspace ws,
+	// as plan does: its plan.json, and a pointer when the stage is not the
+	// default one.
+	fakeBottle := func(t *testing.T, root, slug, stage, ws string) {
+		for _, d := range []string{root, stage} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		data, _ := json.Marshal(plan{Slug: slug, Stage: stage, Workspace: ws})
+		if err := writeFileAtomic(filepath.Join(stage, planFile), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if stage != filepath.Join(root, slug) {
+			if err := writeFileAtomic(stageLinkPath(root, slug), []byte(stage+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string)
+		want  string
+	}{
+		{"workspace holds the state root", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			vars["SMOLBOTTLE_STATE"] = filepath.Join(b.workspace, "state")
+			o.Stage = filepath.Join(b.dir, "stage")
+		}, `workspace "$TMP/ws" holds the state root "$TMP/ws/state", which the guest must not reach: the guest writes the workspace`},
+		{"workspace inside the state root", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			vars["SMOLBOTTLE_STATE"] = b.dir
+			o.Stage = filepath.Join(b.dir, "stage")
+		}, `workspace "$TMP/ws" is inside the state root "$TMP"`},
+		{"workspace holds smolbottle's directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			env.Preflight.ExeDir = filepath.Join(b.workspace, "bin")
+			os.Mkdir(env.Preflight.ExeDir, 0o700)
+		}, `workspace "$TMP/ws" holds smolbottle's directory "$TMP/ws/bin"`},
+		{"workspace holds smolbottle", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			env.Preflight.Self = linkAs(t, b.workspace, "smolbottle")
+		}, `workspace "$TMP/ws" holds smolbottle "$TMP/ws/smolbottle"`},
+		{"workspace holds a tool", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			tools := filepath.Join(b.workspace, "tools")
+			os.Mkdir(tools, 0o700)
+			os.Symlink(realTool(t, "gvproxy"), filepath.Join(tools, "gvproxy"))
+			env.Preflight.Path = tools + ":" + b.path
+		}, `workspace "$TMP/ws" holds gvproxy "$TMP/ws/tools/gvproxy"`},
+		{"a tool's symlink in the workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			os.Symlink(realTool(t, "pipelock"), filepath.Join(b.workspace, "pl"))
+			os.Remove(filepath.Join(b.path, "pipelock"))
+			os.Symlink(filepath.Join(b.workspace, "pl"), filepath.Join(b.path, "pipelock"))
+		}, `workspace "$TMP/ws" holds "$TMP/ws/pl", on the way to pipelock "$TMP/bin/pipelock"`},
+		{"workspace holds a sidecar's program", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.GitGate, o.GitGateCmd = true, filepath.Join(b.workspace, "gate")+" {port}"
+		}, `workspace "$TMP/ws" holds -git-gate-cmd's program "$TMP/ws/gate"`},
+		{"workspace holds another bottle's stage", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			fakeBottle(t, b.state, "other", filepath.Join(b.workspace, "other"), filepath.Join(b.dir, "otherws"))
+		}, `workspace "$TMP/ws" holds bottle "other"'s stage "$TMP/ws/other"`},
+		{"stage inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
+			o.Stage = filepath.Join(b.dir, "otherws", "stage")
+		}, `stage "$TMP/otherws/stage" is inside the workspace "$TMP/otherws" of bottle "other"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newTestBottle(t, "")
+			opts := b.opts("demo")
+			env := b.env(t)
+			vars := map[string]string{}
+			tt.setup(t, b, &opts, &env, vars)
+			getenv := env.Getenv
+			env.Getenv = func(k string) string {
+				if v, ok := vars[k]; ok {
+					return v
+				}
+				return getenv(k)
+			}
+			_, err := resolvePlan(context.Background(), opts, env)
+			if err == nil {
+				t.Fatalf("resolvePlan succeeded, want %q", tt.want)
+			}
+			var stderr bytes.Buffer
+			code := exitCode(&stderr, err)
+			got := strings.ReplaceAll(stderr.String(), b.dir, "$TMP")
+			if !strings.Contains(got, tt.want) || !strings.Contains(got, "smolbottle: hint: pass -") || code != 1 {
+				t.Errorf("exit %d, stderr:\n%s\nwant exit 1, %q and a hint", code, got, tt.want)
+			}
+		})
+	}
+}
+
 // TestPlanPreflightFailures checks that a missing or wrong program fails
 // the plan with exit 1, names every missing piece and writes nothing.
 func TestPlanPreflightFailures(t *testing.T) {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -152,4 +154,33 @@ func upCommand(p *plan) string {
 		argv = append(argv, "-stage", p.Stage)
 	}
 	return shellQuote(append(argv, p.Slug))
+}
+
+// recordedStage is one bottle stage the state root records.
+type recordedStage struct{ Slug, Stage string }
+
+// recordedStages returns every bottle stage the state root records, in a
+// stable order: the default stage directories under root and the stages
+// its pointers name. root is resolved first, as stageFor resolves a stage,
+// so that the paths compare with those in plans.
+func recordedStages(root string) []recordedStage {
+	real, err := resolveExisting(root)
+	if err != nil {
+		return nil
+	}
+	entries, err := os.ReadDir(real)
+	if err != nil {
+		return nil
+	}
+	var out []recordedStage
+	for _, e := range entries {
+		if e.IsDir() && checkSlug(e.Name()) == nil {
+			out = append(out, recordedStage{e.Name(), filepath.Join(real, e.Name())})
+		}
+	}
+	links := linkedStages(real)
+	for _, slug := range slices.Sorted(maps.Keys(links)) {
+		out = append(out, recordedStage{slug, links[slug]})
+	}
+	return out
 }

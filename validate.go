@@ -327,3 +327,159 @@ func within(path, dir string) bool {
 	rel, err := filepath.Rel(dir, path)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
+
+// What the guest must never reach. The workspace is mounted read-write into
+// the guest, so it may not hold what the host trusts (hostOwnedPaths): the
+// state root (stage pointers, the preflight cache, default stages), any
+// bottle's stage (_supervise executes its plan.json, whose tools and
+// sidecar commands run on the host), smolbottle (whose supervisor holds
+// the credentials) and its directory, and every program it runs on the
+// host as the user. Nor may a stage lie inside another bottle's workspace,
+// where that bottle's guest could rewrite it. Paths are compared resolved,
+// with every symlink on the way (pathsThrough): a link inside the
+// workspace redirects what is run.
+
+// hostOwned is one host path the guest must not reach.
+type hostOwned struct {
+	what   string   // what it is, for the error
+	paths  []string // the path, then those its resolution passes through
+	inside bool     // smolbottle's own directory: refused inside it too
+	fix    string   // how else to get it out of the way, for the hint
+}
+
+// hostOwnedPaths lists what p's guest must not reach, in a stable order;
+// root is the state root, "" without one.
+func hostOwnedPaths(p *plan, opts planOptions, pe preflightEnv, root string) []hostOwned {
+	var out []hostOwned
+	add := func(what, path string, inside bool, fix string) {
+		if abs, err := filepath.Abs(path); path != "" && err == nil {
+			out = append(out, hostOwned{what, pathsThrough(abs), inside, fix})
+		}
+	}
+	const install = "or install smolbottle and its tools outside it (make install puts them in ~/.local/bin)"
+	add("the state root", root, true, "or set SMOLBOTTLE_STATE to a directory outside it")
+	add("this bottle's stage", p.Stage, true, "or pass -stage DIR outside it")
+	if root != "" {
+		for _, r := range recordedStages(root) {
+			add(fmt.Sprintf("bottle %q's stage", r.Slug), r.Stage, true, "or remove that bottle first: smolbottle down "+r.Slug)
+		}
+	}
+	add("smolbottle's directory", pe.ExeDir, false, install)
+	add("smolbottle", pe.Self, false, install)
+	for _, t := range [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
+		{"gvforwarder", p.Tools.Gvforwarder}, {"pipelock", p.Tools.Pipelock}} {
+		add(t[0], t[1], false, "or install "+t[0]+" outside it")
+	}
+	for _, s := range []struct {
+		flag string
+		argv []string
+	}{{"-git-gate-cmd", opts.gitGate}, {"-supervise-cmd", opts.supervise}} {
+		if len(s.argv) > 0 {
+			add(s.flag+"'s program", s.argv[0], false, "or install that program outside it")
+		}
+	}
+	return out
+}
+
+// checkGuestReach refuses a workspace that holds a host-owned path (or
+// lies inside the state root or a stage), and a stage inside the workspace
+// of a bottle the state root records. root is the state root, "" without one.
+func checkGuestReach(p *plan, opts planOptions, env planEnv, root string) error {
+	if root != "" {
+		var err error
+		if root, err = filepath.Abs(root); err != nil {
+			return fmt.Errorf("state root %q: %w", root, err)
+		}
+	}
+	owned := hostOwnedPaths(p, opts, env.Preflight, root)
+	if err := reaches("workspace", p.Workspace, "the guest writes the workspace",
+		"pass -workspace DIR: a project directory that holds none of smolbottle's files", owned); err != nil {
+		return err
+	}
+	if root == "" {
+		return nil
+	}
+	for _, r := range recordedStages(root) {
+		q, err := readPlan(r.Stage)
+		if err != nil || r.Stage == p.Stage || q.Workspace == "" {
+			continue
+		}
+		if within(p.Stage, q.Workspace) {
+			return withHint(fmt.Errorf("stage %q is inside the workspace %q of bottle %q: that bottle's guest could rewrite this stage, whose plan runs on the host", p.Stage, q.Workspace, r.Slug),
+				"pass -stage DIR outside every bottle's workspace", "or remove that bottle first: smolbottle down "+r.Slug)
+		}
+	}
+	return nil
+}
+
+// reaches returns an error naming dir (field's value, resolved) and the
+// first host-owned path it holds or lies inside; why says how the guest
+// reaches dir, hint what to pass instead.
+func reaches(field, dir, why, hint string, owned []hostOwned) error {
+	for _, o := range owned {
+		for _, q := range o.paths {
+			rel := "holds"
+			switch {
+			case within(q, dir):
+			case o.inside && within(dir, q):
+				rel = "is inside"
+			default:
+				continue
+			}
+			what := fmt.Sprintf("%s %q", o.what, o.paths[0])
+			if q != o.paths[0] {
+				what = fmt.Sprintf("%q, on the way to %s", q, what)
+			}
+			return withHint(fmt.Errorf("%s %q %s %s, which the guest must not reach: %s", field, dir, rel, what, why), hint, o.fix)
+		}
+	}
+	return nil
+}
+
+// pathsThrough returns path (absolute) and every path its resolution
+// passes through: each time the first symlink among its components is
+// replaced by the link's target, the path that results; then the fully
+// resolved path. A directory that holds none of them holds no link or file
+// the path depends on. Missing components are kept as they are, as
+// resolveExisting does; the walk stops after 40 links (Linux's MAXSYMLINKS).
+func pathsThrough(path string) []string {
+	out := []string{filepath.Clean(path)}
+	for p := out[0]; len(out) <= 40; {
+		next, ok := replaceFirstLink(p)
+		if !ok {
+			break
+		}
+		p = next
+		out = append(out, p)
+	}
+	if real, err := resolveExisting(out[0]); err == nil && !slices.Contains(out, real) {
+		out = append(out, real)
+	}
+	return out
+}
+
+// replaceFirstLink replaces the first component of path (absolute, clean)
+// that is a symlink by the link's target; false when there is none.
+func replaceFirstLink(path string) (string, bool) {
+	dir := string(filepath.Separator)
+	parts := strings.Split(strings.TrimPrefix(path, dir), dir)
+	for i, part := range parts {
+		q := filepath.Join(dir, part)
+		fi, err := os.Lstat(q)
+		if err != nil {
+			return "", false
+		}
+		if fi.Mode()&os.ModeSymlink != 0 {
+			target, err := os.Readlink(q)
+			if err != nil {
+				return "", false
+			}
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(dir, target) // dir holds no symlink: ".." is its parent
+			}
+			return filepath.Join(append([]string{target}, parts[i+1:]...)...), true
+		}
+		dir = q
+	}
+	return "", false
+}
