@@ -226,6 +226,8 @@ func TestPlanBadInput(t *testing.T) {
 	file := filepath.Join(b.dir, "file.txt")
 	os.WriteFile(file, nil, 0o600)
 	long := "/tmp/" + strings.Repeat("d", 90)
+	rootLink := filepath.Join(b.dir, "rootfs")
+	os.Symlink("/", rootLink)
 
 	tests := []struct {
 		name   string
@@ -271,6 +273,11 @@ func TestPlanBadInput(t *testing.T) {
 		{"stage is a file", func(o *planOptions) { o.Stage = file }, `stage "` + file + `" is not a directory`, 1},
 		{"git-gate without its command", func(o *planOptions) { o.GitGate = true }, "-git-gate needs -git-gate-cmd", 2},
 		{"empty image directory", func(o *planOptions) { o.Image = b.workspace }, "not a root filesystem", 1},
+		// smolvm shares a directory image whole with the guest (validate.go).
+		{"image /", func(o *planOptions) { o.Image = "/" }, `image "/" is /, which smolbottle refuses as a volume source`, 1},
+		{"image /usr", func(o *planOptions) { o.Image = "/usr" }, `image "/usr" is /usr`, 1},
+		{"image /tmp", func(o *planOptions) { o.Image = "/tmp" }, `image "/tmp" is a system directory`, 1},
+		{"image symlink to /", func(o *planOptions) { o.Image = rootLink }, `image "/" is /`, 1},
 		{"stage live", func(o *planOptions) { o.Stage = live }, "already holds a live bottle", 1},
 		{"stage stale", func(o *planOptions) { o.Stage = stale }, "holds a stale bottle", 1},
 		{"stage not ours", func(o *planOptions) { o.Stage = notOurs }, "was not made by smolbottle", 1},
@@ -347,10 +354,18 @@ func TestStateRoot(t *testing.T) {
 }
 
 // TestPlanGuestReach checks that the guest can reach nothing the host
-// trusts: the workspace, which it writes, may not hold the state root, a
-// stage, smolbottle, its directory or a program run on the host, and a
-// stage may not lie in another bottle's workspace.
+// trusts: neither the workspace, which it writes, nor a directory image,
+// which it is given whole, may hold the state root, a stage, smolbottle,
+// its directory or a program run on the host (a directory image not the
+// home directory either), and a stage may not lie in another bottle's
+// workspace.
 func TestPlanGuestReach(t *testing.T) {
+	rootfs := func(t *testing.T, dir string) string {
+		if err := os.MkdirAll(filepath.Join(dir, "etc"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
 	// fakeBottle records a bottle of slug staged in stage, its workspace ws,
 	// as plan does: its plan.json, and a pointer when the stage is not the
 	// default one.
@@ -411,6 +426,22 @@ func TestPlanGuestReach(t *testing.T) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			o.Stage = filepath.Join(b.dir, "otherws", "stage")
 		}, `stage "$TMP/otherws/stage" is inside the workspace "$TMP/otherws" of bottle "other"`},
+		{"image holds the home directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.Image = rootfs(t, filepath.Join(b.dir, "img"))
+			vars["HOME"] = filepath.Join(o.Image, "home", "me")
+		}, `image "$TMP/img" holds your home directory "$TMP/img/home/me", which the guest must not reach: the guest is given all of a directory image`},
+		{"image is the home directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.Image = rootfs(t, filepath.Join(b.dir, "img"))
+			vars["HOME"] = o.Image
+		}, `image "$TMP/img" holds your home directory "$TMP/img"`},
+		{"image holds the state root", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.Image = rootfs(t, filepath.Join(b.dir, "img"))
+			vars["SMOLBOTTLE_STATE"] = filepath.Join(o.Image, "state")
+			o.Stage = filepath.Join(b.dir, "stage")
+		}, `image "$TMP/img" holds the state root "$TMP/img/state"`},
+		{"image holds the tools", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.Image = rootfs(t, b.path)
+		}, `image "$TMP/bin" holds smolvm "$TMP/bin/smolvm"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -231,20 +231,28 @@ var smolvmProtectedSources = []struct {
 // checkVolumeSource refuses a volume source (resolved, absolute) that
 // smolvm would refuse at create, naming the rule; what names the volume.
 func checkVolumeSource(what, real string) error {
-	for _, p := range smolvmProtectedSources {
-		if real == p.Path || p.Tree && within(real, p.Path) {
-			rule := "is " + p.Path
-			if real != p.Path {
-				rule = "is under " + p.Path
-			}
-			return fmt.Errorf("%s %q %s: smolvm refuses to mount /, /var, or anything under /var/run, /var/log, /etc, /boot, /usr, /bin, /sbin, /lib, /proc, /sys, /dev or /run", what, real, rule)
-		}
+	if rule, ok := protectedSource(real); ok {
+		return fmt.Errorf("%s %q %s: smolvm refuses to mount /, /var, or anything under /var/run, /var/log, /etc, /boot, /usr, /bin, /sbin, /lib, /proc, /sys, /dev or /run", what, real, rule)
 	}
 	return nil
 }
 
-// Host directories no agent should be given as its workspace, refused only
-// as themselves, beyond those checkVolumeSource refuses for smolvm.
+// protectedSource returns the rule of smolvmProtectedSources that real
+// (resolved, absolute) breaks, such as "is under /etc".
+func protectedSource(real string) (string, bool) {
+	for _, p := range smolvmProtectedSources {
+		if real == p.Path {
+			return "is " + p.Path, true
+		}
+		if p.Tree && within(real, p.Path) {
+			return "is under " + p.Path, true
+		}
+	}
+	return "", false
+}
+
+// Host directories no agent should be given as its workspace or a directory
+// image, refused only as themselves, beyond smolvmProtectedSources.
 var protectedDirs = []string{"/lib64", "/home", "/root", "/tmp"}
 
 // checkWorkspace validates the workspace directory and resolves symlinks,
@@ -281,7 +289,8 @@ func checkWorkspace(p string) (string, error) {
 }
 
 // checkImage validates -image: a local docker save archive or an unpacked
-// root filesystem directory, each checked as smolvm reads it (image.go).
+// root filesystem directory, each checked as smolvm reads it (image.go); a
+// directory is returned resolved (checkImageDir).
 // smolvm reads any file at an absolute path as an archive, by its magic
 // bytes; smolbottle also asks for one of the names smolvm itself takes as
 // an archive (.tar, .tar.gz, .tgz, src/data/image_source.rs:49 @ v1.9.3) so
@@ -312,6 +321,9 @@ func checkImage(p string) (string, error) {
 	}
 	switch {
 	case fi.IsDir():
+		if abs, err = checkImageDir(abs); err != nil {
+			return "", err
+		}
 	case fi.Mode().IsRegular() && (strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")):
 	default:
 		return "", withHint(fmt.Errorf("image %q is neither a .tar, .tar.gz or .tgz archive nor a directory", abs), hintBuildImage)
@@ -322,6 +334,30 @@ func checkImage(p string) (string, error) {
 	return abs, nil
 }
 
+// checkImageDir resolves a directory image as smolvm does (it shares the
+// canonical path, src/data/image_source.rs:177-194 @ v1.9.3) and refuses
+// what a workspace may not be either: smolvm's protected volume sources
+// and protectedDirs. checkGuestReach then refuses one that holds what the
+// host trusts or the home directory.
+func checkImageDir(abs string) (string, error) {
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", abs, err)
+	}
+	if strings.ContainsAny(real, ":,") {
+		return "", fmt.Errorf("image %q resolves to %q, which contains ':' or ','", abs, real)
+	}
+	rule, ok := protectedSource(real)
+	if !ok && slices.Contains(protectedDirs, real) {
+		rule, ok = "is a system directory", true
+	}
+	if ok {
+		return "", withHint(fmt.Errorf("image %q %s, which smolbottle refuses as a volume source: the guest is given all of a directory image", real, rule),
+			"pass -image a root filesystem directory made for the bottle, or "+hintBuildImage)
+	}
+	return real, nil
+}
+
 // within reports whether path is dir or below it.
 func within(path, dir string) bool {
 	rel, err := filepath.Rel(dir, path)
@@ -329,15 +365,21 @@ func within(path, dir string) bool {
 }
 
 // What the guest must never reach. The workspace is mounted read-write into
-// the guest, so it may not hold what the host trusts (hostOwnedPaths): the
-// state root (stage pointers, the preflight cache, default stages), any
-// bottle's stage (_supervise executes its plan.json, whose tools and
-// sidecar commands run on the host), smolbottle (whose supervisor holds
-// the credentials) and its directory, and every program it runs on the
-// host as the user. Nor may a stage lie inside another bottle's workspace,
-// where that bottle's guest could rewrite it. Paths are compared resolved,
-// with every symlink on the way (pathsThrough): a link inside the
-// workspace redirects what is run.
+// the guest. A directory image is given to the guest whole: smolvm shares
+// it, resolved, by virtiofs as the lower layer of the guest's root
+// filesystem (src/data/image_source.rs:177-194, src/agent/launcher.rs:
+// 1706-1710, crates/smolvm-agent/src/storage.rs:2903-2905 @ v1.9.3), and
+// mounts that share in the VM without MS_RDONLY (storage.rs:364-371). So
+// neither may hold what the host trusts (hostOwnedPaths): the state root
+// (stage pointers, the preflight cache, default stages), any bottle's
+// stage (_supervise executes its plan.json, whose tools and sidecar
+// commands run on the host), smolbottle (whose supervisor holds the
+// credentials) and its directory, and every program it runs on the host as
+// the user.
+// A directory image must not hold the user's home directory either, nor a
+// stage lie inside another bottle's workspace, where that bottle's guest
+// could rewrite it. Paths are compared resolved, with every symlink on the
+// way (pathsThrough): a link inside the workspace redirects what is run.
 
 // hostOwned is one host path the guest must not reach.
 type hostOwned struct {
@@ -381,9 +423,10 @@ func hostOwnedPaths(p *plan, opts planOptions, pe preflightEnv, root string) []h
 	return out
 }
 
-// checkGuestReach refuses a workspace that holds a host-owned path (or
-// lies inside the state root or a stage), and a stage inside the workspace
-// of a bottle the state root records. root is the state root, "" without one.
+// checkGuestReach refuses a workspace or a directory image that holds a
+// host-owned path (or lies inside the state root or a stage), a directory
+// image that holds the home directory, and a stage inside the workspace of
+// a bottle the state root records. root is the state root, "" without one.
 func checkGuestReach(p *plan, opts planOptions, env planEnv, root string) error {
 	if root != "" {
 		var err error
@@ -395,6 +438,15 @@ func checkGuestReach(p *plan, opts planOptions, env planEnv, root string) error 
 	if err := reaches("workspace", p.Workspace, "the guest writes the workspace",
 		"pass -workspace DIR: a project directory that holds none of smolbottle's files", owned); err != nil {
 		return err
+	}
+	if fi, err := os.Stat(p.Image); err == nil && fi.IsDir() {
+		if home, err := filepath.Abs(env.Getenv("HOME")); env.Getenv("HOME") != "" && err == nil {
+			owned = append(owned, hostOwned{"your home directory", pathsThrough(home), false, "or unpack the image outside it"})
+		}
+		if err := reaches("image", p.Image, "the guest is given all of a directory image",
+			"pass -image a root filesystem directory made for the bottle, or a docker save archive", owned); err != nil {
+			return err
+		}
 	}
 	if root == "" {
 		return nil
