@@ -191,14 +191,25 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
-	if err := checkGuestReach(p, opts, env, root); err != nil {
+	reach := guestReach{Workspace: p.Workspace, Image: p.Image, Stage: p.Stage, Root: root, Home: env.Getenv("HOME"),
+		Self: pe.Self, ExeDir: pe.ExeDir, Programs: [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
+			{"gvforwarder", p.Tools.Gvforwarder}, {"pipelock", p.Tools.Pipelock}}}
+	for _, s := range []struct {
+		flag string
+		argv []string
+	}{{"-git-gate-cmd", opts.gitGate}, {"-supervise-cmd", opts.supervise}} {
+		if len(s.argv) > 0 {
+			reach.Programs = append(reach.Programs, [2]string{s.flag + "'s program", s.argv[0]})
+		}
+	}
+	if root != "" {
+		reach.Recorded = recordedBottles(root)
+	}
+	if err := checkGuestReach(reach); err != nil {
 		return nil, err
 	}
 
-	held := map[int]bool{}
-	if rootErr == nil {
-		held = liveSubnets(root, p.Slug)
-	}
+	held := liveSubnets(reach.Recorded, p.Slug)
 	if p.Net, err = pickSubnet(p.Slug, func(n int) bool { return held[n] }); err != nil {
 		return nil, err
 	}
@@ -288,22 +299,6 @@ func stageFor(opts planOptions, getenv func(string) string) (string, error) {
 		return "", withHint(fmt.Errorf("stage %q is not a directory", real), "-stage names a directory smolbottle creates or already made")
 	}
 	return checkHostPath("stage", real)
-}
-
-// resolveExisting resolves the symlinks of the deepest existing ancestor
-// of path (path itself if it exists) and appends the rest unchanged.
-func resolveExisting(path string) (string, error) {
-	rest := ""
-	for p := path; ; p = filepath.Dir(p) {
-		real, err := filepath.EvalSymlinks(p)
-		if err == nil {
-			return filepath.Join(real, rest), nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
-			return "", err
-		}
-		rest = filepath.Join(filepath.Base(p), rest)
-	}
 }
 
 // allocSidecars gives pipelock (or the external proxy), and git-gate and
@@ -554,20 +549,6 @@ func (c cleanupPlan) writeText(w io.Writer) {
 	for _, k := range c.Keep {
 		fmt.Fprintf(w, "  keep    %s\n", k)
 	}
-}
-
-// shellQuote renders argv for reading (and pasting into a POSIX shell).
-// It is display only: smolbottle never runs a shell.
-func shellQuote(argv []string) string {
-	out := make([]string, len(argv))
-	for i, a := range argv {
-		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@+") == "" {
-			out[i] = a
-		} else {
-			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-	}
-	return strings.Join(out, " ")
 }
 
 // smolmachines runs bottles with smol-machines' smolvm.

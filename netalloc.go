@@ -6,8 +6,6 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 )
 
@@ -102,19 +100,15 @@ func allocPorts(n int) ([]int, error) {
 // loopbackAddr returns 127.0.0.1:port.
 func loopbackAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-// liveSubnets returns the subnet indexes held by live bottles staged under
-// root, other than slug's own.
-func liveSubnets(root, slug string) map[int]bool {
+// liveSubnets returns the subnet indexes held by the live bottles among
+// recorded (those the state root records), other than slug's own.
+func liveSubnets(recorded []recordedBottle, slug string) map[int]bool {
 	held := map[int]bool{}
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		return held
-	}
-	for _, e := range entries {
-		if !e.IsDir() || e.Name() == slug {
+	for _, b := range recorded {
+		if b.Slug == slug {
 			continue
 		}
-		st, ok, err := readState(filepath.Join(root, e.Name()))
+		st, ok, err := readState(b.Stage)
 		if err == nil && ok && st.Supervisor.alive() {
 			held[st.Subnet] = true
 		}

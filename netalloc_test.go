@@ -1,8 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -103,5 +107,37 @@ func TestAllocPortsLoopbackDistinct(t *testing.T) {
 			continue
 		}
 		ln.Close()
+	}
+}
+
+// TestLiveSubnets: the subnets of live bottles the state root records,
+// staged in it or elsewhere through a pointer, are held; a dead bottle's
+// and the slug's own are not.
+func TestLiveSubnets(t *testing.T) {
+	root, elsewhere := t.TempDir(), t.TempDir()
+	for slug, st := range map[string]bottleState{
+		"live":  {Subnet: 10, Supervisor: selfIdent(t)},
+		"dead":  {Subnet: 11, Supervisor: procIdent{PID: os.Getpid(), Start: 1}},
+		"mine":  {Subnet: 12, Supervisor: selfIdent(t)},
+		"other": {Subnet: 13, Supervisor: selfIdent(t)},
+	} {
+		stage := filepath.Join(root, slug)
+		if slug == "other" {
+			stage = filepath.Join(elsewhere, slug)
+			if err := os.WriteFile(stageLinkPath(root, slug), []byte(stage+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			data, _ := json.Marshal(plan{Slug: slug, Stage: stage})
+			writeState(t, stage, st)
+			if err := os.WriteFile(filepath.Join(stage, planFile), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		writeState(t, stage, st)
+	}
+	got := liveSubnets(recordedBottles(root), "mine")
+	if want := map[int]bool{10: true, 13: true}; !maps.Equal(got, want) {
+		t.Errorf("liveSubnets = %v, want %v", got, want)
 	}
 }

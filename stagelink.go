@@ -156,14 +156,12 @@ func upCommand(p *plan) string {
 	return shellQuote(append(argv, p.Slug))
 }
 
-// recordedStage is one bottle stage the state root records.
-type recordedStage struct{ Slug, Stage string }
-
-// recordedStages returns every bottle stage the state root records, in a
+// recordedBottles returns every bottle the state root records, in a
 // stable order: the default stage directories under root and the stages
-// its pointers name. root is resolved first, as stageFor resolves a stage,
-// so that the paths compare with those in plans.
-func recordedStages(root string) []recordedStage {
+// its pointers name, each with the workspace its plan names ("" when the
+// plan cannot be read). root is resolved first, as stageFor resolves a
+// stage, so that the paths compare with those in plans.
+func recordedBottles(root string) []recordedBottle {
 	real, err := resolveExisting(root)
 	if err != nil {
 		return nil
@@ -172,15 +170,20 @@ func recordedStages(root string) []recordedStage {
 	if err != nil {
 		return nil
 	}
-	var out []recordedStage
+	var out []recordedBottle
 	for _, e := range entries {
 		if e.IsDir() && checkSlug(e.Name()) == nil {
-			out = append(out, recordedStage{e.Name(), filepath.Join(real, e.Name())})
+			out = append(out, recordedBottle{Slug: e.Name(), Stage: filepath.Join(real, e.Name())})
 		}
 	}
 	links := linkedStages(real)
 	for _, slug := range slices.Sorted(maps.Keys(links)) {
-		out = append(out, recordedStage{slug, links[slug]})
+		out = append(out, recordedBottle{Slug: slug, Stage: links[slug]})
+	}
+	for i, b := range out {
+		if q, err := readPlan(b.Stage); err == nil {
+			out[i].Workspace = q.Workspace
+		}
 	}
 	return out
 }

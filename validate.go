@@ -389,9 +389,21 @@ type hostOwned struct {
 	fix    string   // how else to get it out of the way, for the hint
 }
 
-// hostOwnedPaths lists what p's guest must not reach, in a stable order;
-// root is the state root, "" without one.
-func hostOwnedPaths(p *plan, opts planOptions, pe preflightEnv, root string) []hostOwned {
+// recordedBottle is a bottle the state root records (stagelink.go).
+type recordedBottle struct{ Slug, Stage, Workspace string }
+
+// guestReach is what checkGuestReach compares: what the guest is given
+// against what the host trusts.
+type guestReach struct {
+	Workspace, Image, Stage string
+	Root, Home              string           // the state root and $HOME; "" for none
+	Self, ExeDir            string           // the smolbottle binary and its directory
+	Programs                [][2]string      // name and path of every program run on the host
+	Recorded                []recordedBottle // every bottle the state root records
+}
+
+// hostOwnedPaths lists what the guest must not reach, in a stable order.
+func hostOwnedPaths(r guestReach) []hostOwned {
 	var out []hostOwned
 	add := func(what, path string, inside bool, fix string) {
 		if abs, err := filepath.Abs(path); path != "" && err == nil {
@@ -399,26 +411,15 @@ func hostOwnedPaths(p *plan, opts planOptions, pe preflightEnv, root string) []h
 		}
 	}
 	const install = "or install smolbottle and its tools outside it (make install puts them in ~/.local/bin)"
-	add("the state root", root, true, "or set SMOLBOTTLE_STATE to a directory outside it")
-	add("this bottle's stage", p.Stage, true, "or pass -stage DIR outside it")
-	if root != "" {
-		for _, r := range recordedStages(root) {
-			add(fmt.Sprintf("bottle %q's stage", r.Slug), r.Stage, true, "or remove that bottle first: smolbottle down "+r.Slug)
-		}
+	add("the state root", r.Root, true, "or set SMOLBOTTLE_STATE to a directory outside it")
+	add("this bottle's stage", r.Stage, true, "or pass -stage DIR outside it")
+	for _, b := range r.Recorded {
+		add(fmt.Sprintf("bottle %q's stage", b.Slug), b.Stage, true, "or remove that bottle first: smolbottle down "+b.Slug)
 	}
-	add("smolbottle's directory", pe.ExeDir, false, install)
-	add("smolbottle", pe.Self, false, install)
-	for _, t := range [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
-		{"gvforwarder", p.Tools.Gvforwarder}, {"pipelock", p.Tools.Pipelock}} {
-		add(t[0], t[1], false, "or install "+t[0]+" outside it")
-	}
-	for _, s := range []struct {
-		flag string
-		argv []string
-	}{{"-git-gate-cmd", opts.gitGate}, {"-supervise-cmd", opts.supervise}} {
-		if len(s.argv) > 0 {
-			add(s.flag+"'s program", s.argv[0], false, "or install that program outside it")
-		}
+	add("smolbottle's directory", r.ExeDir, false, install)
+	add("smolbottle", r.Self, false, install)
+	for _, prog := range r.Programs {
+		add(prog[0], prog[1], false, "or install "+prog[0]+" outside it")
 	}
 	return out
 }
@@ -426,39 +427,32 @@ func hostOwnedPaths(p *plan, opts planOptions, pe preflightEnv, root string) []h
 // checkGuestReach refuses a workspace or a directory image that holds a
 // host-owned path (or lies inside the state root or a stage), a directory
 // image that holds the home directory, and a stage inside the workspace of
-// a bottle the state root records. root is the state root, "" without one.
-func checkGuestReach(p *plan, opts planOptions, env planEnv, root string) error {
-	if root != "" {
+// a bottle the state root records.
+func checkGuestReach(r guestReach) error {
+	if r.Root != "" {
 		var err error
-		if root, err = filepath.Abs(root); err != nil {
-			return fmt.Errorf("state root %q: %w", root, err)
+		if r.Root, err = filepath.Abs(r.Root); err != nil {
+			return fmt.Errorf("state root %q: %w", r.Root, err)
 		}
 	}
-	owned := hostOwnedPaths(p, opts, env.Preflight, root)
-	if err := reaches("workspace", p.Workspace, "the guest writes the workspace",
+	owned := hostOwnedPaths(r)
+	if err := reaches("workspace", r.Workspace, "the guest writes the workspace",
 		"pass -workspace DIR: a project directory that holds none of smolbottle's files", owned); err != nil {
 		return err
 	}
-	if fi, err := os.Stat(p.Image); err == nil && fi.IsDir() {
-		if home, err := filepath.Abs(env.Getenv("HOME")); env.Getenv("HOME") != "" && err == nil {
+	if fi, err := os.Stat(r.Image); err == nil && fi.IsDir() {
+		if home, err := filepath.Abs(r.Home); r.Home != "" && err == nil {
 			owned = append(owned, hostOwned{"your home directory", pathsThrough(home), false, "or unpack the image outside it"})
 		}
-		if err := reaches("image", p.Image, "the guest is given all of a directory image",
+		if err := reaches("image", r.Image, "the guest is given all of a directory image",
 			"pass -image a root filesystem directory made for the bottle, or a docker save archive", owned); err != nil {
 			return err
 		}
 	}
-	if root == "" {
-		return nil
-	}
-	for _, r := range recordedStages(root) {
-		q, err := readPlan(r.Stage)
-		if err != nil || r.Stage == p.Stage || q.Workspace == "" {
-			continue
-		}
-		if within(p.Stage, q.Workspace) {
-			return withHint(fmt.Errorf("stage %q is inside the workspace %q of bottle %q: that bottle's guest could rewrite this stage, whose plan runs on the host", p.Stage, q.Workspace, r.Slug),
-				"pass -stage DIR outside every bottle's workspace", "or remove that bottle first: smolbottle down "+r.Slug)
+	for _, b := range r.Recorded {
+		if b.Stage != r.Stage && b.Workspace != "" && within(r.Stage, b.Workspace) {
+			return withHint(fmt.Errorf("stage %q is inside the workspace %q of bottle %q: that bottle's guest could rewrite this stage, whose plan runs on the host", r.Stage, b.Workspace, b.Slug),
+				"pass -stage DIR outside every bottle's workspace", "or remove that bottle first: smolbottle down "+b.Slug)
 		}
 	}
 	return nil
@@ -534,4 +528,20 @@ func replaceFirstLink(path string) (string, bool) {
 		dir = q
 	}
 	return "", false
+}
+
+// resolveExisting resolves the symlinks of the deepest existing ancestor
+// of path (path itself if it exists) and appends the rest unchanged.
+func resolveExisting(path string) (string, error) {
+	rest := ""
+	for p := path; ; p = filepath.Dir(p) {
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
+			return "", err
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+	}
 }

@@ -106,3 +106,17 @@ func yamlKey(k string) (string, error) {
 	}
 	return q, nil
 }
+
+// shellQuote renders argv for reading (and pasting into a POSIX shell).
+// It is display only: smolbottle never runs a shell.
+func shellQuote(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=,@+") == "" {
+			out[i] = a
+		} else {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
+}
