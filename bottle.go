@@ -469,8 +469,12 @@ func (p *plan) writeStage() (err error) {
 			}
 			data = append(data, '\n')
 		}
+		_, statErr := os.Lstat(f.Path)
 		if err := writeFileAtomic(f.Path, data, 0o600); err != nil {
 			return fmt.Errorf("write %q: %w", f.Path, err)
+		}
+		if errors.Is(statErr, os.ErrNotExist) {
+			made = append(made, f.Path)
 		}
 	}
 	return nil

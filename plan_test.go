@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -687,5 +688,33 @@ func TestPlanStageGolden(t *testing.T) {
 			t.Errorf("%s holds a secret value", name)
 		}
 		golden(t, filepath.Join("stage", name), data)
+	}
+}
+
+// TestWriteStageFailureLeavesWhatWasThere: a write that fails half-way in
+// a stage that already held logs (what down leaves) removes what it wrote
+// and keeps the logs.
+func TestWriteStageFailureLeavesWhatWasThere(t *testing.T) {
+	b := newTestBottle(t, "")
+	p, err := resolvePlan(context.Background(), b.opts("half"), b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// plan.json is written last; a directory in its place makes that fail.
+	for _, d := range []string{filepath.Join(p.Stage, logsDir), filepath.Join(p.Stage, planFile, "x")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.writeStage(); err == nil {
+		t.Fatal("writeStage succeeded over a directory named plan.json")
+	}
+	entries, _ := os.ReadDir(p.Stage)
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{logsDir, planFile}; !slices.Equal(left, want) {
+		t.Errorf("stage holds %q after a failed write, want %q", left, want)
 	}
 }
