@@ -192,14 +192,18 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		return nil, err
 	}
 	reach := guestReach{Workspace: p.Workspace, Image: p.Image, Stage: p.Stage, Root: root, Home: env.Getenv("HOME"),
-		Self: pe.Self, ExeDir: pe.ExeDir, Programs: [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
+		Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path, Programs: [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
 			{"gvforwarder", p.Tools.Gvforwarder}, {"pipelock", p.Tools.Pipelock}}}
 	for _, s := range []struct {
 		flag string
 		argv []string
 	}{{"-git-gate-cmd", opts.gitGate}, {"-supervise-cmd", opts.supervise}} {
-		if len(s.argv) > 0 {
-			reach.Programs = append(reach.Programs, [2]string{s.flag + "'s program", s.argv[0]})
+		for i, a := range s.argv {
+			if i == 0 {
+				reach.Programs = append(reach.Programs, [2]string{s.flag + "'s program", a})
+			} else if filepath.IsAbs(a) { // a script, a repository: the program reads it
+				reach.Programs = append(reach.Programs, [2]string{s.flag + "'s argument", a})
+			}
 		}
 	}
 	if root != "" {

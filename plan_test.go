@@ -416,7 +416,33 @@ func TestPlanGuestReach(t *testing.T) {
 			os.Symlink(realTool(t, "pipelock"), filepath.Join(b.workspace, "pl"))
 			os.Remove(filepath.Join(b.path, "pipelock"))
 			os.Symlink(filepath.Join(b.workspace, "pl"), filepath.Join(b.path, "pipelock"))
-		}, `workspace "$TMP/ws" holds "$TMP/ws/pl", on the way to pipelock "$TMP/bin/pipelock"`},
+		}, `workspace "$TMP/ws" holds pipelock "$TMP/bin/pipelock" (its resolution looks up "$TMP/ws/pl")`},
+		{"a link in the workspace before a '..'", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			// $TMP/bin/pipelock -> $TMP/ws/deep/../../out/pipelock, deep -> $TMP/a/b:
+			// the kernel follows deep before the '..', so the guest can
+			// repoint it; a lexical walk would skip it.
+			os.MkdirAll(filepath.Join(b.dir, "a", "b"), 0o700)
+			os.MkdirAll(filepath.Join(b.dir, "out"), 0o700)
+			os.Symlink(filepath.Join(b.dir, "a", "b"), filepath.Join(b.workspace, "deep"))
+			os.Symlink(realTool(t, "pipelock"), filepath.Join(b.dir, "out", "pipelock"))
+			os.Remove(filepath.Join(b.path, "pipelock"))
+			os.Symlink(b.workspace+"/deep/../../out/pipelock", filepath.Join(b.path, "pipelock"))
+		}, `workspace "$TMP/ws" holds pipelock "$TMP/bin/pipelock" (its resolution looks up "$TMP/ws/deep")`},
+		{"workspace holds a PATH directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			venv := filepath.Join(b.workspace, ".venv", "bin")
+			os.MkdirAll(venv, 0o700)
+			env.Preflight.Path = venv + ":" + b.path
+		}, `workspace "$TMP/ws" holds the PATH directory "$TMP/ws/.venv/bin"`},
+		{"workspace holds a sidecar's argument", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			o.Supervise, o.SuperviseCmd = true, "/bin/true "+filepath.Join(b.workspace, "sup.py")+" {port}"
+		}, `workspace "$TMP/ws" holds -supervise-cmd's argument "$TMP/ws/sup.py"`},
+		{"workspace holds a default stage that is a symlink", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			data := filepath.Join(b.dir, "data")
+			fakeBottle(t, b.state, "a", filepath.Join(data, "a"), filepath.Join(b.dir, "otherws"))
+			os.Remove(stageLinkPath(b.state, "a"))
+			os.Symlink(filepath.Join(data, "a"), filepath.Join(b.state, "a"))
+			o.Workspace = data
+		}, `workspace "$TMP/data" holds bottle "a"'s stage "$TMP/data/a"`},
 		{"workspace holds a sidecar's program", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			o.GitGate, o.GitGateCmd = true, filepath.Join(b.workspace, "gate")+" {port}"
 		}, `workspace "$TMP/ws" holds -git-gate-cmd's program "$TMP/ws/gate"`},
@@ -426,7 +452,16 @@ func TestPlanGuestReach(t *testing.T) {
 		{"stage inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			o.Stage = filepath.Join(b.dir, "otherws", "stage")
-		}, `stage "$TMP/otherws/stage" is inside the workspace "$TMP/otherws" of bottle "other"`},
+		}, `stage "$TMP/otherws/stage" is inside "$TMP/otherws", bottle "other"'s workspace or image`},
+		{"stage inside another bottle's directory image", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			img := rootfs(t, filepath.Join(b.dir, "otherimg"))
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
+			q, _ := readPlan(filepath.Join(b.state, "other"))
+			q.Image = img
+			data, _ := json.Marshal(q)
+			writeFileAtomic(filepath.Join(b.state, "other", planFile), data, 0o600)
+			o.Stage = filepath.Join(img, "var", "stage")
+		}, `stage "$TMP/otherimg/var/stage" is inside "$TMP/otherimg", bottle "other"'s workspace or image`},
 		{"image holds the home directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			o.Image = rootfs(t, filepath.Join(b.dir, "img"))
 			vars["HOME"] = filepath.Join(o.Image, "home", "me")

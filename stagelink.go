@@ -158,9 +158,9 @@ func upCommand(p *plan) string {
 
 // recordedBottles returns every bottle the state root records, in a
 // stable order: the default stage directories under root and the stages
-// its pointers name, each with the workspace its plan names ("" when the
-// plan cannot be read). root is resolved first, as stageFor resolves a
-// stage, so that the paths compare with those in plans.
+// its pointers name, each with the workspace and image its plan names
+// ("" when the plan cannot be read). root is resolved first, as stageFor
+// resolves a stage, so that the paths compare with those in plans.
 func recordedBottles(root string) []recordedBottle {
 	real, err := resolveExisting(root)
 	if err != nil {
@@ -172,8 +172,11 @@ func recordedBottles(root string) []recordedBottle {
 	}
 	var out []recordedBottle
 	for _, e := range entries {
-		if e.IsDir() && checkSlug(e.Name()) == nil {
-			out = append(out, recordedBottle{Slug: e.Name(), Stage: filepath.Join(real, e.Name())})
+		// A default stage may be a symlink to a directory: stageFor
+		// resolves it, and so does this.
+		stage, err := resolveExisting(filepath.Join(real, e.Name()))
+		if err == nil && isDir(stage) && checkSlug(e.Name()) == nil {
+			out = append(out, recordedBottle{Slug: e.Name(), Stage: stage})
 		}
 	}
 	links := linkedStages(real)
@@ -182,7 +185,7 @@ func recordedBottles(root string) []recordedBottle {
 	}
 	for i, b := range out {
 		if q, err := readPlan(b.Stage); err == nil {
-			out[i].Workspace = q.Workspace
+			out[i].Workspace, out[i].Image = q.Workspace, q.Image
 		}
 	}
 	return out

@@ -374,23 +374,27 @@ func within(path, dir string) bool {
 // (stage pointers, the preflight cache, default stages), any bottle's
 // stage (_supervise executes its plan.json, whose tools and sidecar
 // commands run on the host), smolbottle (whose supervisor holds the
-// credentials) and its directory, and every program it runs on the host as
-// the user.
-// A directory image must not hold the user's home directory either, nor a
-// stage lie inside another bottle's workspace, where that bottle's guest
-// could rewrite it. Paths are compared resolved, with every symlink on the
-// way (pathsThrough): a link inside the workspace redirects what is run.
+// credentials) and its directory, every directory on PATH (where the
+// programs are looked up: a file planted early in PATH would be run
+// instead), every program smolbottle runs on the host and every absolute
+// argument of a sidecar command, and your home directory. Nor may a stage
+// lie inside another bottle's workspace or directory image, where that
+// bottle's guest could rewrite it. A path counts as held when any place
+// its resolution looks up is (resolution): a symlink or a directory inside
+// the workspace redirects what is run.
 
 // hostOwned is one host path the guest must not reach.
 type hostOwned struct {
-	what   string   // what it is, for the error
-	paths  []string // the path, then those its resolution passes through
-	inside bool     // smolbottle's own directory: refused inside it too
-	fix    string   // how else to get it out of the way, for the hint
+	what    string   // what it is, for the error
+	path    string   // as given, absolute
+	lookups []string // every place its resolution looks up, the resolved path last
+	inside  bool     // a directory the workspace may not lie inside either
+	fix     string   // how else to get it out of the way, for the hint
 }
 
-// recordedBottle is a bottle the state root records (stagelink.go).
-type recordedBottle struct{ Slug, Stage, Workspace string }
+// recordedBottle is a bottle the state root records (stagelink.go), with
+// the workspace and image its plan names ("" when it cannot be read).
+type recordedBottle struct{ Slug, Stage, Workspace, Image string }
 
 // guestReach is what checkGuestReach compares: what the guest is given
 // against what the host trusts.
@@ -398,7 +402,8 @@ type guestReach struct {
 	Workspace, Image, Stage string
 	Root, Home              string           // the state root and $HOME; "" for none
 	Self, ExeDir            string           // the smolbottle binary and its directory
-	Programs                [][2]string      // name and path of every program run on the host
+	Path                    string           // $PATH, where programs are looked up
+	Programs                [][2]string      // what and path of every program or argument used on the host
 	Recorded                []recordedBottle // every bottle the state root records
 }
 
@@ -407,7 +412,7 @@ func hostOwnedPaths(r guestReach) []hostOwned {
 	var out []hostOwned
 	add := func(what, path string, inside bool, fix string) {
 		if abs, err := filepath.Abs(path); path != "" && err == nil {
-			out = append(out, hostOwned{what, pathsThrough(abs), inside, fix})
+			out = append(out, hostOwned{what, abs, resolution(abs), inside, fix})
 		}
 	}
 	const install = "or install smolbottle and its tools outside it (make install puts them in ~/.local/bin)"
@@ -419,15 +424,21 @@ func hostOwnedPaths(r guestReach) []hostOwned {
 	add("smolbottle's directory", r.ExeDir, false, install)
 	add("smolbottle", r.Self, false, install)
 	for _, prog := range r.Programs {
-		add(prog[0], prog[1], false, "or install "+prog[0]+" outside it")
+		add(prog[0], prog[1], false, "or move it outside")
 	}
+	for _, d := range filepath.SplitList(r.Path) {
+		if filepath.IsAbs(d) { // findProgram skips the others
+			add("the PATH directory", d, false, "or run smolbottle with that directory off PATH")
+		}
+	}
+	add("your home directory", r.Home, false, "")
 	return out
 }
 
 // checkGuestReach refuses a workspace or a directory image that holds a
-// host-owned path (or lies inside the state root or a stage), a directory
-// image that holds the home directory, and a stage inside the workspace of
-// a bottle the state root records.
+// host-owned path (or lies inside the state root or a stage), and a stage
+// inside the workspace or directory image of a bottle the state root
+// records.
 func checkGuestReach(r guestReach) error {
 	if r.Root != "" {
 		var err error
@@ -440,22 +451,29 @@ func checkGuestReach(r guestReach) error {
 		"pass -workspace DIR: a project directory that holds none of smolbottle's files", owned); err != nil {
 		return err
 	}
-	if fi, err := os.Stat(r.Image); err == nil && fi.IsDir() {
-		if home, err := filepath.Abs(r.Home); r.Home != "" && err == nil {
-			owned = append(owned, hostOwned{"your home directory", pathsThrough(home), false, "or unpack the image outside it"})
-		}
+	if isDir(r.Image) {
 		if err := reaches("image", r.Image, "the guest is given all of a directory image",
 			"pass -image a root filesystem directory made for the bottle, or a docker save archive", owned); err != nil {
 			return err
 		}
 	}
 	for _, b := range r.Recorded {
-		if b.Stage != r.Stage && b.Workspace != "" && within(r.Stage, b.Workspace) {
-			return withHint(fmt.Errorf("stage %q is inside the workspace %q of bottle %q: that bottle's guest could rewrite this stage, whose plan runs on the host", r.Stage, b.Workspace, b.Slug),
-				"pass -stage DIR outside every bottle's workspace", "or remove that bottle first: smolbottle down "+b.Slug)
+		if b.Stage == r.Stage {
+			continue
+		}
+		for _, dir := range []string{b.Workspace, b.Image} {
+			if dir != "" && within(r.Stage, dir) {
+				return withHint(fmt.Errorf("stage %q is inside %q, bottle %q's workspace or image: that bottle's guest could rewrite this stage, whose plan runs on the host", r.Stage, dir, b.Slug),
+					"pass -stage DIR outside every bottle's workspace and image", "or remove that bottle first: smolbottle down "+b.Slug)
+			}
 		}
 	}
 	return nil
+}
+
+func isDir(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }
 
 // reaches returns an error naming dir (field's value, resolved) and the
@@ -463,71 +481,67 @@ func checkGuestReach(r guestReach) error {
 // reaches dir, hint what to pass instead.
 func reaches(field, dir, why, hint string, owned []hostOwned) error {
 	for _, o := range owned {
-		for _, q := range o.paths {
-			rel := "holds"
-			switch {
-			case within(q, dir):
-			case o.inside && within(dir, q):
-				rel = "is inside"
-			default:
-				continue
+		// Held: resolved into dir, or looked up below it on the way (dir
+		// itself is only entered: the guest cannot replace it).
+		real := o.lookups[len(o.lookups)-1]
+		below := func(q string) bool { return q != dir && within(q, dir) }
+		var rel, via string
+		if i := slices.IndexFunc(o.lookups, below); i >= 0 || within(real, dir) {
+			rel = "holds"
+			if i >= 0 && !within(o.path, o.lookups[i]) && o.lookups[i] != real {
+				via = fmt.Sprintf(" (its resolution looks up %q)", o.lookups[i])
 			}
-			what := fmt.Sprintf("%s %q", o.what, o.paths[0])
-			if q != o.paths[0] {
-				what = fmt.Sprintf("%q, on the way to %s", q, what)
-			}
-			return withHint(fmt.Errorf("%s %q %s %s, which the guest must not reach: %s", field, dir, rel, what, why), hint, o.fix)
+		} else if o.inside && (within(dir, o.path) || within(dir, real)) {
+			rel = "is inside"
+		} else {
+			continue
 		}
+		hints := []string{hint}
+		if o.fix != "" {
+			hints = append(hints, o.fix)
+		}
+		return withHint(fmt.Errorf("%s %q %s %s %q%s, which the guest must not reach: %s", field, dir, rel, o.what, o.path, via, why), hints...)
 	}
 	return nil
 }
 
-// pathsThrough returns path (absolute) and every path its resolution
-// passes through: each time the first symlink among its components is
-// replaced by the link's target, the path that results; then the fully
-// resolved path. A directory that holds none of them holds no link or file
-// the path depends on. Missing components are kept as they are, as
-// resolveExisting does; the walk stops after 40 links (Linux's MAXSYMLINKS).
-func pathsThrough(path string) []string {
-	out := []string{filepath.Clean(path)}
-	for p := out[0]; len(out) <= 40; {
-		next, ok := replaceFirstLink(p)
-		if !ok {
-			break
+// resolution walks path (absolute) as the kernel resolves it and returns
+// every place it looks up on the way, each symlink followed where it is
+// met (a ".." after a link goes up from the link's target, not lexically),
+// ending with the resolved path. A missing component is kept as it is and
+// the walk goes on lexically, as resolveExisting does; the walk stops
+// after 40 links (Linux's MAXSYMLINKS).
+func resolution(path string) []string {
+	var looked []string
+	todo, dir, links := strings.Split(path, "/"), "/", 0
+	for len(todo) > 0 {
+		part := todo[0]
+		todo = todo[1:]
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			dir = filepath.Dir(dir) // dir holds no symlink: its parent is lexical
+			continue
 		}
-		p = next
-		out = append(out, p)
-	}
-	if real, err := resolveExisting(out[0]); err == nil && !slices.Contains(out, real) {
-		out = append(out, real)
-	}
-	return out
-}
-
-// replaceFirstLink replaces the first component of path (absolute, clean)
-// that is a symlink by the link's target; false when there is none.
-func replaceFirstLink(path string) (string, bool) {
-	dir := string(filepath.Separator)
-	parts := strings.Split(strings.TrimPrefix(path, dir), dir)
-	for i, part := range parts {
 		q := filepath.Join(dir, part)
+		looked = append(looked, q)
 		fi, err := os.Lstat(q)
-		if err != nil {
-			return "", false
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			dir = q
+			continue
 		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			target, err := os.Readlink(q)
-			if err != nil {
-				return "", false
-			}
-			if !filepath.IsAbs(target) {
-				target = filepath.Join(dir, target) // dir holds no symlink: ".." is its parent
-			}
-			return filepath.Join(append([]string{target}, parts[i+1:]...)...), true
+		target, err := os.Readlink(q)
+		if links++; err != nil || links > 40 {
+			dir = q
+			continue
 		}
-		dir = q
+		if filepath.IsAbs(target) {
+			dir = "/"
+		}
+		todo = append(strings.Split(target, "/"), todo...)
 	}
-	return "", false
+	return append(looked, dir)
 }
 
 // resolveExisting resolves the symlinks of the deepest existing ancestor
