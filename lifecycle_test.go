@@ -761,6 +761,34 @@ func TestSweepSession(t *testing.T) {
 	}
 }
 
+// TestSweepSessionPidReused: the session's pid, freed when the session
+// emptied, may be taken while the sweep runs by a process that calls
+// setsid and so has that session id too: the process whose pid is the
+// session id is never killed, and the sweep stops as soon as a process
+// with that pid exists.
+func TestSweepSessionPidReused(t *testing.T) {
+	const sid = 4242
+	leaderBack := false
+	var killed []int
+	lives := func(pid int) bool { return pid == sid && leaderBack }
+	session := func(pid int) (string, error) { return strconv.Itoa(sid), nil }
+	kill := func(pid int) {
+		killed = append(killed, pid)
+		if pid == 11 {
+			leaderBack = true // the pid is reused after this kill
+		}
+	}
+	sweepSessionOf(sid, []int{sid, 10, 11, 12}, lives, session, kill)
+	if !slices.Equal(killed, []int{10, 11}) {
+		t.Fatalf("killed %v, want [10 11]: never pid %d, nothing once it lives again", killed, sid)
+	}
+	killed = nil
+	sweepSessionOf(sid, []int{10}, lives, session, kill)
+	if len(killed) != 0 {
+		t.Fatalf("killed %v while pid %d lives", killed, sid)
+	}
+}
+
 // TestUpFailedPointerLeavesOnlyLogs: an up that fails right after writing
 // the stage (its pointer cannot be recorded) tears the stage down to its
 // logs, as any later failure does.

@@ -343,19 +343,45 @@ func stopSupervisor(id procIdent) error {
 // was killed. Linux does not reuse a pid that a live session still holds,
 // so a process in session sid was started under that supervisor; if the
 // pid is alive again, it is another process's, and nothing is touched.
+// An empty session frees the pid, which may then be reused while /proc is
+// read; a process that took it and called setsid has session sid too. So
+// the process whose pid is sid is never killed, and before each kill the
+// sweep checks again that no process has pid sid, and stops if one does.
+// What it cannot tell apart: the children of such a process after it
+// exited again within the sweep.
 func sweepSession(sid int) {
-	if _, err := procStart(sid); err == nil {
-		return
-	}
+	var pids []int
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil || pid == os.Getpid() {
+		if pid, err := strconv.Atoi(d.Name()); err == nil && pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	sweepSessionOf(sid, pids,
+		func(pid int) bool { _, err := procStart(pid); return err == nil },
+		func(pid int) (string, error) { return procStat(pid, 6) },
+		func(pid int) { syscall.Kill(pid, syscall.SIGKILL) })
+}
+
+// sweepSessionOf is sweepSession over the given pids, with the process
+// table read through lives (a process has this pid) and session (its
+// /proc/PID/stat session field), and kill to signal.
+func sweepSessionOf(sid int, pids []int, lives func(int) bool, session func(int) (string, error), kill func(int)) {
+	if lives(sid) {
+		return
+	}
+	want := strconv.Itoa(sid)
+	for _, pid := range pids {
+		if pid == sid {
 			continue
 		}
-		if s, err := procStat(pid, 6); err == nil && s == strconv.Itoa(sid) {
-			syscall.Kill(pid, syscall.SIGKILL)
+		if s, err := session(pid); err != nil || s != want {
+			continue
 		}
+		if lives(sid) {
+			return
+		}
+		kill(pid)
 	}
 }
 
