@@ -32,7 +32,8 @@ import (
 //     bytes; the excess is answered 403 and closed at once (the answer
 //     fits in a fresh socket's buffer; a 100 ms deadline bounds the write
 //     anyway). Refusals, and links made and lost, are logged up to
-//     refusalLogLines lines, then counted (limits.go).
+//     refusalLogLines lines each, then counted (limits.go): refusals
+//     cannot hide why a link failed.
 //  5. After the request, bytes pass both ways unchanged: the data path is
 //     gvproxy's own framing (a 2-byte little-endian length before each
 //     Ethernet frame, cmd/vm/main_linux.go:158-224 @ v0.8.9).
@@ -58,7 +59,8 @@ type guestLink struct {
 	pending  int
 	linked   bool
 	closed   bool
-	refusals refusalLog
+	refusals refusalLog // requests refused
+	events   refusalLog // links made and lost, and failed dials to gvproxy
 	wg       sync.WaitGroup
 }
 
@@ -142,17 +144,17 @@ func (g *guestLink) handle(c *net.UnixConn) {
 	}()
 	up, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: g.gvproxy, Net: "unix"})
 	if err != nil {
-		g.refusals.log(g.logf, "guest link", "dial gvproxy: %v", err)
+		g.events.log(g.logf, "guest link", "dial gvproxy: %v", err)
 		return
 	}
 	defer up.Close()
 	if _, err := io.WriteString(up, linkRequest); err != nil {
-		g.refusals.log(g.logf, "guest link", "%v", err)
+		g.events.log(g.logf, "guest link", "%v", err)
 		return
 	}
-	g.refusals.log(g.logf, "guest link", "up")
+	g.events.log(g.logf, "guest link", "up")
 	splice(c, up)
-	g.refusals.log(g.logf, "guest link", "down")
+	g.events.log(g.logf, "guest link", "down")
 }
 
 // readLinkRequest reads exactly len(linkRequest) bytes and fails as soon as
@@ -200,7 +202,7 @@ func (g *guestLink) refuse(c net.Conn, format string, args ...any) {
 		io.WriteString(c, linkRefusal)
 		c.Close()
 	}
-	g.refusals.log(g.logf, "guest link", "refused: "+format, args...)
+	g.refusals.log(g.logf, "guest link: refused", format, args...)
 }
 
 // drop closes c and forgets it.

@@ -20,9 +20,10 @@ import (
 //   - A flood cannot fill the disk through the owner's logs: every line a
 //     guest can cause at will (a refusal, a failed dial, a guest link made
 //     or lost, a request the credential sidecar forwarded or could not) is
-//     logged up to refusalLogLines times per listener, then once per 1,000
-//     (refusalLog). pipelock's own request log (pipelock.jsonl) is
-//     pipelock's, and is not capped here.
+//     logged up to refusalLogLines times per kind of line and listener,
+//     then once per 1,000 (refusalLog, one per kind): a flood of one kind
+//     does not hide the first lines of another. pipelock's own request log
+//     (pipelock.jsonl) is pipelock's, and is not capped here.
 const (
 	relayPortCap      = 256
 	relayBottleCap    = 512

@@ -58,6 +58,7 @@ type relay struct {
 	ctx    context.Context // cancelled by Close: cuts dials in flight and the sidecar sides
 	cancel context.CancelFunc
 	taken  atomic.Int64 // streams admitted, for the selftest
+	failed refusalLog   // failed dials, capped apart from ln's refusals
 	wg     sync.WaitGroup
 }
 
@@ -107,7 +108,7 @@ func (r *relay) serveConn(c net.Conn) {
 	}
 	d, err := r.dial(r.ctx)
 	if err != nil {
-		r.ln.refused.log(r.ln.logf, r.ln.who, "%v", err)
+		r.failed.log(r.ln.logf, r.ln.who, "%v", err)
 		return
 	}
 	defer d.Close()
@@ -182,20 +183,20 @@ func (l *servedListener) Accept() (net.Conn, error) {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.refused.log(l.logf, l.who, "refused: accept: %v (retrying)", err)
+			l.refused.log(l.logf, l.who+": refused", "accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}
 		backoff.reset()
 		if !l.port.take() {
 			c.Close()
-			l.refused.log(l.logf, l.who, "refused: over the cap of %d streams for this port", l.port.max)
+			l.refused.log(l.logf, l.who+": refused", "over the cap of %d streams for this port", l.port.max)
 			continue
 		}
 		if !l.bottle.take() {
 			l.port.give()
 			c.Close()
-			l.refused.log(l.logf, l.who, "refused: over the cap of %d streams for the bottle", l.bottle.max)
+			l.refused.log(l.logf, l.who+": refused", "over the cap of %d streams for the bottle", l.bottle.max)
 			continue
 		}
 		sc := &servedConn{Conn: c, l: l}

@@ -224,6 +224,45 @@ func TestRelayDialFailuresLogCapped(t *testing.T) {
 	}
 }
 
+// TestRelayRefusalsDoNotHideDialFailures: streams refused over the cap and
+// failed dials are capped apart, so a flood of the first does not hide why
+// the sidecar could not be reached.
+func TestRelayRefusalsDoNotHideDialFailures(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &logLines{}
+	down := func(context.Context) (net.Conn, error) { return nil, errors.New("sidecar down") }
+	r := startRelay(ln, down, l.logf, 1, &connCap{max: relayBottleCap})
+	defer r.Close()
+	held, err := net.Dial("tcp4", ln.Addr().String()) // takes the port's one place
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for range refusalLogLines + 10 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("a stream over the cap: %v, want it closed at once", err)
+		}
+		c.Close()
+	}
+	if !l.has("refused: over the cap") || l.has("sidecar down") {
+		t.Fatalf("want only refusals so far:\n%s", strings.Join(l.lines, "\n"))
+	}
+	held.Write([]byte("x"))
+	held.SetReadDeadline(time.Now().Add(10 * time.Second))
+	held.Read(make([]byte, 1)) // EOF once the relay has given up on it
+	if !l.has("sidecar down") {
+		t.Fatalf("no dial failure logged after %d refusals:\n%s", refusalLogLines+10, strings.Join(l.lines, "\n"))
+	}
+}
+
 // flakyListener fails its first n accepts with err, as a listener does
 // when the process runs out of descriptors.
 type flakyListener struct {
