@@ -315,22 +315,31 @@ func TestPlanBadInput(t *testing.T) {
 // bad SMOLBOTTLE_STATE is refused, a relative XDG_STATE_HOME ignored.
 func TestStateRoot(t *testing.T) {
 	tests := []struct {
-		name, state, xdg string
-		want             string // the root, or the error it is refused with
-		fails            bool
+		name, state, xdg, home string // HOME is /home/u when home is empty
+		want                   string // the root, or the error it is refused with
+		fails                  bool
 	}{
-		{"default", "", "", "/home/u/.local/state/smolbottle", false},
-		{"SMOLBOTTLE_STATE", "/srv/sb", "/x", "/srv/sb", false},
-		{"XDG_STATE_HOME", "", "/x", "/x/smolbottle", false},
-		{"SMOLBOTTLE_STATE relative", "rel/sb", "", `SMOLBOTTLE_STATE "rel/sb" is not an absolute path`, true},
-		{"SMOLBOTTLE_STATE dot", ".", "", "is not an absolute path", true},
-		{"SMOLBOTTLE_STATE newline", "/srv/a\nb", "", "control character", true},
-		{"XDG_STATE_HOME relative is ignored", "", "rel", "/home/u/.local/state/smolbottle", false},
-		{"XDG_STATE_HOME newline", "", "/x\x1b", "control character", true},
+		{"default", "", "", "", "/home/u/.local/state/smolbottle", false},
+		{"SMOLBOTTLE_STATE", "/srv/sb", "/x", "", "/srv/sb", false},
+		{"XDG_STATE_HOME", "", "/x", "", "/x/smolbottle", false},
+		{"SMOLBOTTLE_STATE relative", "rel/sb", "", "", `SMOLBOTTLE_STATE "rel/sb" is not an absolute path`, true},
+		{"SMOLBOTTLE_STATE dot", ".", "", "", "is not an absolute path", true},
+		{"SMOLBOTTLE_STATE newline", "/srv/a\nb", "", "", "control character", true},
+		{"XDG_STATE_HOME relative is ignored", "", "rel", "", "/home/u/.local/state/smolbottle", false},
+		{"XDG_STATE_HOME newline", "", "/x\x1b", "", "control character", true},
+		{"HOME relative", "", "", ".", `HOME "." is not an absolute path`, true},
+		{"HOME relative, XDG_STATE_HOME relative", "", "rel", "u", `HOME "u" is not an absolute path`, true},
+		{"HOME newline", "", "", "/home/u\nx", "control character", true},
+		{"HOME relative, SMOLBOTTLE_STATE set", "/srv/sb", "", ".", "/srv/sb", false},
+		{"HOME relative, XDG_STATE_HOME set", "", "/x", ".", "/x/smolbottle", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := map[string]string{"SMOLBOTTLE_STATE": tt.state, "XDG_STATE_HOME": tt.xdg, "HOME": "/home/u"}
+			home := tt.home
+			if home == "" {
+				home = "/home/u"
+			}
+			env := map[string]string{"SMOLBOTTLE_STATE": tt.state, "XDG_STATE_HOME": tt.xdg, "HOME": home}
 			root, err := stateRoot(func(k string) string { return env[k] })
 			switch {
 			case tt.fails && (err == nil || !strings.Contains(err.Error(), tt.want)):

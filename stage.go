@@ -52,10 +52,10 @@ const (
 // default: $SMOLBOTTLE_STATE, else $XDG_STATE_HOME/smolbottle, else
 // ~/.local/state/smolbottle. It also holds the preflight cache and the
 // stage pointers, so a relative value, which would put them wherever
-// smolbottle happens to run, is refused for SMOLBOTTLE_STATE and ignored
-// for XDG_STATE_HOME, as the XDG Base Directory Specification 0.8 says
-// (section 2, "Basics": a relative path there "should" be considered
-// invalid and ignored).
+// smolbottle happens to run, is refused for SMOLBOTTLE_STATE and HOME,
+// and ignored for XDG_STATE_HOME, as the XDG Base Directory Specification
+// 0.8 says (section 2, "Basics": a relative path there "should" be
+// considered invalid and ignored).
 func stateRoot(getenv func(string) string) (string, error) {
 	if d := getenv("SMOLBOTTLE_STATE"); d != "" {
 		fix := "set SMOLBOTTLE_STATE to an absolute directory, or unset it"
@@ -76,6 +76,13 @@ func stateRoot(getenv func(string) string) (string, error) {
 	home := getenv("HOME")
 	if home == "" {
 		return "", withHint(errors.New("cannot choose a stage directory: HOME is not set"), "pass -stage DIR")
+	}
+	fix := "set HOME to an absolute directory, set SMOLBOTTLE_STATE, or pass -stage DIR"
+	if err := checkText("HOME", home); err != nil {
+		return "", withHint(err, fix)
+	}
+	if !filepath.IsAbs(home) {
+		return "", withHint(fmt.Errorf("HOME %q is not an absolute path", home), fix)
 	}
 	return filepath.Join(home, ".local", "state", "smolbottle"), nil
 }
