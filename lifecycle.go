@@ -122,13 +122,18 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 		return nil, err
 	}
 	// Only a machine this up created is deleted on failure. The teardown is
-	// set before the first write, so a failed up leaves only logs.
+	// set before the first write, so a failed up leaves only logs: the
+	// stage's, once the pointer recordStage wrote for a -stage is removed
+	// too. A teardown that fails keeps the stage, and the pointer by which
+	// down finds it.
 	created := false
 	defer func() {
 		if err != nil {
 			prog.step("failed; tearing down")
 			if derr := teardown(context.WithoutCancel(ctx), p, created); derr != nil {
 				err = fmt.Errorf("%w (and teardown: %v)", err, derr)
+			} else {
+				forgetStage(p.Slug, p.Stage)
 			}
 		}
 	}()

@@ -789,6 +789,34 @@ func TestSweepSessionPidReused(t *testing.T) {
 	}
 }
 
+// TestUpFailedStageLeavesNoPointer: an up -stage that fails after it
+// recorded the slug's pointer removes the pointer with the rest: only the
+// stage's logs are left.
+func TestUpFailedStageLeavesNoPointer(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	f.control(t, fakeControl{Fail: map[string]string{"exec": "connect: guest agent did not answer"}})
+	stage := filepath.Join(b.dir, "other")
+	var out, errb bytes.Buffer
+	err := runCLI(context.Background(), b.upArgs("ptr", "-stage", stage), &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "prepare the guest") {
+		t.Fatalf("up = %v, want the first guest step (prepare) to fail", err)
+	}
+	if _, err := os.Lstat(stageLinkPath(b.state, "ptr")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the failed up left its stage pointer: %v", err)
+	}
+	entries, _ := os.ReadDir(stage)
+	for _, e := range entries {
+		if e.Name() != logsDir {
+			t.Errorf("%s left in the stage", e.Name())
+		}
+	}
+	if left := processesMentioning(t, stage); len(left) > 0 {
+		t.Errorf("processes left: %q", left)
+	}
+}
+
 // TestUpFailedPointerLeavesOnlyLogs: an up that fails right after writing
 // the stage (its pointer cannot be recorded) tears the stage down to its
 // logs, as any later failure does.
