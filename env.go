@@ -19,7 +19,8 @@ import (
 //   - sidecars (pipelock, git-gate, supervise): PATH, TMPDIR, the user's
 //     identity, home, locale, time zone and XDG_* directories. The supervisor (_supervise), which starts them,
 //     gets the same plus SSL_CERT_FILE and SSL_CERT_DIR, the roots its
-//     credential sidecar verifies the API with.
+//     credential sidecar verifies the API with, and SMOLBOTTLE_UP, the up
+//     that started it (supervisor.go).
 //   - version and help probes (preflight): a fixed PATH, HOME and LANG=C.
 //   - gvproxy, _confine and _dropexec on the host: nothing at all (an empty
 //     environment, set where they are started).

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -698,23 +699,26 @@ func TestJudgeProbes(t *testing.T) {
 	}
 }
 
-// TestSameProgram: the supervisor takes its parent for up only while the
-// parent runs smolbottle; a subreaper or init that inherited it after up
-// died runs another program.
-func TestSameProgram(t *testing.T) {
-	if !sameProgram(os.Getpid()) {
-		t.Fatal("this process does not run its own program")
+// TestParentUp: the supervisor takes its parent for up only while the
+// parent is the very process up named (pid and start time); a subreaper or
+// init that inherited it after up died is not.
+func TestParentUp(t *testing.T) {
+	self := selfIdent(t)
+	ident := fmt.Sprintf("%d:%d", self.PID, self.Start)
+	if got := parentUp(ident, self.PID); got != self {
+		t.Errorf("parentUp(%q, own pid) = %v, want %v", ident, got, self)
 	}
-	sleep := exec.Command("sleep", "30")
-	if err := sleep.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { sleep.Process.Kill(); sleep.Wait() }()
-	if sameProgram(sleep.Process.Pid) {
-		t.Error("sleep runs this program")
-	}
-	if sameProgram(1 << 22) {
-		t.Error("a pid that does not exist runs this program")
+	for _, tc := range []struct {
+		ident string
+		ppid  int
+	}{
+		{ident, 1}, // up is gone: init took the supervisor over
+		{fmt.Sprintf("%d:%d", self.PID, self.Start+1), self.PID}, // the pid is another process's now
+		{"", self.PID}, {"x:1", self.PID}, {fmt.Sprint(self.PID), self.PID},
+	} {
+		if got := parentUp(tc.ident, tc.ppid); got.PID != 0 {
+			t.Errorf("parentUp(%q, %d) = %v, want none", tc.ident, tc.ppid, got)
+		}
 	}
 }
 

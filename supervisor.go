@@ -31,8 +31,9 @@ import (
 //
 //	smolbottle _supervise STAGE
 //
-// It tells up it is ready by writing "ready CANARY_PORT" to file
-// descriptor 3, or why it failed, and then closing it. It reads the real
+// up names itself in SMOLBOTTLE_UP (PID:START). The supervisor tells up
+// it is ready by writing "ready CANARY_PORT" to file descriptor 3, or why
+// it failed, and then closing it. It reads the real
 // credential values from file descriptor 4, once, before it starts
 // anything, and closes it (credproxy.go).
 
@@ -46,13 +47,10 @@ const (
 func runSupervise(ctx context.Context, args []string) error {
 	// The up that started this process, read before anything can block:
 	// if up dies before it marks the bottle ready (SIGKILL), nothing else
-	// will tear down. Once up is gone the parent is init or a subreaper,
-	// which runs another program than this one: up is already dead then.
-	up := procIdent{PID: os.Getppid()}
-	up.Start, _ = procStart(up.PID)
-	if !sameProgram(up.PID) {
-		up = procIdent{}
-	}
+	// will tear down. up names itself in the environment; when this
+	// process's parent is no longer that very process, init or a subreaper
+	// has taken it over, and up is already dead.
+	up := parentUp(os.Getenv(upIdentEnv), os.Getppid())
 	if len(args) != 1 || !filepath.IsAbs(args[0]) {
 		return usageError("%s STAGE: want one absolute stage directory", supervisorCmd)
 	}
@@ -204,15 +202,23 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	}
 }
 
-// sameProgram reports whether process pid runs the same executable file
-// as this process (false when it cannot be read, as for another user's).
-func sameProgram(pid int) bool {
-	self, err := os.Stat("/proc/self/exe")
-	if err != nil {
-		return false
+// upIdentEnv carries up's pid and start time ("PID:START") to the
+// supervisor it starts.
+const upIdentEnv = "SMOLBOTTLE_UP"
+
+// parentUp returns the up named by ident ("PID:START") when it is the
+// process ppid, this process's parent, still; else nothing (PID 0).
+func parentUp(ident string, ppid int) procIdent {
+	pid, start, ok := strings.Cut(ident, ":")
+	up := procIdent{}
+	var err error
+	if up.PID, err = strconv.Atoi(pid); !ok || err != nil || up.PID != ppid {
+		return procIdent{}
 	}
-	other, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/exe")
-	return err == nil && os.SameFile(self, other)
+	if up.Start, err = strconv.ParseUint(start, 10, 64); err != nil || !up.alive() {
+		return procIdent{}
+	}
+	return up
 }
 
 // raiseNoFile sets the soft descriptor limit to the hard one.
@@ -258,7 +264,11 @@ func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, er
 	defer cw.Close()
 	cmd := exec.Command(self, supervisorCmd, p.Stage)
 	cmd.Args[0] = "smolbottle"
-	cmd.Env = supervisorEnv(os.Environ())
+	upStart, err := procStart(os.Getpid())
+	if err != nil {
+		return bottleState{}, err
+	}
+	cmd.Env = append(supervisorEnv(os.Environ()), fmt.Sprintf("%s=%d:%d", upIdentEnv, os.Getpid(), upStart))
 	cmd.Dir = p.Stage
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w, cr}
