@@ -188,12 +188,16 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if rootErr == nil {
 		pe.CacheDir = root
 	}
-	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
-		return nil, err
-	}
+	// Before the preflight runs any program: what it would run is looked
+	// up as findProgram does (a program it cannot find, the preflight
+	// reports), and must be out of every guest's reach.
 	reach := guestReach{Workspace: p.Workspace, Image: p.Image, Stage: p.Stage, Root: root, Home: env.Getenv("HOME"),
-		Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path, Programs: [][2]string{{"smolvm", p.Tools.Smolvm}, {"gvproxy", p.Tools.Gvproxy},
-			{"gvforwarder", p.Tools.Gvforwarder}, {"pipelock", p.Tools.Pipelock}}}
+		Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path}
+	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
+		if path, err := findProgram(name, pe); err == nil && (name != "pipelock" || pe.Pipelock) {
+			reach.Programs = append(reach.Programs, [2]string{name, path})
+		}
+	}
 	for _, s := range []struct {
 		flag string
 		argv []string
@@ -210,6 +214,9 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		reach.Recorded = recordedBottles(root)
 	}
 	if err := checkGuestReach(reach); err != nil {
+		return nil, err
+	}
+	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
 

@@ -60,7 +60,8 @@ type guestLink struct {
 	linked   bool
 	closed   bool
 	refusals refusalLog // requests refused
-	events   refusalLog // links made and lost, and failed dials to gvproxy
+	links    refusalLog // links made and lost
+	failures refusalLog // failed dials to gvproxy
 	wg       sync.WaitGroup
 }
 
@@ -144,17 +145,17 @@ func (g *guestLink) handle(c *net.UnixConn) {
 	}()
 	up, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: g.gvproxy, Net: "unix"})
 	if err != nil {
-		g.events.log(g.logf, "guest link", "dial gvproxy: %v", err)
+		g.failures.log(g.logf, "guest link", "dial gvproxy: %v", err)
 		return
 	}
 	defer up.Close()
 	if _, err := io.WriteString(up, linkRequest); err != nil {
-		g.events.log(g.logf, "guest link", "%v", err)
+		g.failures.log(g.logf, "guest link", "%v", err)
 		return
 	}
-	g.events.log(g.logf, "guest link", "up")
+	g.links.log(g.logf, "guest link", "up")
 	splice(c, up)
-	g.events.log(g.logf, "guest link", "down")
+	g.links.log(g.logf, "guest link", "down")
 }
 
 // readLinkRequest reads exactly len(linkRequest) bytes and fails as soon as

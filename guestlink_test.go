@@ -271,3 +271,32 @@ func TestGuestLinkClose(t *testing.T) {
 		t.Errorf("socket left after Close: %v", err)
 	}
 }
+
+// TestGuestLinkLinksDoNotHideFailures: a guest that makes and drops links
+// past the cap does not hide the line saying why gvproxy could not be
+// reached.
+func TestGuestLinkLinksDoNotHideFailures(t *testing.T) {
+	g, _, l := newTestLinkLog(t)
+	for range refusalLogLines + 10 {
+		c := openLink(t, g)
+		c.Close()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			g.mu.Lock()
+			linked := g.linked
+			g.mu.Unlock()
+			if !linked {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the link never ended")
+			}
+		}
+	}
+	os.Remove(g.gvproxy) // gvproxy's socket gone: the next link cannot be made
+	answer(t, g, linkRequest)
+	for deadline := time.Now().Add(10 * time.Second); !l.has("guest link: dial gvproxy"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no dial failure logged after %d links", refusalLogLines+10)
+		}
+	}
+}

@@ -415,12 +415,17 @@ func TestPlanGuestReach(t *testing.T) {
 		{"workspace holds smolbottle", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			env.Preflight.Self = linkAs(t, b.workspace, "smolbottle")
 		}, `workspace "$TMP/ws" holds smolbottle "$TMP/ws/smolbottle"`},
+		{"workspace holds a tool's file", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			os.WriteFile(filepath.Join(b.workspace, "gvproxy"), []byte("#!/bin/sh\n"), 0o700)
+			os.Remove(filepath.Join(b.path, "gvproxy"))
+			os.Symlink(filepath.Join(b.workspace, "gvproxy"), filepath.Join(b.path, "gvproxy"))
+		}, `workspace "$TMP/ws" holds gvproxy "$TMP/bin/gvproxy" (it resolves to "$TMP/ws/gvproxy")`},
 		{"workspace holds a tool", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			tools := filepath.Join(b.workspace, "tools")
 			os.Mkdir(tools, 0o700)
 			os.Symlink(realTool(t, "gvproxy"), filepath.Join(tools, "gvproxy"))
 			env.Preflight.Path = tools + ":" + b.path
-		}, `workspace "$TMP/ws" holds gvproxy "$TMP/ws/tools/gvproxy"`},
+		}, `workspace "$TMP/ws" holds the PATH directory "$TMP/ws/tools"`},
 		{"a tool's symlink in the workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			os.Symlink(realTool(t, "pipelock"), filepath.Join(b.workspace, "pl"))
 			os.Remove(filepath.Join(b.path, "pipelock"))
@@ -440,6 +445,8 @@ func TestPlanGuestReach(t *testing.T) {
 		{"workspace holds a PATH directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			venv := filepath.Join(b.workspace, ".venv", "bin")
 			os.MkdirAll(venv, 0o700)
+			// What an earlier guest planted there, found first on PATH.
+			os.WriteFile(filepath.Join(venv, "smolvm"), []byte("#!/bin/sh\ntouch "+filepath.Join(b.dir, "ran")+"\n"), 0o700)
 			env.Preflight.Path = venv + ":" + b.path
 		}, `workspace "$TMP/ws" holds the PATH directory "$TMP/ws/.venv/bin"`},
 		{"workspace holds a sidecar's argument", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
@@ -461,7 +468,13 @@ func TestPlanGuestReach(t *testing.T) {
 		{"stage inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			o.Stage = filepath.Join(b.dir, "otherws", "stage")
-		}, `stage "$TMP/otherws/stage" is inside "$TMP/otherws", bottle "other"'s workspace or image`},
+		}, `bottle "other"'s workspace "$TMP/otherws" holds this bottle's stage "$TMP/otherws/stage"`},
+		{"another bottle's workspace holds a PATH directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
+			venv := filepath.Join(b.dir, "otherws", ".venv", "bin")
+			os.MkdirAll(venv, 0o700)
+			env.Preflight.Path = venv + ":" + b.path
+		}, `bottle "other"'s workspace "$TMP/otherws" holds the PATH directory "$TMP/otherws/.venv/bin"`},
 		{"stage inside another bottle's directory image", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			img := rootfs(t, filepath.Join(b.dir, "otherimg"))
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
@@ -470,7 +483,7 @@ func TestPlanGuestReach(t *testing.T) {
 			data, _ := json.Marshal(q)
 			writeFileAtomic(filepath.Join(b.state, "other", planFile), data, 0o600)
 			o.Stage = filepath.Join(img, "var", "stage")
-		}, `stage "$TMP/otherimg/var/stage" is inside "$TMP/otherimg", bottle "other"'s workspace or image`},
+		}, `bottle "other"'s image "$TMP/otherimg" holds this bottle's stage "$TMP/otherimg/var/stage"`},
 		{"image holds the home directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			o.Image = rootfs(t, filepath.Join(b.dir, "img"))
 			vars["HOME"] = filepath.Join(o.Image, "home", "me")
@@ -486,7 +499,7 @@ func TestPlanGuestReach(t *testing.T) {
 		}, `image "$TMP/img" holds the state root "$TMP/img/state"`},
 		{"image holds the tools", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			o.Image = rootfs(t, b.path)
-		}, `image "$TMP/bin" holds smolvm "$TMP/bin/smolvm"`},
+		}, `image "$TMP/bin" holds the PATH directory "$TMP/bin"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -509,8 +522,16 @@ func TestPlanGuestReach(t *testing.T) {
 			var stderr bytes.Buffer
 			code := exitCode(&stderr, err)
 			got := strings.ReplaceAll(stderr.String(), b.dir, "$TMP")
-			if !strings.Contains(got, tt.want) || !strings.Contains(got, "smolbottle: hint: pass -") || code != 1 {
+			if !strings.Contains(got, tt.want) || !strings.Contains(got, "smolbottle: hint: ") || code != 1 {
 				t.Errorf("exit %d, stderr:\n%s\nwant exit 1, %q and a hint", code, got, tt.want)
+			}
+			// Refused before the preflight: nothing it would run has run,
+			// and its cache is not written.
+			if _, err := os.Stat(filepath.Join(b.dir, "ran")); err == nil {
+				t.Error("a program the guest could have planted ran before the refusal")
+			}
+			if _, err := os.Stat(filepath.Join(b.state, preflightCacheFile)); err == nil {
+				t.Error("the preflight ran before the refusal")
 			}
 		})
 	}

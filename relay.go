@@ -161,7 +161,8 @@ type servedListener struct {
 	logf    func(format string, args ...any)
 	port    connCap
 	bottle  *connCap
-	refused refusalLog
+	refused refusalLog // streams refused over a cap
+	failed  refusalLog // accepts that failed
 	mu      sync.Mutex
 	conns   map[*servedConn]struct{}
 	closed  bool
@@ -183,7 +184,7 @@ func (l *servedListener) Accept() (net.Conn, error) {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.refused.log(l.logf, l.who+": refused", "accept: %v (retrying)", err)
+			l.failed.log(l.logf, l.who, "accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}

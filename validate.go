@@ -377,11 +377,12 @@ func within(path, dir string) bool {
 // credentials) and its directory, every directory on PATH (where the
 // programs are looked up: a file planted early in PATH would be run
 // instead), every program smolbottle runs on the host and every absolute
-// argument of a sidecar command, and your home directory. Nor may a stage
-// lie inside another bottle's workspace or directory image, where that
-// bottle's guest could rewrite it. A path counts as held when any place
-// its resolution looks up is (resolution): a symlink or a directory inside
-// the workspace redirects what is run.
+// argument of a sidecar command, and your home directory. Nor may the
+// workspace or directory image of any other bottle the state root records
+// hold any of these (its own stage aside): its guest may have written there
+// already. This is checked before the preflight runs any program. A path
+// counts as held when any place its resolution looks up is (resolution): a
+// symlink or a directory inside the workspace redirects what is run.
 
 // hostOwned is one host path the guest must not reach.
 type hostOwned struct {
@@ -423,13 +424,13 @@ func hostOwnedPaths(r guestReach) []hostOwned {
 	}
 	add("smolbottle's directory", r.ExeDir, false, install)
 	add("smolbottle", r.Self, false, install)
-	for _, prog := range r.Programs {
-		add(prog[0], prog[1], false, "or move it outside")
-	}
 	for _, d := range filepath.SplitList(r.Path) {
 		if filepath.IsAbs(d) { // findProgram skips the others
 			add("the PATH directory", d, false, "or run smolbottle with that directory off PATH")
 		}
+	}
+	for _, prog := range r.Programs {
+		add(prog[0], prog[1], false, "or move it outside")
 	}
 	add("your home directory", r.Home, false, "")
 	return out
@@ -457,14 +458,22 @@ func checkGuestReach(r guestReach) error {
 			return err
 		}
 	}
+	// Another bottle's guest may have written its workspace or image
+	// already, and may still: neither may hold what this bottle runs or
+	// trusts either (but for that bottle's own stage).
 	for _, b := range r.Recorded {
 		if b.Stage == r.Stage {
 			continue
 		}
-		for _, dir := range []string{b.Workspace, b.Image} {
-			if dir != "" && within(r.Stage, dir) {
-				return withHint(fmt.Errorf("stage %q is inside %q, bottle %q's workspace or image: that bottle's guest could rewrite this stage, whose plan runs on the host", r.Stage, dir, b.Slug),
-					"pass -stage DIR outside every bottle's workspace and image", "or remove that bottle first: smolbottle down "+b.Slug)
+		others := slices.DeleteFunc(slices.Clone(owned), func(o hostOwned) bool { return o.path == b.Stage })
+		for _, field := range []string{"workspace", "image"} {
+			dir := map[string]string{"workspace": b.Workspace, "image": b.Image}[field]
+			if dir == "" {
+				continue
+			}
+			what := fmt.Sprintf("bottle %q's %s", b.Slug, field)
+			if err := reaches(what, dir, "that bottle's guest writes it", "remove that bottle first: smolbottle down "+b.Slug, others); err != nil {
+				return err
 			}
 		}
 	}
@@ -488,8 +497,11 @@ func reaches(field, dir, why, hint string, owned []hostOwned) error {
 		var rel, via string
 		if i := slices.IndexFunc(o.lookups, below); i >= 0 || within(real, dir) {
 			rel = "holds"
-			if i >= 0 && !within(o.path, o.lookups[i]) && o.lookups[i] != real {
+			switch {
+			case i >= 0 && !within(o.path, o.lookups[i]) && o.lookups[i] != real:
 				via = fmt.Sprintf(" (its resolution looks up %q)", o.lookups[i])
+			case real != o.path && !within(o.path, dir):
+				via = fmt.Sprintf(" (it resolves to %q)", real)
 			}
 		} else if o.inside && (within(dir, o.path) || within(dir, real)) {
 			rel = "is inside"
