@@ -188,16 +188,9 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if rootErr == nil {
 		pe.CacheDir = root
 	}
-	// Before the preflight runs any program: what it would run is looked
-	// up as findProgram does (a program it cannot find, the preflight
-	// reports), and must be out of every guest's reach.
-	reach := guestReach{Workspace: p.Workspace, Image: p.Image, Stage: p.Stage, Root: root, Home: env.Getenv("HOME"),
-		Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path}
-	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
-		if path, err := findProgram(name, pe); err == nil && (name != "pipelock" || pe.Pipelock) {
-			reach.Programs = append(reach.Programs, [2]string{name, path})
-		}
-	}
+	// Before the preflight runs any program (hostReach).
+	reach := hostReach(env.Getenv, pe, root)
+	reach.Workspace, reach.Image, reach.Stage = p.Workspace, p.Image, p.Stage
 	for _, s := range []struct {
 		flag string
 		argv []string
@@ -209,9 +202,6 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 				reach.Programs = append(reach.Programs, [2]string{s.flag + "'s argument", a})
 			}
 		}
-	}
-	if root != "" {
-		reach.Recorded = recordedBottles(root)
 	}
 	if err := checkGuestReach(reach); err != nil {
 		return nil, err
@@ -282,6 +272,23 @@ func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) 
 		argv[0] = path
 	}
 	return argv, nil
+}
+
+// hostReach returns what no guest may reach on this host, before any
+// program is run: the programs the preflight would run, looked up as
+// findProgram does (one it cannot find, the preflight reports), PATH,
+// smolbottle, home and the state root with the bottles it records.
+func hostReach(getenv func(string) string, pe preflightEnv, root string) guestReach {
+	r := guestReach{Root: root, Home: getenv("HOME"), Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path}
+	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
+		if path, err := findProgram(name, pe); err == nil && (name != "pipelock" || pe.Pipelock) {
+			r.Programs = append(r.Programs, [2]string{name, path})
+		}
+	}
+	if root != "" {
+		r.Recorded = recordedBottles(root)
+	}
+	return r
 }
 
 // stageFor returns the stage directory: -stage, or the slug's directory

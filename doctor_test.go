@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,5 +189,37 @@ func TestNamespaceCheckIsTheJails(t *testing.T) {
 	}
 	if c := checkNamespaces(context.Background(), self); !c.OK {
 		t.Fatalf("namespace check: %+v", c)
+	}
+}
+
+// TestDoctorRefusesGuestWrittenPath: doctor runs every program it finds,
+// so a PATH directory in a bottle's workspace, where that bottle's guest
+// could have planted one, is refused before anything runs.
+func TestDoctorRefusesGuestWrittenPath(t *testing.T) {
+	b := newTestBottle(t, "")
+	stage, ws := filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws")
+	venv := filepath.Join(ws, ".venv", "bin")
+	for _, d := range []string{stage, venv} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, _ := json.Marshal(plan{Slug: "other", Stage: stage, Workspace: ws})
+	if err := os.WriteFile(filepath.Join(stage, planFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ran := filepath.Join(b.dir, "ran")
+	if err := os.WriteFile(filepath.Join(venv, "smolvm"), []byte("#!/bin/sh\ntouch "+ran+"\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SMOLBOTTLE_STATE", b.state)
+	t.Setenv("PATH", venv+":"+b.path)
+	var out, errb bytes.Buffer
+	err := runCLI(context.Background(), []string{"doctor"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), `bottle "other"'s workspace`) {
+		t.Fatalf("doctor = %v, want refused for the PATH directory in bottle other's workspace", err)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Error("doctor ran a program from a bottle's workspace")
 	}
 }

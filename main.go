@@ -416,7 +416,14 @@ func cmdDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) > 0 {
 		return usageError("doctor takes no arguments")
 	}
-	checks, _, err := preflightFresh(ctx, defaultPreflightEnv(true))
+	// doctor runs every program it finds: none may be where a guest could
+	// have written it (a PATH directory in a bottle's workspace).
+	pe := defaultPreflightEnv(true)
+	root, _ := stateRoot(os.Getenv)
+	if err := checkGuestReach(hostReach(os.Getenv, pe, root)); err != nil {
+		return err
+	}
+	checks, _, err := preflightFresh(ctx, pe)
 	writeChecks(stdout, checks)
 	writeCredentialModel(stdout, os.Getenv)
 	if err != nil {
