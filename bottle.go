@@ -209,6 +209,11 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
+	for _, t := range []string{p.Tools.Smolvm, p.Tools.Gvproxy, p.Tools.Gvforwarder, p.Tools.Pipelock} {
+		if t != "" && !slices.ContainsFunc(reach.Programs, func(c [2]string) bool { return c[1] == t }) {
+			return nil, fmt.Errorf("the preflight found %q, which the guest-reach check did not see: a program appeared on PATH while smolbottle ran; run it again", t)
+		}
+	}
 
 	held := liveSubnets(reach.Recorded, p.Slug)
 	if p.Net, err = pickSubnet(p.Slug, func(n int) bool { return held[n] }); err != nil {
@@ -275,20 +280,36 @@ func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) 
 }
 
 // hostReach returns what no guest may reach on this host, before any
-// program is run: the programs the preflight would run, looked up as
-// findProgram does (one it cannot find, the preflight reports), PATH,
-// smolbottle, home and the state root with the bottles it records.
+// program is run: PATH, smolbottle, home, the state root with the bottles
+// it records, and every entry findProgram could pick for the programs the
+// preflight runs (whatever it is now: a link that dangles now may not
+// later), so that the one it picks is checked whenever it picks it.
 func hostReach(getenv func(string) string, pe preflightEnv, root string) guestReach {
 	r := guestReach{Root: root, Home: getenv("HOME"), Self: pe.Self, ExeDir: pe.ExeDir, Path: pe.Path}
-	for _, name := range []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"} {
-		if path, err := findProgram(name, pe); err == nil && (name != "pipelock" || pe.Pipelock) {
-			r.Programs = append(r.Programs, [2]string{name, path})
+	for _, name := range toolNames(pe) {
+		for _, d := range programDirs(pe) {
+			if p := filepath.Join(d, name); lexists(p) {
+				r.Programs = append(r.Programs, [2]string{name, p})
+			}
 		}
 	}
 	if root != "" {
 		r.Recorded = recordedBottles(root)
 	}
 	return r
+}
+
+// toolNames are the programs the preflight looks up and runs.
+func toolNames(pe preflightEnv) []string {
+	if pe.Pipelock {
+		return []string{"smolvm", "gvproxy", "gvforwarder", "pipelock"}
+	}
+	return []string{"smolvm", "gvproxy", "gvforwarder"}
+}
+
+func lexists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 // stageFor returns the stage directory: -stage, or the slug's directory

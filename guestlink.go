@@ -96,7 +96,7 @@ func (g *guestLink) serve() {
 				return
 			}
 			// EMFILE and the like pass; anything else too, after a pause.
-			g.refuse(nil, "accept: %v", err)
+			g.failures.log(g.logf, "guest link: failed", "accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}
@@ -145,12 +145,12 @@ func (g *guestLink) handle(c *net.UnixConn) {
 	}()
 	up, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: g.gvproxy, Net: "unix"})
 	if err != nil {
-		g.failures.log(g.logf, "guest link", "dial gvproxy: %v", err)
+		g.failures.log(g.logf, "guest link: failed", "dial gvproxy: %v", err)
 		return
 	}
 	defer up.Close()
 	if _, err := io.WriteString(up, linkRequest); err != nil {
-		g.failures.log(g.logf, "guest link", "%v", err)
+		g.failures.log(g.logf, "guest link: failed", "%v", err)
 		return
 	}
 	g.links.log(g.logf, "guest link", "up")
@@ -196,13 +196,11 @@ func splice(a, b *net.UnixConn) {
 	<-done
 }
 
-// refuse answers 403, closes c (when there is one) and logs why.
+// refuse answers 403, closes c and logs why.
 func (g *guestLink) refuse(c net.Conn, format string, args ...any) {
-	if c != nil {
-		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		io.WriteString(c, linkRefusal)
-		c.Close()
-	}
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	io.WriteString(c, linkRefusal)
+	c.Close()
 	g.refusals.log(g.logf, "guest link: refused", format, args...)
 }
 

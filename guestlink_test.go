@@ -294,7 +294,7 @@ func TestGuestLinkLinksDoNotHideFailures(t *testing.T) {
 	}
 	os.Remove(g.gvproxy) // gvproxy's socket gone: the next link cannot be made
 	answer(t, g, linkRequest)
-	for deadline := time.Now().Add(10 * time.Second); !l.has("guest link: dial gvproxy"); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); !l.has("guest link: failed: dial gvproxy"); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no dial failure logged after %d links", refusalLogLines+10)
 		}

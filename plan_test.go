@@ -442,6 +442,14 @@ func TestPlanGuestReach(t *testing.T) {
 			os.Remove(filepath.Join(b.path, "pipelock"))
 			os.Symlink(b.workspace+"/deep/../../out/pipelock", filepath.Join(b.path, "pipelock"))
 		}, `workspace "$TMP/ws" holds pipelock "$TMP/bin/pipelock" (its resolution looks up "$TMP/ws/deep")`},
+		{"a dangling link on PATH into the workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			// findProgram skips it today; once the guest creates its
+			// target, it is the smolvm found first.
+			lb := filepath.Join(b.dir, "lb")
+			os.Mkdir(lb, 0o700)
+			os.Symlink(filepath.Join(b.workspace, "out", "smolvm"), filepath.Join(lb, "smolvm"))
+			env.Preflight.Path = lb + ":" + b.path
+		}, `workspace "$TMP/ws" holds smolvm "$TMP/lb/smolvm" (its resolution looks up "$TMP/ws/out")`},
 		{"workspace holds a PATH directory", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			venv := filepath.Join(b.workspace, ".venv", "bin")
 			os.MkdirAll(venv, 0o700)
@@ -753,6 +761,39 @@ func TestPlanStageGolden(t *testing.T) {
 			t.Errorf("%s holds a secret value", name)
 		}
 		golden(t, filepath.Join("stage", name), data)
+	}
+}
+
+// TestPlanGuestReachAllows: common setups pass the guest-reach rule: a
+// second bottle beside a first, both with their own workspace, and an
+// image archive kept in the state root.
+func TestPlanGuestReachAllows(t *testing.T) {
+	b := newTestBottle(t, "")
+	img := filepath.Join(b.state, "agent.tar")
+	if err := os.MkdirAll(b.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(b.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, slug := range []string{"first", "second"} {
+		opts := b.opts(slug)
+		opts.Image = img
+		opts.Workspace = filepath.Join(b.dir, "src", slug)
+		if err := os.MkdirAll(opts.Workspace, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p, err := resolvePlan(context.Background(), opts, b.env(t))
+		if err != nil {
+			t.Fatalf("%s: %v", slug, err)
+		}
+		if err := p.writeStage(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

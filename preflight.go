@@ -253,15 +253,7 @@ func preflightFresh(ctx context.Context, env preflightEnv) ([]check, tools, erro
 // or when it belongs to neither the user nor root. Relative PATH entries
 // are skipped, as exec.LookPath does since Go 1.19.
 func findProgram(name string, env preflightEnv) (string, error) {
-	var dirs []string
-	if ownDirTrusted(env.ExeDir) {
-		dirs = append(dirs, env.ExeDir)
-	}
-	dirs = append(dirs, filepath.SplitList(env.Path)...)
-	for _, d := range dirs {
-		if !filepath.IsAbs(d) {
-			continue
-		}
+	for _, d := range programDirs(env) {
 		p := filepath.Join(d, name)
 		fi, err := os.Stat(p)
 		if err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
@@ -272,6 +264,20 @@ func findProgram(name string, env preflightEnv) (string, error) {
 		return "", fmt.Errorf("%s not found beside smolbottle (in %s) or on PATH", name, env.ExeDir)
 	}
 	return "", fmt.Errorf("%s not found on PATH", name)
+}
+
+// programDirs returns the directories findProgram searches, in order.
+func programDirs(env preflightEnv) []string {
+	var dirs []string
+	if ownDirTrusted(env.ExeDir) {
+		dirs = append(dirs, env.ExeDir)
+	}
+	for _, d := range filepath.SplitList(env.Path) {
+		if filepath.IsAbs(d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
 }
 
 // ownDirTrusted reports whether smolbottle's own directory may supply the

@@ -108,7 +108,7 @@ func (r *relay) serveConn(c net.Conn) {
 	}
 	d, err := r.dial(r.ctx)
 	if err != nil {
-		r.failed.log(r.ln.logf, r.ln.who, "%v", err)
+		r.failed.log(r.ln.logf, r.ln.who+": failed", "%v", err)
 		return
 	}
 	defer d.Close()
@@ -184,7 +184,7 @@ func (l *servedListener) Accept() (net.Conn, error) {
 			if errors.Is(err, net.ErrClosed) {
 				return nil, err
 			}
-			l.failed.log(l.logf, l.who, "accept: %v (retrying)", err)
+			l.failed.log(l.logf, l.who+": failed", "accept: %v (retrying)", err)
 			backoff.wait()
 			continue
 		}

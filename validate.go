@@ -468,11 +468,12 @@ func checkGuestReach(r guestReach) error {
 		others := slices.DeleteFunc(slices.Clone(owned), func(o hostOwned) bool { return o.path == b.Stage })
 		for _, field := range []string{"workspace", "image"} {
 			dir := map[string]string{"workspace": b.Workspace, "image": b.Image}[field]
-			if dir == "" {
+			if dir == "" || field == "image" && !isDir(dir) {
 				continue
 			}
 			what := fmt.Sprintf("bottle %q's %s", b.Slug, field)
-			if err := reaches(what, dir, "that bottle's guest writes it", "remove that bottle first: smolbottle down "+b.Slug, others); err != nil {
+			if err := reaches(what, dir, "that bottle's guest may have written anything in it",
+				"keep it clear of what smolbottle runs and trusts: take that directory off PATH, or pass another -stage; do not run anything from it on the host before you have checked it", others); err != nil {
 				return err
 			}
 		}
