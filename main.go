@@ -34,8 +34,8 @@
 // root (/dev/net/tun), starts gvforwarder there, configures the guest
 // network and runs the egress self-test from inside the guest. A forbidden
 // destination that answers stops the bottle; SIGINT, SIGTERM and SIGHUP
-// tear down what was started. Run is up, then the agent with a terminal in /workspace, then
-// down unless -keep. Exec runs a command in a running bottle and passes
+// tear down what was started. Run is up, then the agent with a terminal in
+// /workspace, then down unless -keep. Exec runs a command in a running bottle and passes
 // its exit status through. Cp copies one file in. Down stops the
 // supervisor and everything it owns, deletes the machine and removes the
 // stage but its logs; it is idempotent and works after a crash; -n prints
@@ -68,7 +68,13 @@
 // image's user, any uid, runs them; nothing in them is secret). Child
 // programs get an explicit environment and argv, never a shell, and no
 // descriptor but stdio and what they are handed. Nothing listens on
-// anything but 127.0.0.1 or a unix socket in a 0700 directory.
+// anything but 127.0.0.1 or a unix socket in a 0700 directory. The guest
+// writes its workspace and is given a directory image whole, so plan, up
+// and doctor refuse, before running any program, a workspace or image (of
+// this bottle or any other recorded one) that holds the state root, a
+// stage, smolbottle, a PATH directory, a program smolbottle runs, or your
+// home directory; plan.json and state.json are read back only from a
+// private stage of yours.
 //
 // Credentials never enter the VM. Up reads ANTHROPIC_API_KEY and
 // CLAUDE_CODE_OAUTH_TOKEN from its own environment and hands them to the

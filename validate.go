@@ -466,9 +466,13 @@ func checkGuestReach(r guestReach) error {
 			continue
 		}
 		others := slices.DeleteFunc(slices.Clone(owned), func(o hostOwned) bool { return o.path == b.Stage })
-		for _, field := range []string{"workspace", "image"} {
-			dir := map[string]string{"workspace": b.Workspace, "image": b.Image}[field]
-			if dir == "" || field == "image" && !isDir(dir) {
+		given := [][2]string{{"workspace", b.Workspace}}
+		if isDir(b.Image) { // an archive is read, never written
+			given = append(given, [2]string{"image", b.Image})
+		}
+		for _, g := range given {
+			field, dir := g[0], g[1]
+			if dir == "" {
 				continue
 			}
 			what := fmt.Sprintf("bottle %q's %s", b.Slug, field)
