@@ -453,7 +453,6 @@ func (p *plan) render() error {
 			Port:        p.Sidecars[0].Port,
 			MetricsPort: p.MetricsPort,
 			Allow:       p.Allow,
-			LogFile:     filepath.Join(p.Stage, logsDir, pipelockLogFile),
 		})
 		if err != nil {
 			return fmt.Errorf("render pipelock config: %w", err)

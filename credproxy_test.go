@@ -157,8 +157,7 @@ func startTestPipelock(t testing.TB, allow ...string) (string, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := renderPipelock(pipelockSpec{Port: ports[0], MetricsPort: ports[1], Allow: allow,
-		LogFile: filepath.Join(dir, "pipelock.jsonl")})
+	cfg, err := renderPipelock(pipelockSpec{Port: ports[0], MetricsPort: ports[1], Allow: allow})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,6 +71,7 @@ type fakePipelockConfig struct {
 	Allow         []string
 	Listen        string
 	Forward       bool
+	LogOutput     string
 	LogFile       string
 	MetricsListen string
 	MaxPerMinute  int
@@ -260,6 +261,8 @@ func parseFakePipelockConfig(src string) (fakePipelockConfig, error) {
 			}
 		case "forward_proxy.enabled":
 			cfg.Forward = v == "true"
+		case "logging.output":
+			cfg.LogOutput = v
 		case "logging.file":
 			cfg.LogFile = v
 		}
@@ -275,12 +278,20 @@ func parseFakePipelockConfig(src string) (fakePipelockConfig, error) {
 	if cfg.MaxPerMinute <= 0 {
 		cfg.MaxPerMinute = 60
 	}
+	if cfg.LogOutput == "" { // normalize.go:149-150
+		cfg.LogOutput = "stdout"
+	}
 	// internal/config/validate.go @ v2.3.0: :242-246, :250-252, :951-953.
 	switch {
 	case cfg.Mode != "strict" && cfg.Mode != "balanced" && cfg.Mode != "audit":
 		return cfg, fmt.Errorf("invalid mode %q: must be strict, balanced, or audit", cfg.Mode)
 	case cfg.Mode == "strict" && len(cfg.Allow) == 0:
 		return cfg, errors.New("strict mode requires at least one domain in api_allowlist")
+	// validate.go:264-273
+	case cfg.LogOutput != "stdout" && cfg.LogOutput != "file" && cfg.LogOutput != "both":
+		return cfg, fmt.Errorf("invalid logging output %q: must be stdout, file, or both", cfg.LogOutput)
+	case cfg.LogOutput != "stdout" && cfg.LogFile == "":
+		return cfg, fmt.Errorf("logging.file is required when output is %q", cfg.LogOutput)
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return cfg, fmt.Errorf("invalid fetch_proxy.listen %q: %w", cfg.Listen, err)
@@ -312,16 +323,21 @@ type fakeProxy struct {
 	mu        sync.Mutex
 }
 
-// event appends one JSON line to logging.file, as pipelock logs requests.
+// event writes one JSON line where logging.output says, as pipelock logs
+// requests (internal/audit/logger.go:431-447 @ v2.3.0).
 func (p *fakeProxy) event(host, action string) {
-	if p.cfg.LogFile == "" {
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b, _ := json.Marshal(map[string]string{"host": host, "action": action})
+	b = append(b, '\n')
+	if p.cfg.LogOutput != "file" {
+		os.Stdout.Write(b)
+	}
+	if p.cfg.LogOutput == "stdout" {
+		return
+	}
 	if f, err := os.OpenFile(p.cfg.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
-		f.Write(append(b, '\n'))
+		f.Write(b)
 		f.Close()
 	}
 }

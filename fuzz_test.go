@@ -59,7 +59,7 @@ func baseSmolfile() smolfileSpec {
 func baseGvproxy() gvproxySpec { return gvproxySpec{Net: netFor(5), SocketPath: "/s/gvproxy.sock"} }
 
 func basePipelock() pipelockSpec {
-	return pipelockSpec{Port: 4000, MetricsPort: 4001, Allow: []string{"a.example"}, LogFile: "/l/p.jsonl"}
+	return pipelockSpec{Port: 4000, MetricsPort: 4001, Allow: []string{"a.example"}}
 }
 
 // badSocketPath mirrors what checkListenPath must refuse, written from
@@ -114,11 +114,6 @@ func fields() []field {
 			sp := basePipelock()
 			sp.Allow = append(sp.Allow, s)
 			return pipelockCase("pipelock-allow", sp)
-		}},
-		{name: "logging.file", refuse: notRep, set: func(s string) renderCase {
-			sp := basePipelock()
-			sp.LogFile = s
-			return pipelockCase("pipelock-logfile", sp)
 		}},
 	}
 }
@@ -344,16 +339,16 @@ func FuzzRenderGvproxy(f *testing.F) {
 }
 
 func FuzzRenderPipelock(f *testing.F) {
-	f.Add("api.anthropic.com", "*.github.com", "/l/p.jsonl", 4000, 4001)
+	f.Add("api.anthropic.com", "*.github.com", 4000, 4001)
 	for _, h := range hostile {
-		f.Add(h, "/"+h, h, 1, 65535)
+		f.Add(h, "/"+h, 1, 65535)
 	}
-	f.Fuzz(func(t *testing.T, allow1, allow2, logFile string, port, metricsPort int) {
-		spec := pipelockSpec{Port: port, MetricsPort: metricsPort, Allow: []string{allow1, allow2}, LogFile: logFile}
+	f.Fuzz(func(t *testing.T, allow1, allow2 string, port, metricsPort int) {
+		spec := pipelockSpec{Port: port, MetricsPort: metricsPort, Allow: []string{allow1, allow2}}
 		out, err := renderPipelock(spec)
-		if !representable(allow1) || !representable(allow2) || !representable(logFile) {
-			if !fieldIs(err, "api_allowlist", "logging.file") {
-				t.Fatalf("got error %v, want one naming \"api_allowlist\" or \"logging.file\"", err)
+		if !representable(allow1) || !representable(allow2) {
+			if !fieldIs(err, "api_allowlist") {
+				t.Fatalf("got error %v, want one naming \"api_allowlist\"", err)
 			}
 			return
 		}

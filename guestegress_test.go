@@ -5,6 +5,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -116,6 +117,12 @@ func TestGuestEgressThroughRealPipelock(t *testing.T) {
 	}
 	if strings.Contains(string(events), "proxy.internal") {
 		t.Errorf("a sidecar request went through pipelock:\n%.2000s", events)
+	}
+	// pipelock's standard output is its request log and nothing else.
+	for _, l := range strings.Split(strings.TrimSpace(string(events)), "\n") {
+		if !json.Valid([]byte(l)) {
+			t.Errorf("pipelock's request log holds a line that is not JSON: %q", l)
+		}
 	}
 	if err := runCLI(ctx, []string{"down", "egress"}, &out, &errb); err != nil {
 		t.Fatalf("down: %v", err)

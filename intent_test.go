@@ -124,7 +124,6 @@ type pipelockBodyScanning struct {
 type pipelockLogging struct {
 	Format         string `json:"format"`
 	Output         string `json:"output"`
-	File           string `json:"file"`
 	IncludeAllowed bool   `json:"include_allowed"`
 	IncludeBlocked bool   `json:"include_blocked"`
 }
@@ -141,7 +140,7 @@ func intendedPipelock(spec pipelockSpec) pipelockDoc {
 	d.FetchProxy.Monitoring.MaxRequestsPerMinute = 6000
 	d.ForwardProxy = pipelockForward{Enabled: true, MaxTunnelSeconds: 3600, IdleTimeoutSeconds: 600, SNIVerification: true}
 	d.RequestBodyScanning = pipelockBodyScanning{Enabled: true, Action: "block", ScanHeaders: true}
-	d.Logging = pipelockLogging{Format: "json", Output: "file", File: spec.LogFile, IncludeAllowed: true, IncludeBlocked: true}
+	d.Logging = pipelockLogging{Format: "json", Output: "stdout", IncludeAllowed: true, IncludeBlocked: true}
 	return d
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"io"
 	"sync"
 	"time"
 )
@@ -22,14 +24,19 @@ import (
 //     or lost, a request the credential sidecar forwarded or could not) is
 //     logged up to refusalLogLines times per kind of line and listener,
 //     then once per 1,000 (refusalLog, one per kind): a flood of one kind
-//     does not hide the first lines of another. pipelock's own request log
-//     (pipelock.jsonl) is pipelock's, and is not capped here.
+//     does not hide the first lines of another.
+//   - Nor through a child's output: a sidecar's (pipelock's request log
+//     among it) and gvproxy's reach their logs through a pipe the owner
+//     reads, which keeps the first logCapBytes of each log in each run,
+//     says so once, and drops the rest (cappedLog). The child never blocks
+//     or fails on it.
 const (
 	relayPortCap      = 256
 	relayBottleCap    = 512
 	relayFDsPerStream = 6
 	relayFDReserve    = 256
 	refusalLogLines   = 50
+	logCapBytes       = 64 << 20
 )
 
 // relayCaps returns the per-port and per-bottle caps for an owner whose
@@ -95,4 +102,28 @@ func (l *refusalLog) log(logf func(string, ...any), who, format string, args ...
 	case n%1000 == 0:
 		logf("%s: %d lines so far, the rest not logged", who, n)
 	}
+}
+
+// cappedLog passes the first max bytes written to it on to w, then one line
+// saying that the rest is dropped, and drops the rest. It reports every
+// write as done, so a child writing into it through a pipe never blocks or
+// fails on it.
+type cappedLog struct {
+	mu  sync.Mutex
+	w   io.Writer
+	max int64
+	n   int64
+}
+
+func (l *cappedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if room := l.max - l.n; room > 0 {
+		k := min(int64(len(p)), room)
+		l.w.Write(p[:k])
+		if l.n += k; l.n == l.max {
+			fmt.Fprintf(l.w, "\nsmolbottle: this log reached %d bytes in this run; the rest is dropped\n", l.max)
+		}
+	}
+	return len(p), nil
 }

@@ -9,7 +9,10 @@ import "errors"
 // forward_proxy.enabled defaults to false and must be true for HTTPS_PROXY
 // clients; an empty metrics_listen serves /metrics and /stats on the
 // agent-facing port; sentry defaults to enabled and the shipped presets
-// carry the maintainer's DSN, so it is switched off explicitly.
+// carry the maintainer's DSN, so it is switched off explicitly. The request
+// log goes to standard output (internal/audit/logger.go:431-436), which
+// the sidecar caps (sidecar.go); a file pipelock opened itself would grow
+// without bound.
 //
 // Every CONNECT is scanned once (internal/proxy/forward.go:126), and the
 // scan counts it against a per-base-domain limit per minute
@@ -32,7 +35,6 @@ type pipelockSpec struct {
 	Port        int      // agent-facing listener, relayed to the guest
 	MetricsPort int      // /metrics and /stats, never relayed to the guest
 	Allow       []string // validated host names or *.domain patterns
-	LogFile     string   // absolute path under the stage's logs directory
 }
 
 // renderPipelock returns pipelock's YAML config for spec.
@@ -68,8 +70,7 @@ func renderPipelock(spec pipelockSpec) ([]byte, error) {
 	y.keyBool(2, "enabled", false)
 	y.key(0, "logging")
 	y.keyValue(2, "format", "json")
-	y.keyValue(2, "output", "file")
-	y.keyValue(2, "file", spec.LogFile)
+	y.keyValue(2, "output", "stdout") // the sidecar's capped request log
 	y.keyBool(2, "include_allowed", true)
 	y.keyBool(2, "include_blocked", true)
 	return y.result()

@@ -108,8 +108,7 @@ func TestRealPipelockLoadsRenderedConfigs(t *testing.T) {
 		if err != nil { // only what checkAllowList accepts can be rendered
 			t.Fatalf("allow-list %d: %v", i, err)
 		}
-		cfg, err := renderPipelock(pipelockSpec{Port: 40000 + i, MetricsPort: 41000 + i, Allow: checked,
-			LogFile: filepath.Join(dir, "a b#c: d", "p.jsonl")})
+		cfg, err := renderPipelock(pipelockSpec{Port: 40000 + i, MetricsPort: 41000 + i, Allow: checked})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +124,7 @@ func TestRealPipelockLoadsRenderedConfigs(t *testing.T) {
 		}
 	}
 	// The check can fail: what pipelock refuses (and the fake must too).
-	good, _ := renderPipelock(pipelockSpec{Port: 1, MetricsPort: 2, Allow: []string{"a.example"}, LogFile: "/l"})
+	good, _ := renderPipelock(pipelockSpec{Port: 1, MetricsPort: 2, Allow: []string{"a.example"}})
 	for name, bad := range map[string]string{
 		"empty-allow": strings.Replace(string(good), "  - \"a.example\"\n", "", 1),
 		"nested-key":  strings.Replace(string(good), "\"sni_verification\"", "\"sni_verify\"", 1),
@@ -222,7 +221,7 @@ func TestRealPipelockThroughTestHost(t *testing.T) {
 	if err := s.stop(5 * time.Second); err != nil {
 		t.Errorf("stop: %v", err)
 	}
-	events, _ := os.ReadFile(filepath.Join(f.logs, "pipelock-events.log"))
+	events, _ := os.ReadFile(filepath.Join(f.logs, pipelockLogFile))
 	if !strings.Contains(string(events), "evil.example") {
 		t.Errorf("pipelock's event log does not name the refused host:\n%.2000s", events)
 	}
@@ -241,7 +240,7 @@ func TestRealPipelockThroughTestHost(t *testing.T) {
 // pipelock would refuse at start.
 func TestRenderPipelockRefusesEmptyAllow(t *testing.T) {
 	t.Parallel()
-	if out, err := renderPipelock(pipelockSpec{Port: 1, MetricsPort: 2, LogFile: "/l"}); err == nil {
+	if out, err := renderPipelock(pipelockSpec{Port: 1, MetricsPort: 2}); err == nil {
 		t.Errorf("renderPipelock with no allow-list = %q, want an error", out)
 	}
 }

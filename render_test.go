@@ -106,13 +106,11 @@ func realisticCases() []renderCase {
 		gvproxyCase("gvproxy-n254", gvproxySpec{Net: netFor(254), SocketPath: "/run/user/1000/sb/x/sock/gvproxy.sock"}),
 		pipelockCase("pipelock-default", pipelockSpec{
 			Port: 41873, MetricsPort: 41876,
-			Allow:   []string{"api.anthropic.com", "statsig.anthropic.com", "sentry.io"},
-			LogFile: stage + "/logs/pipelock.jsonl",
+			Allow: []string{"api.anthropic.com", "statsig.anthropic.com", "sentry.io"},
 		}),
 		pipelockCase("pipelock-wildcards", pipelockSpec{
 			Port: 1024, MetricsPort: 65535,
-			Allow:   []string{"*.github.com", "github.com", "*.githubusercontent.com", "registry.npmjs.org", "*.pypi.org"},
-			LogFile: "/tmp/sb/logs/pipelock.jsonl",
+			Allow: []string{"*.github.com", "github.com", "*.githubusercontent.com", "registry.npmjs.org", "*.pypi.org"},
 		}),
 	}
 }

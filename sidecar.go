@@ -22,7 +22,7 @@ import (
 // Sidecars are the host programs the guest reaches through the relays:
 // pipelock (the egress proxy), git-gate and supervise. Each listens on one
 // allocated loopback port, writes its output to a 0600 log under the
-// stage, gets an allow-listed environment (env.go) without credentials or
+// stage (capped: limits.go), gets an allow-listed environment (env.go) without credentials or
 // proxy variables and runs in its own process group, so that a stop
 // reaches its children. Only the sidecar's own process dies with the
 // supervisor (Pdeathsig, Linux only): children it started outlive a
@@ -54,6 +54,9 @@ type sidecarSpec struct {
 	Port   int      // the loopback port it must serve
 	Health sidecarHealth
 	LogDir string // absolute; its log is LogDir/Name.log
+	// OutLog, if set, is the file in LogDir its standard output goes to
+	// instead (pipelock's request log).
+	OutLog string
 }
 
 // sidecarProc is a started sidecar process. (bottle.go's sidecar is the
@@ -75,7 +78,7 @@ var sidecarNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
 func pipelockSidecar(path, configPath string, port int, dir, logDir string, env []string) sidecarSpec {
 	return sidecarSpec{
 		Name: "pipelock", Argv: []string{path, "run", "--config", configPath},
-		Dir: dir, Env: env, Port: port, Health: healthHTTP, LogDir: logDir,
+		Dir: dir, Env: env, Port: port, Health: healthHTTP, LogDir: logDir, OutLog: pipelockLogFile,
 	}
 }
 
@@ -111,13 +114,13 @@ func templateVars(port int, stage string) map[string]string {
 	return map[string]string{"port": strconv.Itoa(port), "stage": stage}
 }
 
-// openSidecarLog opens (appending, so a second up keeps the first's
-// lines) the sidecar's 0600 log, refusing to follow a symlink.
-func openSidecarLog(dir, name string) (*os.File, error) {
+// openLog opens (appending, so a second up keeps the first's lines) the
+// 0600 log dir/name, refusing to follow a symlink.
+func openLog(dir, name string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, name+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -175,9 +178,26 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
 	}
 	ln.Close()
-	logf, err := openSidecarLog(spec.LogDir, spec.Name)
+	logf, err := openLog(spec.LogDir, spec.Name+".log")
 	if err != nil {
 		return nil, fmt.Errorf("sidecar %s: log: %w", spec.Name, err)
+	}
+	files := []*os.File{logf}
+	closeLogs := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	stderr := &cappedLog{w: logf, max: logCapBytes}
+	stdout := stderr // one pipe for both: exec shares an equal writer
+	if spec.OutLog != "" {
+		outf, err := openLog(spec.LogDir, spec.OutLog)
+		if err != nil {
+			closeLogs()
+			return nil, fmt.Errorf("sidecar %s: log: %w", spec.Name, err)
+		}
+		files = append(files, outf)
+		stdout = &cappedLog{w: outf, max: logCapBytes}
 	}
 	var logFrom int64
 	if fi, err := logf.Stat(); err == nil {
@@ -189,11 +209,14 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	if cmd.Env == nil {
 		cmd.Env = []string{} // nil would inherit everything, secrets included
 	}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// A child of the sidecar's that left its group may hold the pipe: Wait
+	// then gives up on it this long after the sidecar exits.
+	cmd.WaitDelay = time.Second
 	cmd.SysProcAttr = sidecarSysProcAttr()
 	err = cmd.Start()
-	logf.Close() // the child holds its own copy
 	if err != nil {
+		closeLogs()
 		if errors.Is(err, fs.ErrNotExist) && !fileExists(spec.Argv[0]) {
 			return nil, withHint(fmt.Errorf("sidecar %s: program %q not found", spec.Name, spec.Argv[0]),
 				"install it or point the bottle's config at it")
@@ -202,7 +225,8 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	}
 	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: logf.Name(), logFrom: logFrom, cmd: cmd, done: make(chan struct{})}
 	go func() {
-		s.waitErr = cmd.Wait()
+		s.waitErr = cmd.Wait() // and all its output is in the logs
+		closeLogs()
 		close(s.done)
 	}()
 	if err := s.waitHealthy(ctx, spec.Health, deadline); err != nil {

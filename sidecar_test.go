@@ -19,7 +19,65 @@ import (
 	"time"
 )
 
-func init() { fakes["sidecar-parent"] = fakeSidecarParent }
+func init() {
+	fakes["sidecar-parent"] = fakeSidecarParent
+	fakes["chatty"] = fakeChatty
+}
+
+// fakeChatty writes args[1] bytes to its standard output and to its
+// standard error, then listens on 127.0.0.1:args[0] until killed: a sidecar
+// whose guest floods its log.
+func fakeChatty(args []string) int {
+	n, _ := strconv.Atoi(args[1])
+	line := []byte(strings.Repeat("x", 1023) + "\n")
+	for _, f := range []*os.File{os.Stdout, os.Stderr} {
+		for i := 0; i < n; i += len(line) {
+			if _, err := f.Write(line); err != nil {
+				fakeFatal(err)
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:"+args[0])
+	if err != nil {
+		fakeFatal(err)
+	}
+	for {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}
+}
+
+// TestSidecarLogCapped: a sidecar that writes more than logCapBytes to each
+// of its outputs still starts (it never blocks on its log), and each log
+// keeps the first logCapBytes and one line that says the rest was dropped.
+func TestSidecarLogCapped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ports, err := allocPorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sidecarSpec{Name: "chatty", Argv: []string{linkAs(t, dir, "chatty"), strconv.Itoa(ports[0]), strconv.Itoa(logCapBytes + 1<<20)},
+		Dir: dir, Env: []string{}, Port: ports[0], Health: healthTCP, LogDir: dir, OutLog: "chatty.out"}
+	s, err := startSidecar(context.Background(), spec, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.stop(2 * time.Second); err != nil {
+		t.Error(err)
+	}
+	for _, name := range []string{"chatty.log", "chatty.out"} {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept, note, _ := strings.Cut(string(b), "\nsmolbottle: ")
+		if len(kept) != logCapBytes || strings.Trim(kept, "x\n") != "" || !strings.Contains(note, "the rest is dropped") || strings.Count(note, "\n") != 1 {
+			t.Errorf("%s: %d bytes kept, then %.200q; want %d bytes, then one line", name, len(kept), note, logCapBytes)
+		}
+	}
+}
 
 // fakeSidecarParent starts the sidecar described by spec.json beside
 // itself, writes its pid to child.pid and waits to be killed: it stands in
@@ -155,7 +213,7 @@ func newPipelockFixtureWith(t *testing.T, bin string, fake *fakePipelockBin) *pi
 func (f *pipelockFixture) writeConfig(t *testing.T, port int) {
 	t.Helper()
 	cfg, err := renderPipelock(pipelockSpec{Port: port, MetricsPort: f.metricsPort,
-		Allow: []string{"*.anthropic.com"}, LogFile: filepath.Join(f.logs, "pipelock-events.log")})
+		Allow: []string{"*.anthropic.com"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -155,7 +155,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 		}()
 	}
 
-	gvlog, err := openSidecarLog(filepath.Join(stage, logsDir), "gvproxy")
+	gvlog, err := openLog(filepath.Join(stage, logsDir), "gvproxy.log")
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	for i, sc := range p.Sidecars {
 		ports[i] = sc.Port
 	}
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: gvlog, Serve: serve})
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: &cappedLog{w: gvlog, max: logCapBytes}, Serve: serve})
 	if err != nil {
 		return err
 	}
@@ -234,7 +234,7 @@ func raiseNoFile() {
 // until it reports ready or failed. The supervisor's output goes to
 // logs/supervisor.log; a failure carries its last lines.
 func startSupervisor(ctx context.Context, self string, p *plan) (bottleState, error) {
-	logf, err := openSidecarLog(filepath.Join(p.Stage, logsDir), strings.TrimSuffix(supervisorLog, ".log"))
+	logf, err := openLog(filepath.Join(p.Stage, logsDir), supervisorLog)
 	if err != nil {
 		return bottleState{}, err
 	}
