@@ -241,6 +241,7 @@ func TestPlanBadInput(t *testing.T) {
 		{"slug trailing dash", func(o *planOptions) { o.Slug = "ab-" }, `no trailing '-'`, 2},
 		{"slug too long", func(o *planOptions) { o.Slug = strings.Repeat("a", 33) }, "longer than 32", 2},
 		{"slug newline", func(o *planOptions) { o.Slug = "a\nb" }, "control character", 2},
+		{"slug soft hyphen", func(o *planOptions) { o.Slug = "a\u00adb" }, `slug "a\u00adb" contains an invisible formatting character U+00AD`, 2},
 		{"empty slug", func(o *planOptions) { o.Slug = "" }, "empty slug", 2},
 		{"registry image", func(o *planOptions) { o.Image = "node:22" }, `image "node:22" is a registry reference`, 1},
 		{"registry image path", func(o *planOptions) { o.Image = "ghcr.io/acme/agent" }, "registry reference", 1},
@@ -254,12 +255,15 @@ func TestPlanBadInput(t *testing.T) {
 		{"workspace /etc", func(o *planOptions) { o.Workspace = "/etc" }, "smolvm refuses to mount", 1},
 		{"workspace newline", func(o *planOptions) { o.Workspace = "/tmp/a\nb" }, "control character", 1},
 		{"workspace NEL", func(o *planOptions) { o.Workspace = "/tmp/a\u0085b" }, "control character", 1},
+		{"workspace bidi override", func(o *planOptions) { o.Workspace = "/tmp/a\u202Eb" }, `workspace "/tmp/a\u202eb" contains an invisible formatting character U+202E`, 1},
+		{"image zero-width space", func(o *planOptions) { o.Image = "/tmp/a\u200Bb.tar" }, "invisible formatting character U+200B", 1},
 		{"image CSI", func(o *planOptions) { o.Image = "/tmp/a\u009b2Jb.tar" }, "control character", 1},
 		{"allow url", func(o *planOptions) { o.Allow = []string{"https://api.anthropic.com/"} }, "not a host name or *.domain", 2},
 		{"allow ip", func(o *planOptions) { o.Allow = []string{"10.0.0.1"} }, "looks like an IP address", 2},
 		{"allow port", func(o *planOptions) { o.Allow = []string{"example.com:443"} }, "not a host name", 2},
 		{"allow bare wildcard", func(o *planOptions) { o.Allow = []string{"*"} }, "not a host name", 2},
 		{"allow newline", func(o *planOptions) { o.Allow = []string{"a.com\nmode: audit"} }, "control character", 2},
+		{"allow bidi isolate", func(o *planOptions) { o.Allow = []string{"moc.\u2066a.example"} }, "invisible formatting character U+2066", 2},
 		{"allow single label", func(o *planOptions) { o.Allow = []string{"localhost"} }, "two labels", 2},
 		// pipelock refuses strict mode with an empty api_allowlist
 		// (internal/config/validate.go:250-252 @ v2.3.0).
@@ -330,6 +334,7 @@ func TestStateRoot(t *testing.T) {
 		{"HOME relative", "", "", ".", `HOME "." is not an absolute path`, true},
 		{"HOME relative, XDG_STATE_HOME relative", "", "rel", "u", `HOME "u" is not an absolute path`, true},
 		{"HOME newline", "", "", "/home/u\nx", "control character", true},
+		{"HOME BOM", "", "", "/home/u\ufeff", "invisible formatting character U+FEFF", true},
 		{"HOME relative, SMOLBOTTLE_STATE set", "/srv/sb", "", ".", "/srv/sb", false},
 		{"HOME relative, XDG_STATE_HOME set", "", "/x", ".", "/x/smolbottle", false},
 	}

@@ -35,7 +35,10 @@ const (
 // checkText refuses values that hold bytes no path, name or list entry of
 // ours may contain: invalid UTF-8, NUL, control characters (C0, DEL and
 // C1, such as a newline, NEL or CSI) and the Unicode line and paragraph
-// separators, which could start a new line or a terminal escape in a log.
+// separators, which could start a new line or a terminal escape in a log,
+// and the invisible formatting characters (Unicode category Cf: bidi
+// overrides and isolates, zero-width characters, BOM, soft hyphen), which
+// make a printed plan read differently than it is.
 func checkText(field, v string) error {
 	if !utf8.ValidString(v) {
 		return fmt.Errorf("%s %q is not valid UTF-8", field, v)
@@ -43,6 +46,9 @@ func checkText(field, v string) error {
 	for _, r := range v {
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return fmt.Errorf("%s %q contains a control character", field, v)
+		}
+		if unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("%s %q contains an invisible formatting character %U", field, v, r)
 		}
 	}
 	return nil
