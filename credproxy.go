@@ -101,8 +101,8 @@ func credValues(creds []credential, getenv func(string) string) ([]byte, error) 
 	m := map[string]string{}
 	for _, c := range creds {
 		v := getenv(c.Env)
-		if v == "" || len(v) > credMaxValue || strings.ContainsAny(v, "\r\n\x00") {
-			return nil, fmt.Errorf("%s must be set, one line, at most %d bytes", c.Env, credMaxValue)
+		if !credValueOK(v) { // the error never shows v: it is a secret
+			return nil, fmt.Errorf("%s must be set: one token of visible ASCII characters (no spaces), at most %d bytes", c.Env, credMaxValue)
 		}
 		m[c.Env] = v
 	}
@@ -110,8 +110,9 @@ func credValues(creds []credential, getenv func(string) string) ([]byte, error) 
 }
 
 // readCredValues reads what credValues wrote, once, and checks that every
-// credential of the plan has its value. JSON writes a byte as at most six
-// ("\u003c"), and each name and its quotes fit in 256.
+// credential of the plan has a value that passes credValueOK. JSON writes
+// a byte as at most six ("\u003c"), and each name and its quotes fit in
+// 256.
 func readCredValues(r io.Reader, creds []credential) (map[string]string, error) {
 	b, err := io.ReadAll(io.LimitReader(r, int64(len(credKinds))*(6*credMaxValue+256)))
 	if err != nil {
@@ -122,11 +123,27 @@ func readCredValues(r io.Reader, creds []credential) (map[string]string, error) 
 		return nil, errors.New("the credentials up handed over are malformed")
 	}
 	for _, c := range creds {
-		if m[c.Env] == "" {
-			return nil, fmt.Errorf("up handed over no value for %s", c.Env)
+		if !credValueOK(m[c.Env]) {
+			return nil, fmt.Errorf("up handed over no valid value for %s", c.Env)
 		}
 	}
 	return m, nil
+}
+
+// credValueOK reports whether v can be sent as a credential header's
+// value: non-empty, at most credMaxValue bytes, each visible ASCII
+// (0x21-0x7e): JSON hands it over unchanged, and it is a valid header
+// value with nothing to trim or split.
+func credValueOK(v string) bool {
+	if v == "" || len(v) > credMaxValue {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x21 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 type credProxy struct {

@@ -564,12 +564,16 @@ func TestCredValuesHandOver(t *testing.T) {
 	if _, err := readCredValues(strings.NewReader(`{"ANTHROPIC_API_KEY":`), creds); err == nil || strings.Contains(err.Error(), "ANTHROPIC_API_KEY\":") {
 		t.Errorf("malformed input: %v", err)
 	}
-	for _, bad := range []string{"", "two\nlines", strings.Repeat("k", credMaxValue+1)} {
+	if _, err := readCredValues(strings.NewReader(`{"ANTHROPIC_API_KEY":"sk key","CLAUDE_CODE_OAUTH_TOKEN":"x"}`), creds); err == nil || strings.Contains(err.Error(), "sk key") {
+		t.Errorf("a value with a space handed over: %v", err)
+	}
+	for _, bad := range []string{"", "two\nlines", strings.Repeat("k", credMaxValue+1),
+		"sk-ant-\u00e9", "sk-ant-\xff", "sk-ant key", "sk-ant\tkey", "sk-ant\x7fkey"} {
 		env["ANTHROPIC_API_KEY"] = bad
 		if _, err := credValues(creds, getenv); err == nil {
 			t.Errorf("value %.20q accepted", bad)
-		} else if bad != "" && strings.Contains(err.Error(), bad) {
-			t.Errorf("the error shows the value: %v", err)
+		} else if bad != "" && strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "ANTHROPIC_API_KEY must be set") {
+			t.Errorf("the error shows the value or not the variable: %v", err)
 		}
 	}
 	if c, _ := newCredentials(func(string) string { return "" }, rand.Reader); len(c) != 0 {
