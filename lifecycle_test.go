@@ -289,6 +289,125 @@ func TestSupervisorKilled(t *testing.T) {
 	assertTornDown(t, b, f, "kill")
 }
 
+func init() { fakes["forking-sidecar"] = forkingSidecar }
+
+// forkingSidecar stands in for a git-gate whose child daemonizes:
+//
+//	forking-sidecar PORT    runs "fork" to its end, then accepts on 127.0.0.1:PORT
+//	forking-sidecar fork    starts "daemon long" and "daemon short", each in a
+//	                        session of its own (setsid), and exits at once
+//	forking-sidecar daemon NAME
+//	                        writes "PID START" to NAME.pid beside the program;
+//	                        long then sleeps, short exits after 500 ms
+func forkingSidecar(args []string) int {
+	switch {
+	case len(args) == 1 && args[0] == "fork":
+		for _, name := range []string{"long", "short"} {
+			cmd := exec.Command(os.Args[0], "daemon", name)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := cmd.Start(); err != nil {
+				return 1
+			}
+		}
+		return 0
+	case len(args) == 2 && args[0] == "daemon":
+		start, _ := procStart(os.Getpid())
+		pidFile := filepath.Join(filepath.Dir(os.Args[0]), args[1]+".pid")
+		os.WriteFile(pidFile, fmt.Appendf(nil, "%d %d", os.Getpid(), start), 0o600)
+		if args[1] == "short" {
+			time.Sleep(500 * time.Millisecond)
+			return 0
+		}
+		time.Sleep(time.Hour)
+		return 0
+	case len(args) == 1:
+		if err := exec.Command(os.Args[0], "fork").Run(); err != nil {
+			return 1
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+args[0])
+		if err != nil {
+			return 1
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			c.Close()
+		}
+	}
+	return 2
+}
+
+// TestSupervisorKillsOrphans: a sidecar's child that left the sidecar's
+// process group and the supervisor's session (a double fork and setsid),
+// which neither stopping the sidecar nor down's session sweep reaches,
+// becomes the supervisor's child (its subreaper): one that exits while the
+// bottle runs is reaped, and the supervisor's teardown kills the rest.
+func TestSupervisorKillsOrphans(t *testing.T) {
+	b := newTestBottle(t, "")
+	useBottle(t, b)
+	opts := b.opts("orphan")
+	opts.GitGate, opts.GitGateCmd = true, linkAs(t, b.path, "forking-sidecar")+" {port}"
+	p, err := resolvePlan(context.Background(), opts, b.env(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.writeStage(); err != nil {
+		t.Fatal(err)
+	}
+	self, _ := os.Executable()
+	st, err := startSupervisor(context.Background(), self, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopSupervisor(st.Supervisor) })
+	daemon := func(name string) procIdent {
+		var id procIdent
+		for range 250 {
+			if data, err := os.ReadFile(filepath.Join(b.path, name+".pid")); err == nil {
+				if _, err := fmt.Sscanf(string(data), "%d %d", &id.PID, &id.Start); err == nil {
+					return id
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("the sidecar's daemon %s wrote no pid", name)
+		return id
+	}
+	gone := func(id procIdent, zombieToo bool) bool {
+		for range 250 {
+			if state, _ := procStat(id.PID, 3); !id.alive() || zombieToo && state == "Z" {
+				return true
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return false
+	}
+	long, short := daemon("long"), daemon("short")
+	t.Cleanup(func() {
+		if long.alive() {
+			syscall.Kill(long.PID, syscall.SIGKILL)
+		}
+	})
+	sup := strconv.Itoa(st.Supervisor.PID)
+	if ppid, err := procStat(long.PID, 4); err != nil || ppid != sup {
+		t.Fatalf("the orphaned daemon's parent is %q (%v), want the supervisor %s", ppid, err, sup)
+	}
+	if sid, err := procStat(long.PID, 6); err != nil || sid == sup {
+		t.Fatalf("the daemon's session is %q (%v): want one of its own, out of the sweep's reach", sid, err)
+	}
+	if !gone(short, false) {
+		t.Errorf("the orphan that exited while the bottle ran is left a zombie of the supervisor")
+	}
+	if err := stopSupervisor(st.Supervisor); err != nil {
+		t.Fatal(err)
+	}
+	if !gone(long, true) {
+		t.Errorf("the sidecar's daemon (pid %d) outlived the supervisor's teardown", long.PID)
+	}
+}
+
 // TestSupervisorPortTaken takes pipelock's port between allocation and
 // bind: the supervisor fails, says so and leaves nothing running.
 func TestSupervisorPortTaken(t *testing.T) {

@@ -50,7 +50,7 @@ type confineSpec struct {
 	Serve   map[int]func(net.Listener)
 }
 
-type confinedNet struct{ GvproxyPID int }
+type confinedNet struct{ InnerPID, GvproxyPID int }
 
 func (c *confinedNet) Close() error          { return nil }
 func (c *confinedNet) Done() <-chan struct{} { return nil }

@@ -16,6 +16,17 @@ func sidecarSysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }
 
+// setSubreaper marks this process a child subreaper (prctl(2),
+// PR_SET_CHILD_SUBREAPER, 36): a process whose parent dies is reparented
+// to its nearest living ancestor so marked instead of to init, whatever
+// its session or group. Children do not inherit the mark.
+func setSubreaper() error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, 36, 1, 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
 // portOwnedByGroup reports whether every socket listening on TCP port
 // belongs to a process in process group pgid. The relays send the guest's
 // traffic to 127.0.0.1:port, so a program that bound the port first and

@@ -15,3 +15,7 @@ func sidecarSysProcAttr() *syscall.SysProcAttr {
 // portOwnedByGroup cannot tell who holds a port without /proc; the
 // sidecar's early exit on "address already in use" is the only signal.
 func portOwnedByGroup(pgid, port int) (owned, known bool) { return false, false }
+
+// setSubreaper does nothing: no subreaper off Linux, where no supervisor
+// runs.
+func setSubreaper() error { return nil }

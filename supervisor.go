@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +26,12 @@ import (
 // self-test probes it). up starts it detached, in a session of its own, so
 // it outlives up; its children die with it (Pdeathsig), and what their
 // own children leave behind is killed by down, or by a failed up, through
-// the session (sweepSession). It records itself in <stage>/state.json, so
+// the session (sweepSession). On Linux it is also the subreaper of all it
+// starts (setSubreaper): a descendant whose parent dies, even one that
+// left the session (setsid, a daemon), becomes its child; it reaps those
+// that exit while it runs, and kills and reaps every child left once its
+// sidecars and the confined gvproxy are stopped, the last step of its
+// teardown (reapOrphans). It records itself in <stage>/state.json, so
 // down finds it after a crash and the next up finds a stale bottle instead
 // of reusing it.
 //
@@ -80,6 +86,10 @@ func runSupervise(ctx context.Context, args []string) error {
 func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent procIdent, ready func(canary int)) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer stop()
+	if err := setSubreaper(); err != nil {
+		return fmt.Errorf("become the sidecars' subreaper: %w", err)
+	}
+	defer reapOrphans(nil, true) // deferred first: runs after every stop
 	p, err := readPlan(stage)
 	if err != nil {
 		creds.Close()
@@ -186,6 +196,13 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 		return err
 	}
 	ready(st.Canary)
+	keep := []int{cn.InnerPID} // the children whose exec.Cmd reaps them
+	for _, s := range procs {
+		keep = append(keep, s.cmd.Process.Pid)
+	}
+	chld := make(chan os.Signal, 1)
+	signal.Notify(chld, syscall.SIGCHLD)
+	defer signal.Stop(chld)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -194,6 +211,8 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 			return nil
 		case err := <-died:
 			return err
+		case <-chld: // an orphan that exited stays a zombie until reaped
+			reapOrphans(keep, false)
 		case <-tick.C:
 			if cur, ok, err := readState(stage); err == nil && ok && !cur.Ready && !upIdent.alive() {
 				return errors.New("up died before the bottle was ready: tearing down")
@@ -393,6 +412,41 @@ func sweepSessionOf(sid int, pids []int, lives func(int) bool, session func(int)
 		}
 		kill(pid)
 	}
+}
+
+// reapOrphans waits for this process's children outside keep that have
+// exited, or, with kill, kills (SIGKILL) and waits for every one, and then
+// for those each leaves it, until no kill succeeds. keep holds the pids an
+// exec.Cmd waits for; with kill, none is left. A child's pid is not reused
+// before it is waited for, so the scan, the kill and the wait name the
+// same process.
+func reapOrphans(keep []int, kill bool) {
+	for again := true; again; {
+		again = false
+		for _, pid := range childPids() {
+			state, _ := procStat(pid, 3)
+			if !slices.Contains(keep, pid) && (kill && syscall.Kill(pid, syscall.SIGKILL) == nil || state == "Z") {
+				syscall.Wait4(pid, nil, 0, nil)
+				again = kill
+			}
+		}
+	}
+}
+
+// childPids lists this process's children: the processes whose
+// /proc/PID/stat names it as parent (field 4). /proc/PID/task/TID/children
+// is not used: proc(5) says exiting children can hide others there.
+func childPids() (pids []int) {
+	self := strconv.Itoa(os.Getpid())
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		if pid, err := strconv.Atoi(d.Name()); err == nil {
+			if ppid, err := procStat(pid, 4); err == nil && ppid == self {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
 
 // waitGone polls for at most d until id is gone; it reports whether it is.
