@@ -24,11 +24,12 @@ import (
 // allocated loopback port, writes its output to a 0600 log under the
 // stage (capped: limits.go), gets an allow-listed environment (env.go) without credentials or
 // proxy variables and runs in its own process group, so that a stop
-// reaches its children. Only the sidecar's own process dies with the
-// supervisor (Pdeathsig, Linux only): children it started outlive a
-// supervisor that is killed until down (or the failed up) kills what is
-// left of the supervisor's session (supervisor.go). With -egress-proxy no pipelock is started; probeEgressProxy
-// checks the given proxy instead.
+// reaches its children; the supervisor is their subreaper and kills what
+// they leave behind (supervisor.go). Only the sidecar's own process dies
+// with the supervisor (Pdeathsig, Linux only): children it started outlive
+// a supervisor that is killed, until down (or the failed up) kills what is
+// left of the supervisor's session. With -egress-proxy no pipelock is
+// started; probeEgressProxy checks the given proxy instead.
 const (
 	sidecarHealthDeadline = 20 * time.Second
 	sidecarStopGrace      = 5 * time.Second
