@@ -178,7 +178,7 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if within(p.Stage, p.Workspace) || within(p.Workspace, p.Stage) {
 		return nil, fmt.Errorf("stage %q and workspace %q overlap: the guest would see the stage (gvproxy's socket, configs, logs) through the workspace", p.Stage, p.Workspace)
 	}
-	if err := checkStageFree(p.Stage, p.Slug); err != nil {
+	if err := checkStageFree(p.Stage); err != nil {
 		return nil, err
 	}
 

@@ -110,12 +110,12 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	// Bad input has been refused without writing anything. From here on
 	// the stage is locked, and checked free again under the lock: another
 	// up may have taken it since resolvePlan looked.
-	unlock, err := lockStage(p.Stage)
+	unlock, err := lockBottle(p)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if err := checkStageFree(p.Stage, p.Slug); err != nil {
+	if err := checkStageFree(p.Stage); err != nil {
 		return nil, err
 	}
 	if err := checkStageLink(p); err != nil {
@@ -131,7 +131,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 		if err != nil {
 			prog.step("failed; tearing down")
 			if derr := teardown(context.WithoutCancel(ctx), p, created); derr != nil {
-				err = fmt.Errorf("%w (and teardown: %v)", err, derr)
+				var h hinted
+				errors.As(err, &h)
+				err = withHint(fmt.Errorf("%w (and teardown: %v)", err, derr), append(h.hints, "finish the teardown with: "+downCommand(p.Slug, p.Stage))...)
 			} else {
 				forgetStage(p.Slug, p.Stage)
 			}
@@ -351,7 +353,7 @@ func judgeProbes(pl probePlan, res []probeResult) error {
 // bottleDown stops and deletes everything of a bottle but its logs. It
 // is idempotent: each step tolerates what is already gone.
 func bottleDown(ctx context.Context, p *plan) error {
-	unlock, err := lockStage(p.Stage)
+	unlock, err := lockBottle(p)
 	if err != nil {
 		return err
 	}
@@ -462,7 +464,7 @@ func requireUp(p *plan) error {
 		return withHint(fmt.Errorf("bottle %q is not up", p.Slug), "start it as planned with: "+upCommand(p))
 	case !st.Supervisor.alive():
 		return withHint(fmt.Errorf("bottle %q is stale: its supervisor (pid %d) is gone", p.Slug, st.Supervisor.PID),
-			"clean it up with: smolbottle down "+p.Slug)
+			"clean it up with: "+downCommand(p.Slug, p.Stage))
 	}
 	return nil
 }

@@ -182,6 +182,27 @@ func TestUpGuestNetworkNeverComesUp(t *testing.T) {
 	}
 }
 
+// TestUpTeardownFails: when the teardown of a failed up fails too, up says
+// both, keeps the failure's own hints, and says how to finish the
+// teardown; typed, that command does.
+func TestUpTeardownFails(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	f := useBottle(t, b)
+	f.control(t, fakeControl{Fail: map[string]string{"exec": "connect: guest agent did not answer", "delete": "database is locked"}})
+	var out, errb bytes.Buffer
+	code := exitCode(&errb, runCLI(context.Background(), b.upArgs("td"), &out, &errb))
+	const want = "smolbottle: hint: finish the teardown with: smolbottle down td\n"
+	if code != 1 || !strings.Contains(errb.String(), "(and teardown: ") || !strings.HasSuffix(errb.String(), want) {
+		t.Fatalf("up with a failing teardown: exit %d\n%s\nwant it to end with %q", code, errb.String(), want)
+	}
+	f.control(t, fakeControl{})
+	if err := runCLI(context.Background(), []string{"down", "td"}, &out, &errb); err != nil {
+		t.Fatalf("down td, as the hint says: %v", err)
+	}
+	assertTornDown(t, b, f, "td")
+}
+
 // TestUpSidecarFails gives git-gate a command that exits at once.
 func TestUpSidecarFails(t *testing.T) {
 	b := newTestBottle(t, "")

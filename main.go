@@ -386,12 +386,12 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	// As up does: under the stage's lock, and the stage checked free again,
 	// so that plan never rewrites plan.json under an up or a down.
-	unlock, err := lockStage(p.Stage)
+	unlock, err := lockBottle(p)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if err := checkStageFree(p.Stage, p.Slug); err != nil {
+	if err := checkStageFree(p.Stage); err != nil {
 		return err
 	}
 	if err := checkStageLink(p); err != nil {

@@ -129,6 +129,9 @@ func markReady(stage string) error {
 	if err != nil {
 		return fmt.Errorf("record that up finished: %v", err)
 	}
+	if !st.Supervisor.alive() { // its network is gone: the self-test proved nothing
+		return fmt.Errorf("the supervisor (pid %d) exited before up finished; see %s", st.Supervisor.PID, filepath.Join(stage, logsDir, supervisorLog))
+	}
 	st.Ready = true
 	data, _ := json.Marshal(st)
 	return writeFileAtomic(filepath.Join(stage, stateFile), data, 0o600)
@@ -194,13 +197,13 @@ func readState(stage string) (st bottleState, ok bool, err error) {
 
 // checkStageFree refuses a stage that holds a live or stale bottle, or a
 // directory that smolbottle did not create.
-func checkStageFree(stage, slug string) error {
+func checkStageFree(stage string) error {
 	st, ok, err := readState(stage)
 	if err != nil {
 		return err
 	}
 	if ok {
-		down := "smolbottle down " + slug
+		down := downCommand(st.Slug, stage)
 		if st.Supervisor.alive() {
 			return withHint(fmt.Errorf("stage %q already holds a live bottle %q (supervisor pid %d)", stage, st.Slug, st.Supervisor.PID),
 				"stop it with: "+down)

@@ -29,23 +29,55 @@ const (
 // stageLinkPath is where slug's pointer lives under root.
 func stageLinkPath(root, slug string) string { return filepath.Join(root, slug+stageLinkSuffix) }
 
-// checkStageLink refuses to plan slug in a new stage while its pointer
-// names another stage that still holds the slug's bottle: overwriting or
-// removing the pointer would hide that bottle from ls and down.
+// checkStageLink refuses to plan slug in a new stage while another stage,
+// the one its pointer names or its default stage, still holds the slug's
+// bottle: the two would share one machine name, and overwriting or
+// removing the pointer would hide that bottle from ls and down. (A pointer
+// that is unusable is replaced by recordStage.)
 func checkStageLink(p *plan) error {
 	root, err := stateRoot(os.Getenv)
 	if err != nil {
 		return nil
 	}
-	old, err := readStageLink(root, p.Slug)
-	if err != nil || old == p.Stage {
-		return nil // none, or unusable: recordStage replaces it
+	var others []string
+	if old, err := readStageLink(root, p.Slug); err == nil {
+		others = append(others, old)
 	}
-	if q, err := readPlan(old); err == nil && q.Slug == p.Slug {
-		return withHint(fmt.Errorf("bottle %q is already staged in %q", p.Slug, old),
-			"remove it first with: smolbottle down "+p.Slug+"; or choose another slug")
+	if def, err := resolveExisting(filepath.Join(root, p.Slug)); err == nil {
+		others = append(others, def)
+	}
+	for _, old := range others {
+		if q, err := readPlan(old); err == nil && q.Slug == p.Slug && old != p.Stage {
+			return withHint(fmt.Errorf("bottle %q is already staged in %q", p.Slug, old),
+				"remove it first with: "+downCommand(p.Slug, old)+"; or choose another slug")
+		}
 	}
 	return nil
+}
+
+// lockBottle takes the lock of p's stage and, when that is not its slug's
+// default stage, the default stage's lock too: a slug has one machine
+// name and one pointer, so two stages must not build or remove its bottle
+// at once.
+func lockBottle(p *plan) (func(), error) {
+	unlockStage, err := lockStage(p.Stage)
+	if err != nil {
+		return nil, err
+	}
+	root, err := stateRoot(os.Getenv)
+	if err != nil {
+		return unlockStage, nil
+	}
+	def, err := resolveExisting(filepath.Join(root, p.Slug))
+	if err != nil || def == p.Stage {
+		return unlockStage, nil
+	}
+	unlockSlug, err := lockStage(def)
+	if err != nil {
+		unlockStage()
+		return nil, err
+	}
+	return func() { unlockSlug(); unlockStage() }, nil
 }
 
 // recordStage writes slug's pointer when its stage is not the default one,
@@ -56,7 +88,7 @@ func recordStage(p *plan) error {
 		return nil // no state root: nothing to list from, nothing to record
 	}
 	link := stageLinkPath(root, p.Slug)
-	if isDefaultStage(root, p) {
+	if isDefaultStage(root, p.Slug, p.Stage) {
 		if err := os.Remove(link); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
@@ -68,11 +100,11 @@ func recordStage(p *plan) error {
 	return writeFileAtomic(link, []byte(p.Stage+"\n"), 0o600)
 }
 
-// isDefaultStage reports whether p is staged where its slug alone puts it,
+// isDefaultStage reports whether stage is where slug alone puts it,
 // compared as stageFor resolves it (through symlinks).
-func isDefaultStage(root string, p *plan) bool {
-	def, err := resolveExisting(filepath.Join(root, p.Slug))
-	return err == nil && def == p.Stage
+func isDefaultStage(root, slug, stage string) bool {
+	def, err := resolveExisting(filepath.Join(root, slug))
+	return err == nil && def == stage
 }
 
 // forgetStage removes slug's pointer if it names stage.
@@ -150,10 +182,21 @@ func upCommand(p *plan) string {
 	if p.Backend != defaultBackend {
 		argv = append(argv, "-backend", p.Backend)
 	}
-	if root, err := stateRoot(os.Getenv); err != nil || !isDefaultStage(root, p) {
-		argv = append(argv, "-stage", p.Stage)
+	return shellQuote(append(append(argv, stageArg(p.Slug, p.Stage)...), p.Slug))
+}
+
+// downCommand is the command that takes down slug's bottle in stage.
+func downCommand(slug, stage string) string {
+	return shellQuote(append(append([]string{"smolbottle", "down"}, stageArg(slug, stage)...), slug))
+}
+
+// stageArg is the -stage a command needs to find slug's bottle in stage:
+// none for its default stage.
+func stageArg(slug, stage string) []string {
+	if root, err := stateRoot(os.Getenv); err == nil && isDefaultStage(root, slug, stage) {
+		return nil
 	}
-	return shellQuote(append(argv, p.Slug))
+	return []string{"-stage", stage}
 }
 
 // recordedBottles returns every bottle the state root records, in a

@@ -171,3 +171,73 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 		t.Errorf("supervisor.log lost the earlier attempt:\n%s", log)
 	}
 }
+
+// TestSlugStagedTwice: a slug planned in its default stage may not be
+// planned in another stage too (the two would share one machine name, and
+// a failed up of the second would delete the first's machine), and while
+// the default stage is locked no other stage may take the slug either.
+func TestSlugStagedTwice(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	useBottle(t, b)
+	ctx := context.Background()
+	cli := func(args ...string) (string, int) {
+		var out, errb bytes.Buffer
+		code := exitCode(&errb, runCLI(ctx, args, &out, &errb))
+		return out.String() + errb.String(), code
+	}
+	other := filepath.Join(b.dir, "other")
+	elsewhere := []string{"plan", "-stage", other, "-image", b.image, "-workspace", b.workspace, "twice"}
+
+	unlock, err := lockStage(filepath.Join(b.state, "twice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, code := cli(elsewhere...)
+	unlock()
+	if code != 1 || !strings.Contains(got, "another smolbottle plan, up or down is working on stage") {
+		t.Errorf("plan -stage while the slug's default stage is locked: exit %d\n%s", code, got)
+	}
+
+	if got, code := cli("plan", "-image", b.image, "-workspace", b.workspace, "twice"); code != 0 {
+		t.Fatalf("plan: exit %d\n%s", code, got)
+	}
+	got, code = cli(elsewhere...)
+	def := filepath.Join(b.state, "twice")
+	if code != 1 || !strings.Contains(got, `bottle "twice" is already staged in "`+def+`"`) ||
+		!strings.Contains(got, "hint: remove it first with: smolbottle down twice;") {
+		t.Errorf("plan -stage over a bottle in the default stage: exit %d\n%s", code, got)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Errorf("the refused plan wrote %s", other)
+	}
+}
+
+// TestStageHintsNameTheBottle: the hints for a stale bottle name the bottle
+// that is there and its -stage, so that typing them finds it.
+func TestStageHintsNameTheBottle(t *testing.T) {
+	t.Setenv("SMOLBOTTLE_STATE", t.TempDir())
+	stage := filepath.Join(t.TempDir(), "s")
+	if err := os.Mkdir(stage, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(bottleState{Slug: "foo", Supervisor: procIdent{PID: 1 << 22}})
+	if err := os.WriteFile(filepath.Join(stage, stateFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	exitCode(&errb, checkStageFree(stage))
+	if want := "hint: clean it up with: smolbottle down -stage " + stage + " foo\n"; !strings.Contains(errb.String(), want) {
+		t.Errorf("checkStageFree on a stale bottle:\n%s\nwant the hint %q", errb.String(), want)
+	}
+	errb.Reset()
+	exitCode(&errb, requireUp(&plan{Slug: "foo", Stage: stage}))
+	if want := "hint: clean it up with: smolbottle down -stage " + stage + " foo\n"; !strings.Contains(errb.String(), want) {
+		t.Errorf("requireUp on a stale bottle:\n%s\nwant the hint %q", errb.String(), want)
+	}
+	// markReady refuses a bottle whose supervisor is gone: its network went
+	// with it, so up must not report it ready.
+	if err := markReady(stage); err == nil || !strings.Contains(err.Error(), "exited before up finished") {
+		t.Errorf("markReady with the supervisor gone = %v", err)
+	}
+}
