@@ -37,7 +37,8 @@ import (
 //     names the socket by path, and sealed read-only once gvproxy has made
 //     its socket): the API can touch no host file;
 //   - with every capability dropped and no_new_privs set: it is uid 0 of its
-//     user namespace, which would otherwise hold a full capability set there.
+//     user namespace, which would otherwise hold a full capability set there;
+//   - with its memory capped (RLIMIT_DATA, limits.go).
 //
 // The guest never reaches gvproxy's socket (its whole HTTP API): it gets
 // the guest link front's (guestlink.go), which the owner runs.
@@ -51,7 +52,7 @@ import (
 //	 └─ smolbottle _confine   new user+net+mount+PID ns (its init); lo; opens
 //	     │                    the relay listeners and hands them to the
 //	     │                    owner; jail
-//	     └─ smolbottle _dropexec -> gvproxy   chroot, caps dropped, no_new_privs
+//	     └─ smolbottle _dropexec -> gvproxy   chroot, caps dropped, no_new_privs, data capped
 //
 // _confine and _dropexec are internal subcommands: argv is built here only.
 const (
@@ -692,8 +693,8 @@ func waitForSocket(path string, exited <-chan struct{}, limit time.Duration) err
 	}
 }
 
-// runDropExec chroots, drops every capability, sets no_new_privs and execs
-// argv. It is the last step before gvproxy and runs single-threaded in
+// runDropExec chroots, drops every capability, sets no_new_privs, caps the
+// data segment and execs argv. It is the last step before gvproxy and runs single-threaded in
 // effect: the calling thread is locked, and execve takes that thread's
 // credentials.
 func runDropExec(args []string, stderr io.Writer) error {
@@ -722,6 +723,10 @@ func runDropExec(args []string, stderr io.Writer) error {
 	}
 	if err := dropCapabilities(); err != nil {
 		return setupStepError("drop capabilities", err)
+	}
+	lim := &syscall.Rlimit{Cur: gvproxyMaxData, Max: gvproxyMaxData}
+	if err := syscall.Setrlimit(syscall.RLIMIT_DATA, lim); err != nil {
+		return setupStepError("cap gvproxy's memory", err)
 	}
 	err := syscall.Exec(argv[0], argv, []string{})
 	return setupStepError("exec gvproxy", err)

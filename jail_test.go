@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -165,6 +166,10 @@ func TestConfinedCloseLeavesNothing(t *testing.T) {
 	st, err := procStatusCaps(cn.GvproxyPID)
 	if err != nil || !capsDropped(st) {
 		t.Errorf("gvproxy capabilities: %v %v", st, err)
+	}
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", cn.GvproxyPID))
+	if want := fmt.Sprintf(`(?m)^Max data size +%d +%d +bytes`, gvproxyMaxData, gvproxyMaxData); err != nil || !regexp.MustCompile(want).Match(limits) {
+		t.Errorf("gvproxy's limits (%v), want %q:\n%s", err, want, limits)
 	}
 
 	cn.Close()

@@ -30,6 +30,13 @@ import (
 //     reads, which keeps the first logCapBytes of each log in each run,
 //     says so once, and drops the rest (cappedLog). The child never blocks
 //     or fails on it.
+//   - gvproxy's memory is capped (RLIMIT_DATA, gvproxyMaxData, set by
+//     _dropexec before it execs gvproxy). The guest reaches gvproxy's own
+//     HTTP API on gateway:80 (cmd/gvproxy/main.go:160-168 @ v0.8.9), whose
+//     connections live in gvproxy's netstack, past every relay cap, and
+//     may each send up to 1 MiB of header for 10 s (main.go:363-367). At
+//     the cap gvproxy's allocation fails and it dies; the supervisor then
+//     tears the bottle down.
 const (
 	relayPortCap      = 256
 	relayBottleCap    = 512
@@ -37,6 +44,9 @@ const (
 	relayFDReserve    = 256
 	refusalLogLines   = 50
 	logCapBytes       = 64 << 20
+	// gvproxyMaxData is about 2.5 times the data gvproxy maps under
+	// selftest's 5,000-stream flood (395 MiB VmData).
+	gvproxyMaxData = 1 << 30
 )
 
 // relayCaps returns the per-port and per-bottle caps for an owner whose
