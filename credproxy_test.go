@@ -337,7 +337,7 @@ func TestCredProxy(t *testing.T) {
 }
 
 // TestCredProxyLogCapped: a guest that sends refused requests as fast as
-// it can gets refusalLogLines lines in the log, then one per 1,000.
+// it can gets refusalLogLines lines in the log, then one at 1,000 and each doubling.
 func TestCredProxyLogCapped(t *testing.T) {
 	f := newCredFixture(t)
 	client := &http.Client{}

@@ -128,7 +128,7 @@ func answer(t *testing.T, g *guestLink, req string) string {
 }
 
 // TestGuestLinkLogCapped: a guest that makes and drops links as fast as it
-// can gets refusalLogLines lines in the log, then one per 1,000.
+// can gets refusalLogLines lines in the log, then one at 1,000 and each doubling.
 func TestGuestLinkLogCapped(t *testing.T) {
 	g, _, l := newTestLinkLog(t)
 	for range 1100 {

@@ -23,7 +23,8 @@ import (
 //     guest can cause at will (a refusal, a failed dial, a guest link made
 //     or lost, a request the credential sidecar forwarded or could not) is
 //     logged up to refusalLogLines times per kind of line and listener,
-//     then once per 1,000 (refusalLog, one per kind): a flood of one kind
+//     then once at 1,000 and at every doubling (refusalLog, one per kind),
+//     so its lines grow with the logarithm of a flood: a flood of one kind
 //     does not hide the first lines of another.
 //   - Nor through a child's output: a sidecar's (pipelock's request log
 //     among it) and gvproxy's reach their logs through a pipe the owner
@@ -95,7 +96,7 @@ func (b *acceptBackoff) wait() {
 func (b *acceptBackoff) reset() { b.d = 0 }
 
 // refusalLog counts the lines a guest can cause and logs the first
-// refusalLogLines of them, then one line per 1,000.
+// refusalLogLines of them, then one count line at 1,000, 2,000, 4,000, ...
 type refusalLog struct {
 	mu sync.Mutex
 	n  int
@@ -109,7 +110,7 @@ func (l *refusalLog) log(logf func(string, ...any), who, format string, args ...
 	switch {
 	case n <= refusalLogLines:
 		logf(who+": "+format, args...)
-	case n%1000 == 0:
+	case n%1000 == 0 && (n/1000)&(n/1000-1) == 0:
 		logf("%s: %d lines so far, the rest not logged", who, n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -190,7 +191,7 @@ func TestRelayDialsOnFirstBytes(t *testing.T) {
 
 // TestRelayDialFailuresLogCapped: a guest that opens streams to a port
 // whose sidecar is down, as fast as it can, gets refusalLogLines lines in
-// the log, then one per 1,000.
+// the log, then one at 1,000 and each doubling.
 func TestRelayDialFailuresLogCapped(t *testing.T) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -447,5 +448,25 @@ func TestRelayCloseCutsSidecarSide(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("Close left the stream's sidecar side open")
 		}
+	}
+}
+
+// TestRefusalLogGrowsWithTheLogarithm: a flood of one kind of line that
+// never ends still writes only the first refusalLogLines and a count at
+// 1,000 and each doubling, so a guest cannot fill the disk with it.
+func TestRefusalLogGrowsWithTheLogarithm(t *testing.T) {
+	var l refusalLog
+	var got []string
+	logf := func(format string, args ...any) { got = append(got, fmt.Sprintf(format, args...)) }
+	for range 1 << 20 {
+		l.log(logf, "relay", "refused")
+	}
+	var counts []string
+	for _, line := range got[refusalLogLines:] {
+		counts = append(counts, strings.TrimSuffix(strings.TrimPrefix(line, "relay: "), " lines so far, the rest not logged"))
+	}
+	want := []string{"1000", "2000", "4000", "8000", "16000", "32000", "64000", "128000", "256000", "512000", "1024000"}
+	if len(got) < refusalLogLines || got[0] != "relay: refused" || !slices.Equal(counts, want) {
+		t.Errorf("%d lines; after the first %d: %q, want %q", len(got), refusalLogLines, counts, want)
 	}
 }
