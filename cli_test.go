@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -231,5 +232,21 @@ func TestLsAfterStage(t *testing.T) {
 	got, _ = c.transcript("down", "-n", "away")
 	if strings.Contains(got, "machine delete") || strings.Contains(got, "nothing to do") {
 		t.Errorf("down -n of a planned -stage bottle:\n%s", got)
+	}
+}
+
+// TestErrorOutputIsPrintable: a child's or the guest's text in an error
+// (here a log tail with a terminal escape, a bidi override, a NUL and a
+// byte of invalid UTF-8) is printed escaped; newlines and real text stay.
+func TestErrorOutputIsPrintable(t *testing.T) {
+	tail := "guest: \x1b]0;owned\x07title\ngo\u202eal \x00 \xff ü \uFFFD\ttab"
+	var errb bytes.Buffer
+	exitCode(&errb, withHint(withTail(errors.New("prepare the guest: exit status 1"), tail), "hint \x1b[2J"))
+	want := "smolbottle: error: prepare the guest: exit status 1\n" +
+		`guest: \x1b]0;owned\atitle` + "\n" +
+		`go\u202eal \x00 \xff ü ` + "\uFFFD\ttab\n" +
+		`smolbottle: hint: hint \x1b[2J` + "\n"
+	if got := errb.String(); got != want {
+		t.Errorf("got\n%q\nwant\n%q", got, want)
 	}
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Output policy. Standard output carries only what a command was asked for
@@ -19,6 +22,9 @@ import (
 //     command that works when typed as shown.
 //   - A child's log tail follows the error line, never repeating a line
 //     the error already says (withTail).
+//   - A child's or the guest's text may hold any byte: error and hint
+//     lines are printed with control and invisible formatting characters
+//     and invalid UTF-8 escaped (printable), so none reaches the terminal.
 //   - Usage errors (a bad flag, a missing or malformed argument, a value
 //     outside its field's limits) are one error line, at most one hint
 //     pointing at `smolbottle SUBCOMMAND -h`, and exit status 2; -h prints
@@ -72,11 +78,11 @@ func exitCode(stderr io.Writer, err error) int {
 	if errors.Is(err, errUsage) {
 		msg = strings.TrimPrefix(msg, errUsage.Error()+": ")
 	}
-	fmt.Fprintf(stderr, "smolbottle: error: %s\n", msg)
+	fmt.Fprintf(stderr, "smolbottle: error: %s\n", printable(msg))
 	var h hinted
 	if errors.As(err, &h) {
 		for _, line := range h.hints {
-			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", line)
+			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", printable(line))
 		}
 	}
 	if errors.Is(err, errUsage) {
@@ -121,6 +127,24 @@ func flagError(cmd string, err error) error {
 		msg = strings.Replace(msg, "for flag ", "for ", 1)
 	}
 	return withHint(usageError("%s", msg), "smolbottle "+cmd+" -h lists its flags")
+}
+
+// printable returns s with every control character but newline and tab,
+// every invisible formatting character (Unicode Cf: bidi overrides,
+// zero-width ones) and every byte of invalid UTF-8 written as a Go escape.
+func printable(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r != '\n' && r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r)):
+			b.WriteString(strings.Trim(strconv.QuoteToASCII(string(r)), `"`))
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
 
 // withTail appends a child's log tail to err's message, keeping err

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -184,9 +183,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 		return p, fmt.Errorf("start gvforwarder in the guest: %w", err)
 	}
 	prog.step("configuring the guest network")
-	var out bytes.Buffer
+	out := &tailBuffer{max: sidecarTailBytes}
 	o := steps.GuestNet.exec
-	o.Stderr = &out
+	o.Stderr = out
 	if err := sv.exec(ctx, p.Machine, o, steps.GuestNet.cmd...); err != nil {
 		return p, withTail(fmt.Errorf("the guest network did not come up: %w", err), out.String())
 	}
@@ -277,13 +276,13 @@ const (
 // reports its uid: gvforwarder and the network setup need root, so an
 // image whose USER is not root cannot run on a smolvm without exec --user.
 func prepareGuest(ctx context.Context, sv *smolvm, p *plan, step machineStep) error {
-	var out, errb bytes.Buffer
+	out, errb := &capBuffer{max: guestReportMax}, &tailBuffer{max: sidecarTailBytes}
 	o := step.exec
-	o.Stdout, o.Stderr = &out, &errb
+	o.Stdout, o.Stderr = out, errb
 	if err := sv.exec(ctx, p.Machine, o, step.cmd...); err != nil {
 		return withTail(fmt.Errorf("prepare the guest: %w", err), errb.String())
 	}
-	rep, err := parsePrepareReport(out.String())
+	rep, err := parsePrepareReport(out.buf.String())
 	if err != nil {
 		return err
 	}
@@ -317,13 +316,13 @@ func egressSelfTest(ctx context.Context, sv *smolvm, p *plan, o execOpts, st bot
 	if err != nil {
 		return err
 	}
-	var out, errb bytes.Buffer
-	o.Stdout, o.Stderr = &out, &errb
+	out, errb := &capBuffer{max: guestReportMax}, &tailBuffer{max: sidecarTailBytes}
+	o.Stdout, o.Stderr = out, errb
 	if err := sv.exec(ctx, p.Machine, o, guestBinDir+"/smolbottle", probeCmd, "-plan", string(planJSON)); err != nil {
 		return withTail(fmt.Errorf("egress self-test did not run: %w", err), errb.String())
 	}
 	var res []probeResult
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+	if err := json.Unmarshal(out.buf.Bytes(), &res); err != nil { // an overflow is cut short: invalid
 		return fmt.Errorf("egress self-test output: %w", err)
 	}
 	if err := judgeProbes(pl, res); err != nil {

@@ -31,6 +31,9 @@ import (
 //     reads, which keeps the first logCapBytes of each log in each run,
 //     says so once, and drops the rest (cappedLog). The child never blocks
 //     or fails on it.
+//   - up reads what the guest prints in its steps into bounded buffers:
+//     a report (stdout) of at most guestReportMax bytes, and the last
+//     sidecarTailBytes of its standard error.
 //   - gvproxy's memory is capped (RLIMIT_DATA, gvproxyMaxData, set by
 //     _dropexec before it execs gvproxy). The guest reaches gvproxy's own
 //     HTTP API on gateway:80 (cmd/gvproxy/main.go:160-168 @ v0.8.9), whose
@@ -45,6 +48,7 @@ const (
 	relayFDReserve    = 256
 	refusalLogLines   = 50
 	logCapBytes       = 64 << 20
+	guestReportMax    = 64 << 10
 	// gvproxyMaxData is about 2.5 times the data gvproxy maps under
 	// selftest's 5,000-stream flood (395 MiB VmData).
 	gvproxyMaxData = 1 << 30
