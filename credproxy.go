@@ -173,6 +173,10 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 		ResponseHeaderTimeout:  credResponseHeader,
 		IdleConnTimeout:        credIdle,
 		MaxResponseHeaderBytes: credMaxHeader,
+		// What HTTP/2 buffers of a reply the guest does not read: 1 MiB a
+		// stream, 16 MiB a connection, not Go's 4 MiB and 1 GiB
+		// (net/http/h2_bundle.go:7334,7339 @ go1.26).
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 1 << 20, MaxReceiveBufferPerConnection: 16 << 20},
 	}
 	cp := &credProxy{host: host, creds: creds, values: values, log: log.New(logw, "credentials: ", log.LstdFlags)}
 	cp.proxy = &httputil.ReverseProxy{
@@ -286,5 +290,5 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 // first-byte timeout does for the relayed sidecars.
 func credServer(cp *credProxy) *http.Server {
 	return &http.Server{Handler: cp, ReadHeaderTimeout: credReadHeader, IdleTimeout: credIdle,
-		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log}
+		MaxHeaderBytes: credMaxHeader, ErrorLog: cp.log, DisableGeneralOptionsHandler: true}
 }

@@ -320,6 +320,18 @@ func TestCredProxy(t *testing.T) {
 			t.Errorf("%s through the sidecar as a proxy: %v %v", target, resp, err)
 		}
 	}
+	// "OPTIONS *" goes through the checks too: Go's server would answer it
+	// itself (net/http/server.go:3307 @ go1.26).
+	if c, err := net.Dial("tcp", f.addr); err != nil {
+		t.Error(err)
+	} else {
+		fmt.Fprintf(c, "OPTIONS * HTTP/1.1\r\nHost: %s\r\n\r\n", f.addr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("OPTIONS *: %v %v, want the sidecar's 405", resp, err)
+		}
+		c.Close()
+	}
 	if n := len(f.standIn.requests()); n != 2 {
 		t.Errorf("the stand-in saw %d requests, want the 2 accepted", n)
 	}
