@@ -175,7 +175,7 @@ func newCredProxy(host string, creds []credential, values map[string]string, egr
 		MaxResponseHeaderBytes: credMaxHeader,
 		// What HTTP/2 buffers of a reply the guest does not read: 1 MiB a
 		// stream, 16 MiB a connection, not Go's 4 MiB and 1 GiB
-		// (net/http/h2_bundle.go:7334,7339 @ go1.26).
+		// (net/http/h2_bundle.go:7334,7339 @ go1.26.8).
 		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 1 << 20, MaxReceiveBufferPerConnection: 16 << 20},
 	}
 	cp := &credProxy{host: host, creds: creds, values: values, log: log.New(logw, "credentials: ", log.LstdFlags)}

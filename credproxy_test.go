@@ -321,7 +321,7 @@ func TestCredProxy(t *testing.T) {
 		}
 	}
 	// "OPTIONS *" goes through the checks too: Go's server would answer it
-	// itself (net/http/server.go:3307 @ go1.26).
+	// itself (net/http/server.go:3307 @ go1.26.8).
 	if c, err := net.Dial("tcp", f.addr); err != nil {
 		t.Error(err)
 	} else {
