@@ -100,8 +100,10 @@ func processesMentioning(t *testing.T, s string) []string {
 		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
 		// gvproxy's argv is /gvproxy -config /gvproxy.yaml: it is found by
 		// its root, the jail in the stage.
+		// Every smolvm call runs in the stage: it is found by its cwd.
 		root, _ := os.Readlink(filepath.Join("/proc", d.Name(), "root"))
-		if err == nil && (bytes.Contains(b, []byte(s)) || strings.Contains(root, s)) {
+		cwd, _ := os.Readlink(filepath.Join("/proc", d.Name(), "cwd"))
+		if err == nil && (bytes.Contains(b, []byte(s)) || strings.Contains(root, s) || strings.Contains(cwd, s)) {
 			stat, _ := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
 			if !bytes.Contains(stat, []byte(") Z ")) { // a zombie holds nothing
 				out = append(out, d.Name()+": "+strings.ReplaceAll(string(b), "\x00", " "))

@@ -27,6 +27,10 @@ func setSubreaper() error {
 	return nil
 }
 
+// diesWithParent has the kernel kill a child when this process dies
+// (Pdeathsig; the thread caveat of sidecarSysProcAttr holds).
+func diesWithParent() *syscall.SysProcAttr { return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} }
+
 // portOwnedByGroup reports whether every socket listening on TCP port
 // belongs to a process in process group pgid. The relays send the guest's
 // traffic to 127.0.0.1:port, so a program that bound the port first and

@@ -16,6 +16,9 @@ func sidecarSysProcAttr() *syscall.SysProcAttr {
 // sidecar's early exit on "address already in use" is the only signal.
 func portOwnedByGroup(pgid, port int) (owned, known bool) { return false, false }
 
+// diesWithParent: no Pdeathsig off Linux.
+func diesWithParent() *syscall.SysProcAttr { return nil }
+
 // setSubreaper does nothing: no subreaper off Linux, where no supervisor
 // runs.
 func setSubreaper() error { return nil }

@@ -360,6 +360,7 @@ func (s *smolvm) call(ctx context.Context, c smolvmCall) ([]byte, error) {
 	cmd.Stdin = c.stdin
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = s.waitDelay
+	cmd.SysProcAttr = diesWithParent() // a killed up leaves no smolvm call running
 	out := &capBuffer{max: smolvmMaxStdout}
 	if c.stdout != nil {
 		cmd.Stdout = c.stdout
