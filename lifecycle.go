@@ -128,6 +128,9 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	created := false
 	defer func() {
 		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				err = fmt.Errorf("interrupted: %w", err)
+			}
 			prog.step("failed; tearing down")
 			if derr := teardown(context.WithoutCancel(ctx), p, created); derr != nil {
 				var h hinted

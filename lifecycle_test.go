@@ -624,6 +624,9 @@ func TestUpInterrupted(t *testing.T) {
 		if err == nil {
 			t.Fatalf("interrupted up succeeded")
 		}
+		if !strings.HasPrefix(err.Error(), "interrupted: ") {
+			t.Errorf("interrupted up = %q, want it to say it was interrupted", err)
+		}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("up did not return after the interrupt")
 	}

@@ -388,7 +388,8 @@ func lockStage(stage string) (unlock func(), err error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another smolbottle plan, up or down is working on stage %q", stage)
+			return nil, withHint(fmt.Errorf("another smolbottle plan, up or down is working on stage %q", stage),
+				"wait for it to finish, then run the command again")
 		}
 		return nil, fmt.Errorf("lock stage %q: %w", stage, err)
 	}
