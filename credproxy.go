@@ -33,7 +33,8 @@ import (
 //  3. Forwarded is only: POST, with Host the sidecar's own address as the
 //     guest dials it, to /v1/messages or /v1/messages/count_tokens (what
 //     Claude Code calls; batches would let the guest read every batch made
-//     with the key), no query but beta=true, and at least one credential
+//     with the key), no query but beta=true, no protocol upgrade and no
+//     header asking for another method or path, and at least one credential
 //     header, each exactly this bottle's placeholder in its own header.
 //     The rest is refused with a status saying why, logged without values.
 //  4. Only the credential header, Host and the URL (to the real API) are
@@ -54,6 +55,11 @@ const (
 	credResponseHeader = 10 * time.Minute // a long non-streamed reply sends its headers last
 	credPlaceholderLen = 32               // random bytes, hex-encoded
 )
+
+// credOverrideHeaders are request headers some servers and frameworks
+// read as the method or the path instead of the request line's.
+var credOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override",
+	"X-Original-Url", "X-Rewrite-Url", "X-Original-Method"}
 
 // credKinds are the host variables the sidecar stands in for and the
 // header each travels in; Claude Code 2.1.332 sends ANTHROPIC_API_KEY as
@@ -257,6 +263,13 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 	for _, v := range r.Header.Values("Te") {
 		if strings.ToLower(strings.TrimSpace(v)) != "trailers" {
 			return http.StatusBadRequest, "TE may say only trailers"
+		}
+	}
+	// Nor a header some servers read as another method or path: what is
+	// forwarded must not rest on how the API's front ends treat them.
+	for _, h := range credOverrideHeaders {
+		if len(r.Header.Values(h)) > 0 {
+			return http.StatusBadRequest, h + " is not forwarded"
 		}
 	}
 	if len(cp.creds) == 0 {

@@ -260,6 +260,8 @@ func TestCredProxy(t *testing.T) {
 		{"h2c upgrade", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "Http2-Settings": "AAMAAABkAAQAoAAAAAIAAAAA"}, 400, "", ""},
 		{"Connection naming a header", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Connection": "X-Api-Key"}, 400, "", ""},
 		{"TE other than trailers", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Te": "gzip"}, 400, "", ""},
+		{"method override", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "X-HTTP-Method-Override": "DELETE"}, 400, "", ""},
+		{"path override", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "x-original-url": "/v1/files"}, 400, "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
