@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"io"
 	"sync"
 	"time"
 )
@@ -28,9 +26,10 @@ import (
 //     does not hide the first lines of another.
 //   - Nor through a child's output: a sidecar's (pipelock's request log
 //     among it) and gvproxy's reach their logs through a pipe the owner
-//     reads, which keeps the first logCapBytes of each log in each run,
-//     says so once, and drops the rest (cappedLog). The child never blocks
-//     or fails on it.
+//     reads (sidecar.go's logFile). A log that would pass logCapBytes
+//     turns: it becomes NAME.1, replacing the one before, and a new one
+//     starts, so each log keeps at most about twice logCapBytes, the
+//     latest. The child never blocks or fails on it.
 //   - up reads what the guest prints in its steps into bounded buffers:
 //     a report (stdout) of at most guestReportMax bytes, and the last
 //     sidecarTailBytes of its standard error.
@@ -117,28 +116,4 @@ func (l *refusalLog) log(logf func(string, ...any), who, format string, args ...
 	case n%1000 == 0 && (n/1000)&(n/1000-1) == 0:
 		logf("%s: %d lines so far, the rest not logged", who, n)
 	}
-}
-
-// cappedLog passes the first max bytes written to it on to w, then one line
-// saying that the rest is dropped, and drops the rest. It reports every
-// write as done, so a child writing into it through a pipe never blocks or
-// fails on it.
-type cappedLog struct {
-	mu  sync.Mutex
-	w   io.Writer
-	max int64
-	n   int64
-}
-
-func (l *cappedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if room := l.max - l.n; room > 0 {
-		k := min(int64(len(p)), room)
-		l.w.Write(p[:k])
-		if l.n += k; l.n == l.max {
-			fmt.Fprintf(l.w, "\nsmolbottle: this log reached %d bytes in this run; the rest is dropped\n", l.max)
-		}
-	}
-	return len(p), nil
 }

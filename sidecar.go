@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -132,6 +134,71 @@ func openLog(dir, name string) (*os.File, error) {
 	return f, nil
 }
 
+// logFile is a child's log (openLog), written through a pipe the owner
+// reads. A write that would take it past logCapBytes turns it first: the
+// write's lines that still fit go to the old file, which becomes
+// NAME.1 (replacing the one before), and a new file takes the rest. It
+// reports every write as done, so the child never blocks or fails on it;
+// if no new file can be made, the rest is dropped.
+type logFile struct {
+	mu   sync.Mutex
+	dir  string
+	name string
+	f    *os.File // nil once a turn failed
+	n    int64    // the file's size
+}
+
+// newLogFile opens dir/name as a logFile.
+func newLogFile(dir, name string) (*logFile, error) {
+	l := &logFile{dir: dir, name: name}
+	return l, l.open()
+}
+
+func (l *logFile) open() error {
+	f, err := openLog(l.dir, l.name)
+	if err != nil {
+		return err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	l.f, l.n = f, fi.Size()
+	return nil
+}
+
+func (l *logFile) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(p)
+	if l.f != nil && l.n+int64(len(p)) > logCapBytes {
+		i := bytes.LastIndexByte(p[:max(min(logCapBytes-l.n, int64(len(p))), 0)], '\n') + 1
+		l.f.Write(p[:i])
+		l.f.Close()
+		l.f, p = nil, p[i:]
+		path := filepath.Join(l.dir, l.name)
+		if os.Rename(path, path+".1") == nil {
+			l.open()
+		}
+	}
+	if l.f != nil {
+		k, _ := l.f.Write(p)
+		l.n += int64(k)
+	}
+	return n, nil
+}
+
+// Close closes the file; later writes are dropped.
+func (l *logFile) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
+
 // checkSidecarSpec validates spec at the boundary.
 func checkSidecarSpec(spec sidecarSpec) error {
 	switch {
@@ -179,31 +246,19 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
 	}
 	ln.Close()
-	logf, err := openLog(spec.LogDir, spec.Name+".log")
+	stderr, err := newLogFile(spec.LogDir, spec.Name+".log")
 	if err != nil {
 		return nil, fmt.Errorf("sidecar %s: log: %w", spec.Name, err)
 	}
-	files := []*os.File{logf}
-	closeLogs := func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}
-	stderr := &cappedLog{w: logf, max: logCapBytes}
+	logFrom := stderr.n
 	stdout := stderr // one pipe for both: exec shares an equal writer
 	if spec.OutLog != "" {
-		outf, err := openLog(spec.LogDir, spec.OutLog)
-		if err != nil {
-			closeLogs()
+		if stdout, err = newLogFile(spec.LogDir, spec.OutLog); err != nil {
+			stderr.Close()
 			return nil, fmt.Errorf("sidecar %s: log: %w", spec.Name, err)
 		}
-		files = append(files, outf)
-		stdout = &cappedLog{w: outf, max: logCapBytes}
 	}
-	var logFrom int64
-	if fi, err := logf.Stat(); err == nil {
-		logFrom = fi.Size()
-	}
+	closeLogs := func() { stderr.Close(); stdout.Close() }
 	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
 	cmd.Dir = spec.Dir
 	cmd.Env = spec.Env
@@ -224,7 +279,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 		}
 		return nil, fmt.Errorf("sidecar %s: %w", spec.Name, err)
 	}
-	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: logf.Name(), logFrom: logFrom, cmd: cmd, done: make(chan struct{})}
+	s := &sidecarProc{name: spec.Name, port: spec.Port, logPath: filepath.Join(spec.LogDir, spec.Name+".log"), logFrom: logFrom, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		s.waitErr = cmd.Wait() // and all its output is in the logs
 		closeLogs()

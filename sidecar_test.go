@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -24,19 +25,17 @@ func init() {
 	fakes["chatty"] = fakeChatty
 }
 
-// fakeChatty writes args[1] bytes to its standard output and to its
-// standard error, then listens on 127.0.0.1:args[0] until killed: a sidecar
-// whose guest floods its log.
+// fakeChatty writes args[1] bytes of numbered 1 KiB lines to its standard
+// output and one line to its standard error, then listens on
+// 127.0.0.1:args[0] until killed: a sidecar whose guest floods its log.
 func fakeChatty(args []string) int {
 	n, _ := strconv.Atoi(args[1])
-	line := []byte(strings.Repeat("x", 1023) + "\n")
-	for _, f := range []*os.File{os.Stdout, os.Stderr} {
-		for i := 0; i < n; i += len(line) {
-			if _, err := f.Write(line); err != nil {
-				fakeFatal(err)
-			}
+	for i := 0; i < n/1024; i++ {
+		if _, err := fmt.Fprintf(os.Stdout, "%09d %s\n", i, strings.Repeat("x", 1024-11)); err != nil {
+			fakeFatal(err)
 		}
 	}
+	fmt.Fprintln(os.Stderr, "chatty: listening")
 	ln, err := net.Listen("tcp", "127.0.0.1:"+args[0])
 	if err != nil {
 		fakeFatal(err)
@@ -48,34 +47,50 @@ func fakeChatty(args []string) int {
 	}
 }
 
-// TestSidecarLogCapped: a sidecar that writes more than logCapBytes to each
-// of its outputs still starts (it never blocks on its log), and each log
-// keeps the first logCapBytes and one line that says the rest was dropped.
-func TestSidecarLogCapped(t *testing.T) {
+// TestSidecarLogTurns: a sidecar that writes two and a half times
+// logCapBytes still starts (it never blocks on its log); its log turns at
+// the cap, at a line's end, and what is kept, NAME.1 then NAME, is the
+// latest lines, in order, each file within the cap.
+func TestSidecarLogTurns(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	ports, err := allocPorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := sidecarSpec{Name: "chatty", Argv: []string{linkAs(t, dir, "chatty"), strconv.Itoa(ports[0]), strconv.Itoa(logCapBytes + 1<<20)},
+	const written = logCapBytes * 5 / 2
+	spec := sidecarSpec{Name: "chatty", Argv: []string{linkAs(t, dir, "chatty"), strconv.Itoa(ports[0]), strconv.Itoa(written)},
 		Dir: dir, Env: []string{}, Port: ports[0], Health: healthTCP, LogDir: dir, OutLog: "chatty.out"}
-	s, err := startSidecar(context.Background(), spec, 20*time.Second)
+	s, err := startSidecar(context.Background(), spec, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.stop(2 * time.Second); err != nil {
 		t.Error(err)
 	}
-	for _, name := range []string{"chatty.log", "chatty.out"} {
+	var kept []byte
+	for _, name := range []string{"chatty.out.1", "chatty.out"} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		kept, note, _ := strings.Cut(string(b), "\nsmolbottle: ")
-		if len(kept) != logCapBytes || strings.Trim(kept, "x\n") != "" || !strings.Contains(note, "the rest is dropped") || strings.Count(note, "\n") != 1 {
-			t.Errorf("%s: %d bytes kept, then %.200q; want %d bytes, then one line", name, len(kept), note, logCapBytes)
+		if len(b) > logCapBytes || len(b) == 0 || b[len(b)-1] != '\n' {
+			t.Errorf("%s: %d bytes, want at most %d ending at a line's end", name, len(b), logCapBytes)
 		}
+		kept = append(kept, b...)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(kept), "\n"), "\n")
+	last := written/1024 - 1
+	for i, l := range lines {
+		if n, err := strconv.Atoi(strings.Fields(l)[0]); err != nil || n != last-len(lines)+1+i || len(l) != 1023 {
+			t.Fatalf("kept line %d of %d is %.20q, want line %d: the latest lines, in order", i, len(lines), l, last-len(lines)+1+i)
+		}
+	}
+	if len(kept) < logCapBytes {
+		t.Errorf("kept %d bytes, want at least the cap, %d", len(kept), logCapBytes)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "chatty.log")); err != nil || string(b) != "chatty: listening\n" {
+		t.Errorf("chatty.log = %q (%v), want the standard error line alone", b, err)
 	}
 }
 

@@ -165,7 +165,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 		}()
 	}
 
-	gvlog, err := openLog(filepath.Join(stage, logsDir), "gvproxy.log")
+	gvlog, err := newLogFile(filepath.Join(stage, logsDir), "gvproxy.log")
 	if err != nil {
 		return err
 	}
@@ -174,7 +174,7 @@ func supervise(ctx context.Context, stage string, creds io.ReadCloser, upIdent p
 	for i, sc := range p.Sidecars {
 		ports[i] = sc.Port
 	}
-	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: &cappedLog{w: gvlog, max: logCapBytes}, Serve: serve})
+	cn, err := startConfined(ctx, confineSpec{Gvproxy: p.Tools.Gvproxy, Net: p.Net, Stage: p.Stage, Ports: ports, Log: gvlog, Serve: serve})
 	if err != nil {
 		return err
 	}
