@@ -250,3 +250,22 @@ func TestErrorOutputIsPrintable(t *testing.T) {
 		t.Errorf("got\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestCheckTextHidden: what makes a printed value read differently than it
+// is (a bidi control, a zero-width space, a BOM, a soft hyphen) is refused;
+// what real names hold (ZWNJ in Persian, ZWJ and tags in emoji) is not.
+func TestCheckTextHidden(t *testing.T) {
+	for _, v := range []string{"/w/a\u202eb", "/w/\u2066x\u2069", "/w/a\u200eb", "/w/a\u061cb", "/w/a\u200bb", "/w/\ufeffa", "/w/a\u2060b", "/w/a\u00adb"} {
+		if err := checkText("workspace", v); err == nil || !strings.Contains(err.Error(), "invisible formatting character") {
+			t.Errorf("checkText(%q) = %v, want it refused", v, err)
+		}
+	}
+	for _, v := range []string{"/w/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "/w/\U0001F469\u200d\U0001F4BB-code", "/w/\U0001F3F4\U000E0067\U000E0062\U000E0065\U000E006E\U000E0067\U000E007F", "/w/caf\u00e9"} {
+		if err := checkText("workspace", v); err != nil {
+			t.Errorf("checkText(%q) = %v, want it accepted", v, err)
+		}
+		if got := printable(v); got != v {
+			t.Errorf("printable(%q) = %q, want it unchanged", v, got)
+		}
+	}
+}

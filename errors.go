@@ -23,8 +23,8 @@ import (
 //   - A child's log tail follows the error line, never repeating a line
 //     the error already says (withTail).
 //   - A child's or the guest's text may hold any byte: error and hint
-//     lines are printed with control and invisible formatting characters
-//     and invalid UTF-8 escaped (printable), so none reaches the terminal.
+//     lines are printed with control characters, hidden ones and invalid
+//     UTF-8 escaped (printable), so none reaches the terminal.
 //   - Usage errors (a bad flag, a missing or malformed argument, a value
 //     outside its field's limits) are one error line, at most one hint
 //     pointing at `smolbottle SUBCOMMAND -h`, and exit status 2; -h prints
@@ -129,16 +129,23 @@ func flagError(cmd string, err error) error {
 	return withHint(usageError("%s", msg), "smolbottle "+cmd+" -h lists its flags")
 }
 
+// hidden reports whether r changes how text around it reads without being
+// seen: the bidi controls (Unicode Bidi_Control), zero-width space, word
+// joiner, BOM and soft hyphen.
+func hidden(r rune) bool {
+	return unicode.Is(unicode.Bidi_Control, r) || r == '\u200b' || r == '\u2060' || r == '\ufeff' || r == '\u00ad'
+}
+
 // printable returns s with every control character but newline and tab,
-// every invisible formatting character (Unicode Cf: bidi overrides,
-// zero-width ones) and every byte of invalid UTF-8 written as a Go escape.
+// every hidden character and every byte of invalid UTF-8 written as a Go
+// escape.
 func printable(s string) string {
 	var b strings.Builder
 	for i, r := range s {
 		switch {
 		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
 			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r != '\n' && r != '\t' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r)):
+		case r != '\n' && r != '\t' && (unicode.IsControl(r) || hidden(r)):
 			b.WriteString(strings.Trim(strconv.QuoteToASCII(string(r)), `"`))
 		default:
 			b.WriteRune(r)

@@ -36,9 +36,10 @@ const (
 // ours may contain: invalid UTF-8, NUL, control characters (C0, DEL and
 // C1, such as a newline, NEL or CSI) and the Unicode line and paragraph
 // separators, which could start a new line or a terminal escape in a log,
-// and the invisible formatting characters (Unicode category Cf: bidi
-// overrides and isolates, zero-width characters, BOM, soft hyphen), which
-// make a printed plan read differently than it is.
+// and the characters that make a printed plan read differently than it is
+// (hidden: bidi controls, zero-width space, BOM, soft hyphen). Zero-width
+// joiners and tag characters pass: real names (Persian, Indic, emoji)
+// hold them.
 func checkText(field, v string) error {
 	if !utf8.ValidString(v) {
 		return fmt.Errorf("%s %q is not valid UTF-8", field, v)
@@ -47,7 +48,7 @@ func checkText(field, v string) error {
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return fmt.Errorf("%s %q contains a control character", field, v)
 		}
-		if unicode.Is(unicode.Cf, r) {
+		if hidden(r) {
 			return fmt.Errorf("%s %q contains an invisible formatting character %U", field, v, r)
 		}
 	}
