@@ -266,7 +266,13 @@ func (cp *credProxy) check(r *http.Request) (int, string) {
 		}
 	}
 	// Nor a header some servers read as another method or path: what is
-	// forwarded must not rest on how the API's front ends treat them.
+	// forwarded must not rest on how the API's front ends treat them. CGI
+	// style front ends read '_' as '-', so no name with '_' passes.
+	for k := range r.Header {
+		if strings.ContainsRune(k, '_') {
+			return http.StatusBadRequest, "no header name with '_' is forwarded"
+		}
+	}
 	for _, h := range credOverrideHeaders {
 		if len(r.Header.Values(h)) > 0 {
 			return http.StatusBadRequest, h + " is not forwarded"

@@ -262,6 +262,7 @@ func TestCredProxy(t *testing.T) {
 		{"TE other than trailers", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "Te": "gzip"}, 400, "", ""},
 		{"method override", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "X-HTTP-Method-Override": "DELETE"}, 400, "", ""},
 		{"path override", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "x-original-url": "/v1/files"}, 400, "", ""},
+		{"method override with underscores", "", "POST", "/v1/messages", map[string]string{"X-Api-Key": key, "X_HTTP_Method_Override": "DELETE"}, 400, "", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
