@@ -421,8 +421,10 @@ func openBottle(slug, stage string) (*plan, error) {
 	if stage, err = stageFor(planOptions{Slug: slug, Stage: stage}, os.Getenv); err != nil {
 		return nil, err
 	}
+	// The slug's default stage may hold none, or (made with -stage) another
+	// slug's bottle: then its pointer says where it is.
 	p, err := readPlan(stage)
-	if errors.Is(err, fs.ErrNotExist) && !explicit {
+	if !explicit && (errors.Is(err, fs.ErrNotExist) || err == nil && p.Slug != slug) {
 		root, rerr := stateRoot(os.Getenv)
 		if rerr != nil {
 			return nil, rerr

@@ -241,3 +241,31 @@ func TestStageHintsNameTheBottle(t *testing.T) {
 		t.Errorf("markReady with the supervisor gone = %v", err)
 	}
 }
+
+// TestSlugFoundPastAnotherBottle: when a slug's default stage holds another
+// slug's bottle (planned there with -stage), the slug is found by its
+// pointer.
+func TestSlugFoundPastAnotherBottle(t *testing.T) {
+	b := newTestBottle(t, "")
+	staticSmolbottle(t)
+	useBottle(t, b)
+	ctx := context.Background()
+	cli := func(args ...string) (string, int) {
+		var out, errb bytes.Buffer
+		code := exitCode(&errb, runCLI(ctx, args, &out, &errb))
+		return out.String() + errb.String(), code
+	}
+	other := filepath.Join(b.dir, "other")
+	for _, args := range [][]string{
+		{"plan", "-stage", filepath.Join(b.state, "foo"), "-image", b.image, "-workspace", b.workspace, "bar"},
+		{"plan", "-stage", other, "-image", b.image, "-workspace", b.workspace, "foo"},
+		{"down", "-n", "foo"},
+	} {
+		if got, code := cli(args...); code != 0 {
+			t.Fatalf("%q: exit %d\n%s", args, code, got)
+		}
+	}
+	if got, code := cli("down", "foo"); code != 0 || !strings.Contains(got, other) {
+		t.Errorf("down foo: exit %d\n%s\nwant it to take down the bottle in %s", code, got, other)
+	}
+}
