@@ -287,7 +287,7 @@ func startSidecar(ctx context.Context, spec sidecarSpec, deadline time.Duration)
 	}()
 	if err := s.waitHealthy(ctx, spec.Health, deadline); err != nil {
 		s.stop(sidecarStopGrace)
-		return nil, err
+		return nil, withTail(err, s.logTail()) // once stopped, its output is all in
 	}
 	return s, nil
 }
@@ -307,7 +307,7 @@ func (s *sidecarProc) waitHealthy(ctx context.Context, h sidecarHealth, deadline
 	for {
 		if s.healthy(ctx, client, url, h) {
 			if owned, known := portOwnedByGroup(s.cmd.Process.Pid, s.port); known && !owned {
-				return withTail(fmt.Errorf("%w; another program answers there", portTakenError(s.name, s.port)), s.logTail())
+				return fmt.Errorf("%w; another program answers there", portTakenError(s.name, s.port))
 			}
 			return nil
 		}
@@ -315,16 +315,16 @@ func (s *sidecarProc) waitHealthy(ctx context.Context, h sidecarHealth, deadline
 		case <-s.done:
 			tail := s.logTail()
 			if strings.Contains(strings.ToLower(tail), "address already in use") {
-				return withTail(portTakenError(s.name, s.port), tail)
+				return portTakenError(s.name, s.port)
 			}
 			how := "exit status 0"
 			if s.waitErr != nil {
 				how = s.waitErr.Error()
 			}
-			return withTail(fmt.Errorf("sidecar %s exited during startup: %s", s.name, how), tail)
+			return fmt.Errorf("sidecar %s exited during startup: %s", s.name, how)
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return withTail(fmt.Errorf("sidecar %s did not become healthy on %s within %v", s.name, loopbackAddr(s.port), deadline), s.logTail())
+				return fmt.Errorf("sidecar %s did not become healthy on %s within %v", s.name, loopbackAddr(s.port), deadline)
 			}
 			return fmt.Errorf("sidecar %s: %w", s.name, ctx.Err())
 		case <-tick.C:
