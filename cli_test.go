@@ -257,7 +257,7 @@ func TestErrorOutputIsPrintable(t *testing.T) {
 // is (a bidi control, a zero-width space, a BOM, a soft hyphen) is refused;
 // what real names hold (ZWNJ in Persian, ZWJ and tags in emoji) is not.
 func TestCheckTextHidden(t *testing.T) {
-	for _, v := range []string{"/w/a\u202eb", "/w/\u2066x\u2069", "/w/a\u200eb", "/w/a\u061cb", "/w/a\u200bb", "/w/\ufeffa", "/w/a\u2060b", "/w/a\u00adb"} {
+	for _, v := range []string{"/w/a\u2062b", "/w/a\ufff9b", "/w/\u2066x\u2069", "/w/a\u200eb", "/w/a\u061cb", "/w/a\u200bb", "/w/\ufeffa", "/w/a\u2060b", "/w/a\u00adb"} {
 		if err := checkText("workspace", v); err == nil || !strings.Contains(err.Error(), "invisible formatting character") {
 			t.Errorf("checkText(%q) = %v, want it refused", v, err)
 		}

@@ -132,10 +132,17 @@ func flagError(cmd string, err error) error {
 }
 
 // hidden reports whether r changes how text around it reads without being
-// seen: the bidi controls (Unicode Bidi_Control), zero-width space, word
-// joiner, BOM and soft hyphen.
+// seen: the bidi controls (Unicode Bidi_Control), soft hyphen, Mongolian
+// vowel separator, zero-width space, BOM, word joiner and the invisible
+// operators, the deprecated format characters, the interlinear
+// annotation marks.
 func hidden(r rune) bool {
-	return unicode.Is(unicode.Bidi_Control, r) || r == '\u200b' || r == '\u2060' || r == '\ufeff' || r == '\u00ad'
+	switch {
+	case unicode.Is(unicode.Bidi_Control, r), r == '\u00ad', r == '\u180e', r == '\u200b', r == '\ufeff',
+		r >= '\u2060' && r <= '\u2064', r >= '\u206a' && r <= '\u206f', r >= '\ufff9' && r <= '\ufffb':
+		return true
+	}
+	return false
 }
 
 // printable returns s with every control character but newline and tab,
@@ -163,6 +170,9 @@ func withTail(err error, tail string) error {
 	msg := err.Error()
 	var keep []string
 	for _, line := range strings.Split(strings.TrimSpace(tail), "\n") {
+		// A tail of smolbottle's own log holds its marked lines: exitCode
+		// marks them again.
+		line = strings.TrimPrefix(line, "  | ")
 		l := strings.TrimSpace(strings.TrimPrefix(line, "smolbottle: error: "))
 		if l == "" || strings.Contains(msg, l) {
 			continue

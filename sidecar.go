@@ -178,6 +178,7 @@ func (l *logFile) Write(p []byte) (int, error) {
 		l.f.Close()
 		l.f, p = nil, p[i:]
 		path := filepath.Join(l.dir, l.name)
+		os.Remove(path + ".1") // should it be an empty directory
 		if os.Rename(path, path+".1") == nil {
 			l.open()
 		}
@@ -364,6 +365,9 @@ func (s *sidecarProc) logTail() string {
 	defer f.Close()
 	from := s.logFrom
 	if fi, err := f.Stat(); err == nil {
+		if fi.Size() < from { // it turned (logFile): all of it is this start's
+			from = 0
+		}
 		from = max(from, fi.Size()-sidecarTailBytes)
 	}
 	if _, err := f.Seek(from, io.SeekStart); err != nil {

@@ -588,3 +588,31 @@ func TestProcStat(t *testing.T) {
 		t.Error("procStat of pid -1 succeeded")
 	}
 }
+
+// TestSidecarTailAfterTurn: a log that turns while a sidecar starts (here
+// one an earlier run left just under the cap) still yields this start's
+// tail, so a port taken is still told apart from other exits.
+func TestSidecarTailAfterTurn(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	f, err := os.OpenFile(filepath.Join(dir, "taken.log"), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err == nil {
+		err = f.Truncate(logCapBytes - 10)
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports, err := allocPorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sidecarSpec{Name: "taken", Argv: []string{"/bin/sh", "-c", "echo 'listen tcp: bind: address already in use' >&2; exit 1"},
+		Dir: dir, Env: []string{}, Port: ports[0], Health: healthTCP, LogDir: dir}
+	if _, err := startSidecar(context.Background(), spec, 10*time.Second); !errors.Is(err, errPortTaken) {
+		t.Errorf("startSidecar = %v, want the port-taken error", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "taken.log.1")); err != nil || fi.Size() != logCapBytes-10 {
+		t.Errorf("taken.log.1: %v %v, want the earlier run's log", fi, err)
+	}
+}

@@ -152,7 +152,7 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 	}
 	for i := range 2 {
 		var out, errb bytes.Buffer
-		err := runCLI(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/false {port}"), &out, &errb)
+		err := runCLI(context.Background(), b.upArgs("side", "-git-gate", "-git-gate-cmd", "/bin/ls /nonexistent-{port}"), &out, &errb)
 		if code := exitCode(&errb, err); code != 1 {
 			t.Fatalf("attempt %d: exit %d, want 1", i, code)
 		}
@@ -161,6 +161,10 @@ func TestFailedUpShowsOnlyThisAttempt(t *testing.T) {
 		}
 		if n := strings.Count(errb.String(), "smolbottle: error:"); n != 1 || strings.Contains(errb.String(), "earlier attempt") {
 			t.Errorf("attempt %d: %d error lines, or an earlier attempt's:\n%s", i, n, errb.String())
+		}
+		// What git-gate said is shown, once, as the line it was.
+		if n := strings.Count(errb.String(), "/nonexistent-"); n != 1 || strings.Contains(errb.String(), "|   |") {
+			t.Errorf("attempt %d: git-gate's line shown %d times, or marked twice:\n%s", i, n, errb.String())
 		}
 	}
 	log, err := os.ReadFile(filepath.Join(logs, supervisorLog))
