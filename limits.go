@@ -39,7 +39,8 @@ import (
 //     connections live in gvproxy's netstack, past every relay cap, and
 //     may each send up to 1 MiB of header for 10 s (main.go:363-367). At
 //     the cap gvproxy's allocation fails and it dies; the supervisor then
-//     tears the bottle down.
+//     stops the bottle's network and sidecars (the machine, cut off, waits
+//     for down).
 const (
 	relayPortCap      = 256
 	relayBottleCap    = 512

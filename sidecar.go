@@ -139,7 +139,7 @@ func openLog(dir, name string) (*os.File, error) {
 // write's lines that still fit go to the old file, which becomes
 // NAME.1 (replacing the one before), and a new file takes the rest. It
 // reports every write as done, so the child never blocks or fails on it;
-// if no new file can be made, the rest is dropped.
+// if no new file can be made, all it writes from then on is dropped.
 type logFile struct {
 	mu   sync.Mutex
 	dir  string

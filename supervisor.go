@@ -28,8 +28,9 @@ import (
 // own children leave behind is killed by down, or by a failed up, through
 // the session (sweepSession). On Linux it is also the subreaper of all it
 // starts (setSubreaper): a descendant whose parent dies, even one that
-// left the session (setsid, a daemon), becomes its child; it reaps those
-// that exit while it runs, and kills and reaps every child left once its
+// left the session (setsid, a daemon), becomes its child; once the bottle
+// is ready it reaps those that exit (an earlier one at the next SIGCHLD),
+// and kills and reaps every child left once its
 // sidecars and the confined gvproxy are stopped, the last step of its
 // teardown (reapOrphans). It records itself in <stage>/state.json, so
 // down finds it after a crash and the next up finds a stale bottle instead

@@ -37,9 +37,9 @@ const (
 // C1, such as a newline, NEL or CSI) and the Unicode line and paragraph
 // separators, which could start a new line or a terminal escape in a log,
 // and the characters that make a printed plan read differently than it is
-// (hidden: bidi controls, zero-width space, BOM, soft hyphen). Zero-width
-// joiners and tag characters pass: real names (Persian, Indic, emoji)
-// hold them.
+// (errors.go's hidden: bidi controls, zero-width space, word joiner, BOM,
+// soft hyphen and other invisible format characters). Zero-width joiners
+// and tag characters pass: real names (Persian, Indic, emoji) hold them.
 func checkText(field, v string) error {
 	if !utf8.ValidString(v) {
 		return fmt.Errorf("%s %q is not valid UTF-8", field, v)
