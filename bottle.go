@@ -629,7 +629,7 @@ func (smolmachines) upCommands(p *plan) [][]string {
 
 // machineStep is one smolvm call of up.
 type machineStep struct {
-	sub    string // create, start or exec
+	sub    string // status, create, start or exec
 	create createSpec
 	exec   execOpts
 	cmd    []string
@@ -647,7 +647,9 @@ func (s machineStep) args(hasUser bool) ([]string, error) {
 
 // machineSteps are the smolvm calls up makes, by name.
 type machineSteps struct {
-	Create, Start machineStep
+	// Check makes sure no machine has the name yet: the teardown of a
+	// create that fails before smolvm sees the name taken deletes it.
+	Check, Create, Start machineStep
 	// Prepare runs as root (or learns that it cannot): it makes
 	// /dev/net/tun when the image's container lacks it, before gvforwarder
 	// opens it, and reports the uid it ran as.
@@ -659,7 +661,7 @@ type machineSteps struct {
 
 // list returns the steps in the order up runs them.
 func (m machineSteps) list() []machineStep {
-	return []machineStep{m.Create, m.Start, m.Prepare, m.Forwarder, m.GuestNet, m.Probe}
+	return []machineStep{m.Check, m.Create, m.Start, m.Prepare, m.Forwarder, m.GuestNet, m.Probe}
 }
 
 // upMachineSteps builds up's smolvm calls. gvforwarder needs root in the
@@ -683,6 +685,7 @@ func upMachineSteps(p *plan) machineSteps {
 	detached.Detach = true
 	self := guestBinDir + "/smolbottle"
 	return machineSteps{
+		Check:   machineStep{sub: "status", create: spec},
 		Create:  machineStep{sub: "create", create: spec},
 		Start:   machineStep{sub: "start", create: spec},
 		Prepare: machineStep{sub: "exec", create: spec, exec: root, cmd: []string{self, guestNetCmd, "-prepare"}},

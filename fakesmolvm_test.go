@@ -531,8 +531,10 @@ func fakeRun(dir, sub string, pa fakeArgs, ctl fakeControl) fakeExit {
 			case pa.has("json"):
 				b, _ := json.MarshalIndent(fakeStatusJSON(m), "", "  ")
 				fmt.Println(string(b))
-			default:
-				fmt.Printf("fake: machine '%s': %s\n", name, m.State) // smolbottle reads only --json
+			case m.State == "running": // src/cli/vm_common.rs:2438-2441; src/cli/mod.rs:40-42 @ v1.9.3
+				fmt.Printf("Machine '%s': running (PID: %d)\n", name, m.PID)
+			default: // vm_common.rs:2451-2452; the state's wording is unverified (smolbottle reads only the exit status)
+				fmt.Printf("Machine '%s': %s\n", name, m.State)
 			}
 			return fakeExit{}
 		})

@@ -161,11 +161,20 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 		return p, err
 	}
 	steps := upMachineSteps(p)
+	taken := func(err error) error {
+		return withHint(fmt.Errorf("machine %s already exists: %w", p.Machine, err),
+			"a crashed bottle or someone else holds it; if nothing uses it: smolvm machine delete --name "+p.Machine+" -f")
+	}
+	if exists, err := sv.exists(ctx, steps.Check.create.Name); err != nil || exists {
+		if exists {
+			err = taken(errors.New("smolvm machine status found it"))
+		}
+		return p, err
+	}
 	prog.step("creating machine %s (image import may take a while)", p.Machine)
 	if err := sv.create(ctx, steps.Create.create); err != nil {
 		if isAlreadyExists(err) {
-			return p, withHint(fmt.Errorf("machine %s already exists: %w", p.Machine, err),
-				"another bottle (with another -stage) or a crashed one holds it; if nothing uses it: smolvm machine delete --name "+p.Machine+" -f")
+			return p, taken(err)
 		}
 		// Any other failure, an interrupt included, may have left a
 		// half-made machine of ours: delete tolerates one that is not there.

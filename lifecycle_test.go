@@ -222,7 +222,9 @@ func TestUpSidecarFails(t *testing.T) {
 }
 
 // TestUpMachineAlreadyExists: a machine of the same name that up did not
-// create is reported and left alone.
+// create is reported and left alone, and up finds it before it runs
+// create: the teardown of a create interrupted before smolvm saw the name
+// taken would delete it.
 func TestUpMachineAlreadyExists(t *testing.T) {
 	b := newTestBottle(t, "")
 	staticSmolbottle(t)
@@ -241,6 +243,15 @@ func TestUpMachineAlreadyExists(t *testing.T) {
 	}
 	if _, ok := f.state(t).Machines[machineName("dup")]; !ok {
 		t.Errorf("up deleted a machine it did not create")
+	}
+	creates := 0
+	for _, r := range f.records(t) {
+		if len(r.Argv) > 2 && r.Argv[1] == "create" && r.Argv[2] == "--name" {
+			creates++
+		}
+	}
+	if creates != 1 {
+		t.Errorf("smolvm machine create ran %d times, want once (the test's own)", creates)
 	}
 	if left := processesMentioning(t, filepath.Join(b.state, "dup")); len(left) > 0 {
 		t.Errorf("processes left: %q", left)

@@ -155,14 +155,14 @@ func checkSocketMount(m socketMount) error {
 }
 
 // nameArgs returns the argv of the machine subcommands that take only a
-// name: start and delete -f.
+// name: status, start and delete -f.
 func nameArgs(sub, name string) ([]string, error) {
 	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	args := []string{"machine", sub, "--name", name}
 	switch sub {
-	case "start":
+	case "status", "start":
 	case "delete":
 		args = append(args, "-f")
 	default:
@@ -436,6 +436,21 @@ func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 	}
 	_, err = s.call(ctx, smolvmCall{args: args})
 	return err
+}
+
+// exists reports whether a machine of that name exists: machine status
+// fails with "vm not found" for a name it has no record of
+// (src/cli/vm_common.rs:2415-2458 @ v1.9.3).
+func (s *smolvm) exists(ctx context.Context, name string) (bool, error) {
+	args, err := nameArgs("status", name)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.call(ctx, smolvmCall{args: args})
+	if isNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // start boots a created or stopped machine; an already running one is
