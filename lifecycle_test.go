@@ -258,18 +258,25 @@ func TestUpMachineAlreadyExists(t *testing.T) {
 	}
 }
 
-// TestSupervisorKilled kills the supervisor with SIGKILL: its children die
-// with it, ls and plan see a stale bottle, and down cleans it up, twice.
-func TestSupervisorKilled(t *testing.T) {
-	b := newTestBottle(t, "")
-	f := useBottle(t, b)
-	p, err := resolvePlan(context.Background(), b.opts("kill"), b.env(t))
+// writtenPlan plans the bottle opts describes and writes its stage.
+func writtenPlan(t *testing.T, b testBottle, opts planOptions) *plan {
+	t.Helper()
+	p, err := resolvePlan(context.Background(), opts, b.env(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.writeStage(); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// TestSupervisorKilled kills the supervisor with SIGKILL: its children die
+// with it, ls and plan see a stale bottle, and down cleans it up, twice.
+func TestSupervisorKilled(t *testing.T) {
+	b := newTestBottle(t, "")
+	f := useBottle(t, b)
+	p := writtenPlan(t, b, b.opts("kill"))
 	self, _ := os.Executable()
 	st, err := startSupervisor(context.Background(), self, p)
 	if err != nil {
@@ -383,13 +390,7 @@ func TestSupervisorKillsOrphans(t *testing.T) {
 	useBottle(t, b)
 	opts := b.opts("orphan")
 	opts.GitGate, opts.GitGateCmd = true, linkAs(t, b.path, "forking-sidecar")+" {port}"
-	p, err := resolvePlan(context.Background(), opts, b.env(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.writeStage(); err != nil {
-		t.Fatal(err)
-	}
+	p := writtenPlan(t, b, opts)
 	self, _ := os.Executable()
 	st, err := startSupervisor(context.Background(), self, p)
 	if err != nil {
@@ -446,13 +447,7 @@ func TestSupervisorKillsOrphans(t *testing.T) {
 // bind: the supervisor fails, says so and leaves nothing running.
 func TestSupervisorPortTaken(t *testing.T) {
 	b := newTestBottle(t, "")
-	p, err := resolvePlan(context.Background(), b.opts("port"), b.env(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.writeStage(); err != nil {
-		t.Fatal(err)
-	}
+	p := writtenPlan(t, b, b.opts("port"))
 	ln, err := net.Listen("tcp", loopbackAddr(p.Sidecars[0].Port))
 	if err != nil {
 		t.Fatal(err)

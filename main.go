@@ -61,7 +61,8 @@
 // binaries it finds beside itself or on PATH, in that order, and checks
 // their versions. It writes only under the stage directory (default
 // ~/.local/state/smolbottle/SLUG), a lock file beside it (.NAME.lock,
-// NAME the stage directory's), and in the state root a passing
+// NAME the stage directory's) and, for a stage elsewhere, the lock of the
+// slug's default stage (one slug, one stage), and in the state root a passing
 // preflight's cache (preflight.json) and, for a stage elsewhere, a pointer
 // file (SLUG.stage): directories 0700, files 0600, each written whole,
 // except the guest binaries (guest/, 0755 with 0555 files: the
@@ -74,10 +75,14 @@
 // this bottle or any other recorded one) that holds the state root, a
 // stage, smolbottle, a PATH directory, a program smolbottle runs, or your
 // home directory; plan.json and state.json are read back only from a
-// private stage of yours.
+// private stage of yours. A guest cannot wear the host down: its streams
+// are capped, gvproxy's memory too (1 GiB), a sidecar's log and gvproxy's
+// turn at 64 MiB (NAME.1), and what a child or the guest prints in an
+// error reaches the terminal escaped.
 //
 // Credentials never enter the VM. Up reads ANTHROPIC_API_KEY and
-// CLAUDE_CODE_OAUTH_TOKEN from its own environment and hands them to the
+// CLAUDE_CODE_OAUTH_TOKEN (each one token of visible ASCII) from its own
+// environment and hands them to the
 // supervisor through a pipe; no value is written to the stage, a log, an
 // argv, the Smolfile or smolvm's environment. The guest gets
 // ANTHROPIC_BASE_URL=http://proxy.internal:PORT and, for each credential

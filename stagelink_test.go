@@ -21,12 +21,7 @@ func TestStagedElsewhere(t *testing.T) {
 	f := useBottle(t, b)
 	ctx := context.Background()
 	stage := filepath.Join(b.dir, "elsewhere")
-	cli := func(args ...string) (string, int) {
-		var out, errb bytes.Buffer
-		err := runCLI(ctx, args, &out, &errb)
-		code := exitCode(&errb, err)
-		return out.String() + errb.String(), code
-	}
+	cli := func(args ...string) (string, int) { return runCLIText(ctx, args...) }
 	if got, code := cli("plan", "-stage", stage, "-image", b.image, "-workspace", b.workspace, "-cpus", "2", "away"); code != 0 {
 		t.Fatalf("plan -stage: exit %d\n%s", code, got)
 	}
@@ -185,11 +180,7 @@ func TestSlugStagedTwice(t *testing.T) {
 	staticSmolbottle(t)
 	useBottle(t, b)
 	ctx := context.Background()
-	cli := func(args ...string) (string, int) {
-		var out, errb bytes.Buffer
-		code := exitCode(&errb, runCLI(ctx, args, &out, &errb))
-		return out.String() + errb.String(), code
-	}
+	cli := func(args ...string) (string, int) { return runCLIText(ctx, args...) }
 	other := filepath.Join(b.dir, "other")
 	elsewhere := []string{"plan", "-stage", other, "-image", b.image, "-workspace", b.workspace, "twice"}
 
@@ -254,11 +245,7 @@ func TestSlugFoundPastAnotherBottle(t *testing.T) {
 	staticSmolbottle(t)
 	useBottle(t, b)
 	ctx := context.Background()
-	cli := func(args ...string) (string, int) {
-		var out, errb bytes.Buffer
-		code := exitCode(&errb, runCLI(ctx, args, &out, &errb))
-		return out.String() + errb.String(), code
-	}
+	cli := func(args ...string) (string, int) { return runCLIText(ctx, args...) }
 	other := filepath.Join(b.dir, "other")
 	for _, args := range [][]string{
 		{"plan", "-stage", filepath.Join(b.state, "foo"), "-image", b.image, "-workspace", b.workspace, "bar"},
@@ -272,4 +259,12 @@ func TestSlugFoundPastAnotherBottle(t *testing.T) {
 	if got, code := cli("down", "foo"); code != 0 || !strings.Contains(got, other) {
 		t.Errorf("down foo: exit %d\n%s\nwant it to take down the bottle in %s", code, got, other)
 	}
+}
+
+// runCLIText runs smolbottle with args and returns what it printed, its
+// standard output then its standard error, and its exit status.
+func runCLIText(ctx context.Context, args ...string) (string, int) {
+	var out, errb bytes.Buffer
+	code := exitCode(&errb, runCLI(ctx, args, &out, &errb))
+	return out.String() + errb.String(), code
 }
