@@ -24,8 +24,9 @@ import (
 // Sidecars are the host programs the guest reaches through the relays:
 // pipelock (the egress proxy), git-gate and supervise. Each listens on one
 // allocated loopback port, writes its output to a 0600 log under the
-// stage (capped: limits.go), gets an allow-listed environment (env.go) without credentials or
-// proxy variables and runs in its own process group, so that a stop
+// stage that turns at 64 MiB (logFile), gets an allow-listed environment
+// (env.go) without credentials or proxy variables and runs in its own
+// process group, so that a stop
 // reaches its children; the supervisor is their subreaper and kills what
 // they leave behind (supervisor.go). Only the sidecar's own process dies
 // with the supervisor (Pdeathsig, Linux only): children it started outlive

@@ -30,9 +30,8 @@ import (
 // starts (setSubreaper): a descendant whose parent dies, even one that
 // left the session (setsid, a daemon), becomes its child; once the bottle
 // is ready it reaps those that exit (an earlier one at the next SIGCHLD),
-// and kills and reaps every child left once its
-// sidecars and the confined gvproxy are stopped, the last step of its
-// teardown (reapOrphans). It records itself in <stage>/state.json, so
+// and the last step of its teardown, once its sidecars and the confined
+// gvproxy are stopped, kills and reaps every child left (reapOrphans). It records itself in <stage>/state.json, so
 // down finds it after a crash and the next up finds a stale bottle instead
 // of reusing it.
 //
