@@ -629,7 +629,7 @@ func (smolmachines) upCommands(p *plan) [][]string {
 
 // machineStep is one smolvm call of up.
 type machineStep struct {
-	sub    string // status, create, start or exec
+	sub    string // ls, create, start or exec
 	create createSpec
 	exec   execOpts
 	cmd    []string
@@ -641,6 +641,8 @@ func (s machineStep) args(hasUser bool) ([]string, error) {
 		return createArgs(s.create)
 	case "exec":
 		return execArgs(s.create.Name, s.exec, hasUser, s.cmd)
+	case "ls":
+		return lsArgs, nil
 	}
 	return nameArgs(s.sub, s.create.Name)
 }
@@ -685,7 +687,7 @@ func upMachineSteps(p *plan) machineSteps {
 	detached.Detach = true
 	self := guestBinDir + "/smolbottle"
 	return machineSteps{
-		Check:   machineStep{sub: "status", create: spec},
+		Check:   machineStep{sub: "ls", create: spec},
 		Create:  machineStep{sub: "create", create: spec},
 		Start:   machineStep{sub: "start", create: spec},
 		Prepare: machineStep{sub: "exec", create: spec, exec: root, cmd: []string{self, guestNetCmd, "-prepare"}},

@@ -167,7 +167,7 @@ func bottleUp(ctx context.Context, opts upOptions, stderr io.Writer) (p *plan, e
 	}
 	if exists, err := sv.exists(ctx, steps.Check.create.Name); err != nil || exists {
 		if exists {
-			err = taken(errors.New("smolvm machine status found it"))
+			err = taken(errors.New("smolvm machine ls lists it"))
 		}
 		return p, err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -155,14 +156,14 @@ func checkSocketMount(m socketMount) error {
 }
 
 // nameArgs returns the argv of the machine subcommands that take only a
-// name: status, start and delete -f.
+// name: start and delete -f.
 func nameArgs(sub, name string) ([]string, error) {
 	if err := checkMachineName(name); err != nil {
 		return nil, err
 	}
 	args := []string{"machine", sub, "--name", name}
 	switch sub {
-	case "status", "start":
+	case "start":
 	case "delete":
 		args = append(args, "-f")
 	default:
@@ -438,19 +439,27 @@ func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 	return err
 }
 
-// exists reports whether a machine of that name exists: machine status
-// fails with "vm not found" for a name it has no record of
-// (src/cli/vm_common.rs:2415-2458 @ v1.9.3).
+// lsArgs lists the machines as JSON; it reads smolvm's records only
+// (src/cli/vm_common.rs:2549-2571 @ v1.9.3), where machine status --name
+// would make the name's storage disks (src/agent/manager.rs:861-905).
+var lsArgs = []string{"machine", "ls", "--json"}
+
+// exists reports whether smolvm has a machine of that name.
 func (s *smolvm) exists(ctx context.Context, name string) (bool, error) {
-	args, err := nameArgs("status", name)
+	out, err := s.call(ctx, smolvmCall{args: lsArgs})
 	if err != nil {
 		return false, err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args})
-	if isNotFound(err) {
-		return false, nil
+	var ms []struct{ Name string }
+	if err := json.Unmarshal(out, &ms); err != nil {
+		return false, fmt.Errorf("smolvm machine ls --json: %w", err)
 	}
-	return err == nil, err
+	for _, m := range ms {
+		if m.Name == name {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // start boots a created or stopped machine; an already running one is
