@@ -676,6 +676,7 @@ func upMachineSteps(p *plan) machineSteps {
 	spec := createSpec{
 		Name:     p.Machine,
 		Image:    p.Image,
+		ImageDir: isDir(p.Image),
 		Smolfile: filepath.Join(p.Stage, smolfileName),
 		Sockets:  []socketMount{{Host: linkPath(p.Stage), Guest: guestSocket}},
 	}

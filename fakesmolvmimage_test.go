@@ -66,9 +66,14 @@ func fakeResolveImage(dir, image string) (string, string, *fakeExit) {
 		e := smolError(format, args...)
 		return "", "", &e
 	}
+	var b []byte
 	switch {
-	case image == "-":
-		return "", "", &fakeExit{99, "fake: --image - (stdin) is not faked\n"}
+	case image == "-": // src/data/image_source.rs:57-59,250-279 @ v1.9.3: stdin, copied into the cache
+		var err error
+		if b, err = io.ReadAll(os.Stdin); err != nil {
+			return fail("storage operation failed: stage stdin archive: %v", err)
+		}
+		return fakeStageArchive(dir, b)
 	case !fakeLooksLocal(image):
 		return image, "", nil
 	}
@@ -87,10 +92,17 @@ func fakeResolveImage(dir, image string) (string, string, *fakeExit) {
 	if !fi.Mode().IsRegular() {
 		return fail("config operation failed: --image: %s is not a file", image)
 	}
-	b, err := os.ReadFile(image)
+	b, err = os.ReadFile(image)
 	if err != nil {
 		return fail("config operation failed: --image: cannot read archive %s: %v", image, err)
 	}
+	return fakeStageArchive(dir, b)
+}
+
+// fakeStageArchive puts an archive in the cache under its hash
+// (image_source.rs:236-243,268-279 @ v1.9.3; the fake copies where smolvm
+// hard-links a file given by path).
+func fakeStageArchive(dir string, b []byte) (string, string, *fakeExit) {
 	sum := sha256.Sum256(b)
 	hash := hex.EncodeToString(sum[:])
 	staged := filepath.Join(dir, "cache", hash, "archive.tar")

@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // The image is checked at plan time the way smolvm 1.9.3 will read it, so
@@ -71,11 +72,14 @@ func checkImageContent(abs string, fi os.FileInfo) error {
 		return withHint(fmt.Errorf("image %q is a directory but not a root filesystem: it has no bin, usr, etc or sbin directory", abs),
 			"pass an unpacked root filesystem, or "+hintBuildImage)
 	}
-	f, err := os.Open(abs)
+	f, err := os.OpenFile(abs, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO in its place does not hang
 	if err != nil {
 		return fmt.Errorf("image %q: %w", abs, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return fmt.Errorf("image %q is not a regular file", abs)
+	}
 	if err := checkArchive(f); err != nil {
 		return withHint(fmt.Errorf("image %q is not a docker save archive: %w", abs, err), hintBuildImage)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -229,6 +230,10 @@ func TestPlanBadInput(t *testing.T) {
 	long := "/tmp/" + strings.Repeat("d", 90)
 	rootLink := filepath.Join(b.dir, "rootfs")
 	os.Symlink("/", rootLink)
+	tarDir := filepath.Join(b.dir, "agent.tar")
+	os.MkdirAll(filepath.Join(tarDir, "bin"), 0o700)
+	fifo := filepath.Join(b.dir, "fifo.tar")
+	syscall.Mkfifo(fifo, 0o600)
 
 	tests := []struct {
 		name   string
@@ -248,6 +253,8 @@ func TestPlanBadInput(t *testing.T) {
 		{"no image", func(o *planOptions) { o.Image = "" }, "no -image given", 1},
 		{"missing image", func(o *planOptions) { o.Image = filepath.Join(b.dir, "none.tar") }, "does not exist", 1},
 		{"image not an archive", func(o *planOptions) { o.Image = file }, "neither a .tar", 1},
+		{"image named as an archive is a directory", func(o *planOptions) { o.Image = tarDir }, "named as an archive but is a directory", 1},
+		{"image FIFO", func(o *planOptions) { o.Image = fifo }, "neither a .tar", 1},
 		{"image NUL", func(o *planOptions) { o.Image = "a\x00b.tar" }, "control character", 1},
 		{"image colon", func(o *planOptions) { o.Image = "/tmp/a:b.tar" }, "smolvm would misread", 1},
 		{"missing workspace", func(o *planOptions) { o.Workspace = filepath.Join(b.dir, "nope") }, "does not exist", 1},

@@ -103,9 +103,18 @@ type socketMount struct {
 // argv (--image), since smolvm resolves a local image only there; the
 // volumes and env are in the Smolfile; the machine gets no network device
 // (no --net, -p or egress flag ever appears).
+//
+// An archive goes on create's standard input (--image -), opened by
+// create: given a path, smolvm hard-links the file into its image cache,
+// keyed by its hash, and reuses a cache entry unchecked
+// (src/data/image_source.rs:236-243,294-296 @ v1.9.3), so whoever can
+// write the archive (a guest, when it is in a workspace) would change the
+// image of every later machine made from a copy of it; from standard input
+// smolvm stores a copy of its own (:250-279).
 type createSpec struct {
 	Name     string
 	Image    string        // absolute path of a `docker save` archive or a root filesystem directory
+	ImageDir bool          // Image is a root filesystem directory, given by path
 	Smolfile string        // absolute path
 	Sockets  []socketMount // host unix sockets bridged into the guest
 }
@@ -123,7 +132,11 @@ func createArgs(spec createSpec) ([]string, error) {
 	}
 	// --image wins over the Smolfile's image (src/cli/smolfile.rs:142 @
 	// v1.9.3) and is the only place a local path is resolved.
-	args := []string{"machine", "create", "--name", spec.Name, "--image", spec.Image, "--smolfile", spec.Smolfile}
+	image := "-"
+	if spec.ImageDir {
+		image = spec.Image
+	}
+	args := []string{"machine", "create", "--name", spec.Name, "--image", image, "--smolfile", spec.Smolfile}
 	seen := map[string]bool{}
 	for _, m := range spec.Sockets {
 		if err := checkSocketMount(m); err != nil {
@@ -435,7 +448,22 @@ func (s *smolvm) create(ctx context.Context, spec createSpec) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.call(ctx, smolvmCall{args: args})
+	var stdin io.Reader
+	if !spec.ImageDir {
+		// O_NONBLOCK: a FIFO put in its place does not hang the open.
+		image, err := os.OpenFile(spec.Image, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return fmt.Errorf("image %q: %w", spec.Image, err)
+		}
+		defer image.Close()
+		if fi, err := image.Stat(); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("image %q is no longer a regular file", spec.Image)
+		}
+		stdin = image
+	} else if fi, err := os.Stat(spec.Image); err != nil || !fi.IsDir() {
+		return fmt.Errorf("image %q is no longer a directory", spec.Image)
+	}
+	_, err = s.call(ctx, smolvmCall{args: args, stdin: stdin})
 	return err
 }
 

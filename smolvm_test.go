@@ -60,9 +60,11 @@ func TestCreateArgs(t *testing.T) {
 		want []string // nil: an error is expected
 	}{
 		{"minimal", createSpec{Name: "sb-x", Image: "/img.tar", Smolfile: "/stage/Smolfile"},
-			[]string{"machine", "create", "--name", "sb-x", "--image", "/img.tar", "--smolfile", "/stage/Smolfile"}},
+			[]string{"machine", "create", "--name", "sb-x", "--image", "-", "--smolfile", "/stage/Smolfile"}},
+		{"directory image", createSpec{Name: "sb-x", Image: "/rootfs", ImageDir: true, Smolfile: "/stage/Smolfile"},
+			[]string{"machine", "create", "--name", "sb-x", "--image", "/rootfs", "--smolfile", "/stage/Smolfile"}},
 		{"socket", createSpec{Name: "sb-x", Image: "/img.tar", Smolfile: "/s/Smolfile", Sockets: []socketMount{sock}},
-			[]string{"machine", "create", "--name", "sb-x", "--image", "/img.tar", "--smolfile", "/s/Smolfile",
+			[]string{"machine", "create", "--name", "sb-x", "--image", "-", "--smolfile", "/s/Smolfile",
 				"--mount-socket", "/stage/sock/gvproxy.sock:/run/smolbottle/gvproxy.sock"}},
 		{"bad name", createSpec{Name: "x--y", Image: "/img.tar", Smolfile: "/s"}, nil},
 		{"relative smolfile", createSpec{Name: "x", Image: "/img.tar", Smolfile: "Smolfile"}, nil},
@@ -265,7 +267,7 @@ func newSmolvmFixture(t *testing.T) *smolvmFixture {
 func (f *smolvmFixture) create(t *testing.T, name string) {
 	t.Helper()
 	err := f.s.create(context.Background(), createSpec{
-		Name: name, Image: f.image, Smolfile: f.smolfile,
+		Name: name, Image: f.image, ImageDir: true, Smolfile: f.smolfile,
 		Sockets: []socketMount{{Host: f.sock, Guest: "/run/smolbottle/gvproxy.sock"}},
 	})
 	if err != nil {
@@ -454,7 +456,7 @@ func TestSmolvmCreateExists(t *testing.T) {
 	t.Parallel()
 	f := newSmolvmFixture(t)
 	f.create(t, "sb-dup")
-	err := f.s.create(context.Background(), createSpec{Name: "sb-dup", Image: f.image, Smolfile: f.smolfile})
+	err := f.s.create(context.Background(), createSpec{Name: "sb-dup", Image: f.image, ImageDir: true, Smolfile: f.smolfile})
 	if !isAlreadyExists(err) {
 		t.Fatalf("second create = %v, want already exists", err)
 	}
@@ -470,7 +472,7 @@ func TestSmolvmCreateFaults(t *testing.T) {
 	ctx := context.Background()
 	bad := filepath.Join(t.TempDir(), "Smolfile")
 	for _, tc := range []struct{ smolfile, image, want string }{
-		{"", "/nonexistent/image.tar", "config operation failed: --image: cannot read archive /nonexistent/image.tar"},
+		{"", "/nonexistent/image.tar", `image "/nonexistent/image.tar": open /nonexistent/image.tar: no such file or directory`},
 		{"user = \"node\"\n", "", "unknown field `user`"},
 		{"[network]\ndeny_cidrs = []\n", "", "unknown field `deny_cidrs`"},
 		{"[secrets]\nK = { from_env = \"K\", from_file = \"/k\" }\n", "", "invalid type"},
@@ -485,7 +487,7 @@ func TestSmolvmCreateFaults(t *testing.T) {
 		if tc.image != "" {
 			image = tc.image
 		}
-		err := f.s.create(ctx, createSpec{Name: "sb-bad", Image: image, Smolfile: bad})
+		err := f.s.create(ctx, createSpec{Name: "sb-bad", Image: image, ImageDir: tc.image == "", Smolfile: bad})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("create with %q = %v, want %q", tc.smolfile, err, tc.want)
 		}
@@ -790,7 +792,7 @@ func TestFakeSmolvmModes(t *testing.T) {
 	if ok, err := f.s.hasFlag(ctx, "create", "--mount-socket"); ok || err != nil {
 		t.Errorf("hasFlag(create, --mount-socket) = %v, %v on a smolvm without it", ok, err)
 	}
-	err := f.s.create(ctx, createSpec{Name: "sb-nomount", Image: f.image, Smolfile: f.smolfile,
+	err := f.s.create(ctx, createSpec{Name: "sb-nomount", Image: f.image, ImageDir: true, Smolfile: f.smolfile,
 		Sockets: []socketMount{{Host: f.sock, Guest: "/run/s.sock"}}})
 	if e := smolvmErrorAs(err); e == nil || e.Code != 2 || !strings.Contains(e.Msg, "'--mount-socket'") {
 		t.Errorf("create with --mount-socket on a smolvm without it = %v", err)

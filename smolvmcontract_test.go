@@ -17,8 +17,9 @@ import (
 // has it at v1.9.3 (commit 21b51875) or as the pull request that changes
 // it says. TestSmolvmContract holds the fake smolvm to each row;
 // TestSmolvmContractCoversCalls checks that every form smolbottle's
-// builders produce has a row. Placeholders: {image} a docker save
-// archive, {oci} an OCI archive, {smolfile} the Smolfile, {file} a host
+// builders produce has a row. An argv with --image - gets {image} on
+// its standard input, as smolbottle passes an archive. Placeholders:
+// {image} a docker save archive, {oci} an OCI archive, {smolfile} the Smolfile, {file} a host
 // file, {sock} a host path for --mount-socket.
 type contractRow struct {
 	name string
@@ -42,6 +43,8 @@ const contractMachine = "sb-c"
 
 var (
 	ctCreate = []string{"machine", "create", "--name", contractMachine, "--image", "{image}", "--smolfile", "{smolfile}",
+		"--mount-socket", "{sock}:/run/smolbottle/gvproxy.sock"}
+	ctCreateStdin = []string{"machine", "create", "--name", contractMachine, "--image", "-", "--smolfile", "{smolfile}",
 		"--mount-socket", "{sock}:/run/smolbottle/gvproxy.sock"}
 	ctStart   = []string{"machine", "start", "--name", contractMachine}
 	ctRunning = [][]string{ctCreate, ctStart}
@@ -73,6 +76,10 @@ var smolvmContract = []contractRow{
 		argv: lsArgs, stdout: `^\[\]\n$`},
 	{name: "ls --json names each machine", cite: "src/cli/vm_common.rs:2564-2571,2484-2486 @ v1.9.3",
 		before: [][]string{ctCreate}, argv: lsArgs, stdout: `(?s)^\[\n  \{\n.*"name": "sb-c",\n.*\}\n\]\n$`},
+	{name: "create reads an archive on standard input", cite: "src/data/image_source.rs:57-59,250-279 @ v1.9.3",
+		argv: ctCreateStdin, stdout: `^Created machine: sb-c\n`},
+	{name: "a machine made from standard input starts", cite: "src/data/image_source.rs:200-206; src/cli/vm_common.rs:1503-1519 @ v1.9.3",
+		before: [][]string{ctCreateStdin}, argv: ctStart, stdout: `Machine 'sb-c' running`},
 	{name: "create twice", cite: "src/cli/vm_common.rs:531-536; src/main.rs:214-215 @ v1.9.3",
 		before: [][]string{ctCreate}, argv: ctCreate, code: 1,
 		stderr: `^Error: config operation failed: create machine: machine 'sb-c' already exists or is being created\n$`},
@@ -184,6 +191,14 @@ func TestSmolvmContract(t *testing.T) {
 			}
 			smolvm := func(argv []string, secret bool) (string, string, int) {
 				cmd := exec.Command(fake.path, expand(argv)...)
+				if i := slices.Index(argv, "--image"); i >= 0 && i+1 < len(argv) && argv[i+1] == "-" {
+					f, err := os.Open(image)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer f.Close()
+					cmd.Stdin = f
+				}
 				cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "GORACE=atexit_sleep_ms=0"}
 				if secret {
 					cmd.Env = append(cmd.Env, "ANTHROPIC_API_KEY="+testSecret)

@@ -5,12 +5,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +67,19 @@ func TestUpEndToEnd(t *testing.T) {
 	for _, step := range []string{"starting the supervisor", "creating machine", "egress self-test", "ready"} {
 		if !strings.Contains(errb.String(), step) {
 			t.Errorf("up progress lacks %q:\n%s", step, errb.String())
+		}
+	}
+
+	// The archive reached smolvm on standard input, never by its path:
+	// given a path, smolvm hard-links the file into its image cache.
+	archive, _ := os.ReadFile(b.image)
+	sum := sha256.Sum256(archive)
+	if m := f.state(t).Machines[machineName("e2e")]; m == nil || m.Image != "local:"+hex.EncodeToString(sum[:]) {
+		t.Errorf("machine record %+v, want the image staged from the archive's bytes", m)
+	}
+	for _, r := range f.records(t) {
+		if slices.Contains(r.Argv, b.image) {
+			t.Errorf("smolvm was given the archive's path: %q", r.Argv)
 		}
 	}
 

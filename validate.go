@@ -326,12 +326,15 @@ func checkImage(p string) (string, error) {
 		}
 		return "", fmt.Errorf("image %q: %w", abs, err)
 	}
+	archive := strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")
 	switch {
+	case fi.IsDir() && archive: // a guest may have swapped its archive for a link
+		return "", fmt.Errorf("image %q is named as an archive but is a directory", abs)
 	case fi.IsDir():
 		if abs, err = checkImageDir(abs); err != nil {
 			return "", err
 		}
-	case fi.Mode().IsRegular() && (strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")):
+	case fi.Mode().IsRegular() && archive:
 	default:
 		return "", withHint(fmt.Errorf("image %q is neither a .tar, .tar.gz or .tgz archive nor a directory", abs), hintBuildImage)
 	}
