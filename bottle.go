@@ -269,7 +269,15 @@ func checkCommandTemplate(flagName, tmpl string, enabled bool, pe preflightEnv) 
 	if _, err := expandTemplate(argv, templateVars(1, "/")); err != nil {
 		return nil, usageError("%s: %v", flagName, err)
 	}
-	if !filepath.IsAbs(argv[0]) {
+	switch {
+	case filepath.IsAbs(argv[0]):
+	case strings.ContainsRune(argv[0], '/'): // ./gg names that file, as a shell would
+		path, err := filepath.Abs(argv[0])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flagName, err)
+		}
+		argv[0] = path
+	default:
 		path, err := findProgram(argv[0], pe)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", flagName, err)

@@ -836,3 +836,29 @@ func TestWriteStageFailureLeavesWhatWasThere(t *testing.T) {
 		t.Errorf("stage holds %q after a failed write, want %q", left, want)
 	}
 }
+
+// TestSidecarCommandPath: a sidecar program named with a '/' is that file,
+// relative to the current directory as a shell would take it; a bare name
+// is looked for as every program is.
+func TestSidecarCommandPath(t *testing.T) {
+	b := newTestBottle(t, "")
+	dir := t.TempDir()
+	for _, p := range []string{filepath.Join(dir, "gg"), filepath.Join(b.path, "gg")} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(dir)
+	for cmd, want := range map[string]string{"./gg {port}": filepath.Join(dir, "gg"), "gg {port}": filepath.Join(b.path, "gg")} {
+		opts := b.opts("rel")
+		opts.GitGate, opts.GitGateCmd = true, cmd
+		p, err := resolvePlan(context.Background(), opts, b.env(t))
+		if err != nil {
+			t.Fatalf("%q: %v", cmd, err)
+		}
+		i := slices.IndexFunc(p.Sidecars, func(s sidecar) bool { return s.Name == "git-gate" })
+		if i < 0 || p.Sidecars[i].Command[0] != want {
+			t.Errorf("%q: sidecars %+v, want git-gate to run %q", cmd, p.Sidecars, want)
+		}
+	}
+}
