@@ -495,6 +495,13 @@ func TestPlanGuestReach(t *testing.T) {
 			os.MkdirAll(venv, 0o700)
 			env.Preflight.Path = venv + ":" + b.path
 		}, `bottle "other"'s workspace "$TMP/otherws" holds the PATH directory "$TMP/otherws/.venv/bin"`},
+		{"workspace holds another bottle's smolvm", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
+			q, _ := readPlan(filepath.Join(b.state, "other"))
+			q.Tools.Smolvm = filepath.Join(b.workspace, "opt", "smolvm")
+			data, _ := json.Marshal(q)
+			writeFileAtomic(filepath.Join(b.state, "other", planFile), data, 0o600)
+		}, `workspace "$TMP/ws" holds bottle "other"'s program "$TMP/ws/opt/smolvm"`},
 		{"stage inside another bottle's directory image", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			img := rootfs(t, filepath.Join(b.dir, "otherimg"))
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))

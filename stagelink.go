@@ -229,6 +229,18 @@ func recordedBottles(root string) []recordedBottle {
 	for i, b := range out {
 		if q, err := readPlan(b.Stage); err == nil {
 			out[i].Workspace, out[i].Image = q.Workspace, q.Image
+			for _, t := range []string{q.Tools.Smolvm, q.Tools.Gvproxy, q.Tools.Gvforwarder, q.Tools.Pipelock} {
+				if t != "" {
+					out[i].Programs = append(out[i].Programs, t)
+				}
+			}
+			for _, s := range q.Sidecars {
+				for j, a := range s.Command {
+					if j == 0 || filepath.IsAbs(a) {
+						out[i].Programs = append(out[i].Programs, a)
+					}
+				}
+			}
 		}
 	}
 	return out

@@ -405,7 +405,10 @@ type hostOwned struct {
 
 // recordedBottle is a bottle the state root records (stagelink.go), with
 // the workspace and image its plan names ("" when it cannot be read).
-type recordedBottle struct{ Slug, Stage, Workspace, Image string }
+type recordedBottle struct {
+	Slug, Stage, Workspace, Image string
+	Programs                      []string // what its plan runs or reads on the host: exec, cp and down run its smolvm
+}
 
 // guestReach is what checkGuestReach compares: what the guest is given
 // against what the host trusts.
@@ -431,6 +434,9 @@ func hostOwnedPaths(r guestReach) []hostOwned {
 	add("this bottle's stage", r.Stage, true, "or pass -stage DIR outside it")
 	for _, b := range r.Recorded {
 		add(fmt.Sprintf("bottle %q's stage", b.Slug), b.Stage, true, "or remove that bottle first: smolbottle down "+b.Slug)
+		for _, p := range b.Programs {
+			add(fmt.Sprintf("bottle %q's program", b.Slug), p, false, "or remove that bottle first: smolbottle down "+b.Slug)
+		}
 	}
 	add("smolbottle's directory", r.ExeDir, false, install)
 	add("smolbottle", r.Self, false, install)
