@@ -74,7 +74,8 @@
 // and doctor refuse, before running any program, a workspace or image (of
 // this bottle or any other recorded one) that holds the state root, a
 // stage, smolbottle, a PATH directory, a program smolbottle runs, or your
-// home directory; plan.json and state.json are read back only from a
+// home directory, or that lies inside another bottle's workspace or
+// image, or holds one; plan.json and state.json are read back only from a
 // private stage of yours. A guest cannot wear the host down: its streams
 // are capped, gvproxy's memory too (1 GiB), a sidecar's log and gvproxy's
 // turn at 64 MiB (NAME.1), and what a child or the guest prints in an

@@ -495,6 +495,17 @@ func TestPlanGuestReach(t *testing.T) {
 			os.MkdirAll(venv, 0o700)
 			env.Preflight.Path = venv + ":" + b.path
 		}, `bottle "other"'s workspace "$TMP/otherws" holds the PATH directory "$TMP/otherws/.venv/bin"`},
+		{"workspace inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			outer := filepath.Join(b.dir, "outer")
+			o.Workspace = filepath.Join(outer, "ws")
+			os.MkdirAll(o.Workspace, 0o700)
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), outer)
+		}, `workspace "$TMP/outer/ws" and bottle "other"'s workspace "$TMP/outer" lie one inside the other`},
+		{"workspace around another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			inner := filepath.Join(b.workspace, "sub")
+			os.Mkdir(inner, 0o700)
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), inner)
+		}, `workspace "$TMP/ws" and bottle "other"'s workspace "$TMP/ws/sub" lie one inside the other`},
 		{"workspace holds another bottle's smolvm", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			q, _ := readPlan(filepath.Join(b.state, "other"))

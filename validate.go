@@ -476,29 +476,52 @@ func checkGuestReach(r guestReach) error {
 	}
 	// Another bottle's guest may have written its workspace or image
 	// already, and may still: neither may hold what this bottle runs or
-	// trusts either (but for that bottle's own stage).
+	// trusts either (but for that bottle's own stage). Nor may either lie
+	// strictly inside this bottle's, or this bottle's inside it: the guest
+	// that writes the outer one could replace the inner one with a link (to
+	// your home, say) before smolvm mounts it.
+	mine := givenDirs(r.Workspace, r.Image)
 	for _, b := range r.Recorded {
 		if b.Stage == r.Stage {
 			continue
 		}
 		others := slices.DeleteFunc(slices.Clone(owned), func(o hostOwned) bool { return o.path == b.Stage })
-		given := [][2]string{{"workspace", b.Workspace}}
-		if isDir(b.Image) { // an archive is read, never written
-			given = append(given, [2]string{"image", b.Image})
-		}
-		for _, g := range given {
+		for _, g := range givenDirs(b.Workspace, b.Image) {
 			field, dir := g[0], g[1]
-			if dir == "" {
-				continue
-			}
 			what := fmt.Sprintf("bottle %q's %s", b.Slug, field)
 			if err := reaches(what, dir, "that bottle's guest may have written anything in it",
 				"keep it clear of what smolbottle runs and trusts: take that directory off PATH, or pass another -stage; do not run anything from it on the host before you have checked it", others); err != nil {
 				return err
 			}
+			for _, m := range mine {
+				if nested(m[1], dir) || nested(dir, m[1]) {
+					return withHint(fmt.Errorf("%s %q and %s %q lie one inside the other: the guest given the outer one could replace the inner one with a link before smolvm mounts it", m[0], m[1], what, dir),
+						"pass a directory beside it, not inside it or around it; or remove that bottle first: smolbottle down "+b.Slug)
+				}
+			}
 		}
 	}
 	return nil
+}
+
+// givenDirs are the directories a bottle's guest is given: its workspace
+// and a directory image (an archive goes on smolvm's standard input).
+func givenDirs(workspace, image string) [][2]string {
+	var out [][2]string
+	if workspace != "" {
+		out = append(out, [2]string{"workspace", workspace})
+	}
+	if isDir(image) {
+		out = append(out, [2]string{"image", image})
+	}
+	return out
+}
+
+// nested reports whether inner resolves strictly inside outer.
+func nested(inner, outer string) bool {
+	ri, err1 := resolveExisting(inner)
+	ro, err2 := resolveExisting(outer)
+	return err1 == nil && err2 == nil && strings.HasPrefix(ri, ro+string(filepath.Separator))
 }
 
 func isDir(p string) bool {
