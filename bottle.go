@@ -684,7 +684,7 @@ func upMachineSteps(p *plan) machineSteps {
 	spec := createSpec{
 		Name:     p.Machine,
 		Image:    p.Image,
-		ImageDir: isDir(p.Image),
+		ImageDir: !isArchiveName(p.Image), // as checked, not as it is now
 		Smolfile: filepath.Join(p.Stage, smolfileName),
 		Sockets:  []socketMount{{Host: linkPath(p.Stage), Guest: guestSocket}},
 	}

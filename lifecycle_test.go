@@ -271,17 +271,30 @@ func writtenPlan(t *testing.T, b testBottle, opts planOptions) *plan {
 	return p
 }
 
+// startTestSupervisor plans the bottle opts describes, writes its stage
+// and starts its supervisor, planning again when a port was taken between
+// its allocation and the sidecar's bind by another test, as up does.
+func startTestSupervisor(t *testing.T, b testBottle, opts planOptions) (*plan, bottleState) {
+	t.Helper()
+	self, _ := os.Executable()
+	for try := 1; ; try++ {
+		p := writtenPlan(t, b, opts)
+		st, err := startSupervisor(context.Background(), self, p)
+		if err == nil {
+			return p, st
+		}
+		if !errors.Is(err, errPortTaken) || try == upPortTries {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestSupervisorKilled kills the supervisor with SIGKILL: its children die
 // with it, ls and plan see a stale bottle, and down cleans it up, twice.
 func TestSupervisorKilled(t *testing.T) {
 	b := newTestBottle(t, "")
 	f := useBottle(t, b)
-	p := writtenPlan(t, b, b.opts("kill"))
-	self, _ := os.Executable()
-	st, err := startSupervisor(context.Background(), self, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, st := startTestSupervisor(t, b, b.opts("kill"))
 	if n := len(processesMentioning(t, p.Stage)); n < 2 {
 		t.Fatalf("%d processes name the stage, want the supervisor and its children", n)
 	}
@@ -390,12 +403,7 @@ func TestSupervisorKillsOrphans(t *testing.T) {
 	useBottle(t, b)
 	opts := b.opts("orphan")
 	opts.GitGate, opts.GitGateCmd = true, linkAs(t, b.path, "forking-sidecar")+" {port}"
-	p := writtenPlan(t, b, opts)
-	self, _ := os.Executable()
-	st, err := startSupervisor(context.Background(), self, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, st := startTestSupervisor(t, b, opts)
 	t.Cleanup(func() { stopSupervisor(st.Supervisor) })
 	daemon := func(name string) procIdent {
 		var id procIdent

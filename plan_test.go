@@ -506,6 +506,14 @@ func TestPlanGuestReach(t *testing.T) {
 			os.Mkdir(inner, 0o700)
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), inner)
 		}, `workspace "$TMP/ws" and bottle "other"'s workspace "$TMP/ws/sub" lie one inside the other`},
+		{"archive inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
+			ws := filepath.Join(b.dir, "otherws")
+			os.MkdirAll(ws, 0o700)
+			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), ws)
+			data, _ := os.ReadFile(o.Image)
+			o.Image = filepath.Join(ws, "agent.tar")
+			os.WriteFile(o.Image, data, 0o600)
+		}, `image "$TMP/otherws/agent.tar" is inside bottle "other"'s workspace "$TMP/otherws": that bottle's guest could rewrite it`},
 		{"workspace holds another bottle's smolvm", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			q, _ := readPlan(filepath.Join(b.state, "other"))

@@ -848,3 +848,27 @@ func TestSmolvmExecDetached(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateImageKindAsChecked: an archive the plan checked, swapped since
+// for a link to a directory (a guest that can write it could), is refused
+// at create; it is never shared as a directory image.
+func TestCreateImageKindAsChecked(t *testing.T) {
+	t.Parallel()
+	f := newSmolvmFixture(t)
+	ctx := context.Background()
+	link := filepath.Join(t.TempDir(), "agent.tar")
+	if err := os.Symlink(f.image, link); err != nil { // f.image is a root filesystem directory
+		t.Fatal(err)
+	}
+	spec := upMachineSteps(&plan{Machine: "sb-swap", Stage: t.TempDir(), Image: link, Net: netFor(9)}).Create.create
+	spec.Smolfile = f.smolfile
+	if exists, err := f.s.exists(ctx, spec.Name); exists || err != nil {
+		t.Fatalf("exists = %v, %v before create", exists, err)
+	}
+	if err := f.s.create(ctx, spec); err == nil || !strings.Contains(err.Error(), "no longer a regular file") {
+		t.Errorf("create of a swapped archive = %v, want it refused", err)
+	}
+	if st := f.fake.state(t); len(st.Machines) != 0 {
+		t.Errorf("a machine was made: %v", st.Machines)
+	}
+}

@@ -326,7 +326,7 @@ func checkImage(p string) (string, error) {
 		}
 		return "", fmt.Errorf("image %q: %w", abs, err)
 	}
-	archive := strings.HasSuffix(abs, ".tar") || strings.HasSuffix(abs, ".tar.gz") || strings.HasSuffix(abs, ".tgz")
+	archive := isArchiveName(abs)
 	switch {
 	case fi.IsDir() && archive: // a guest may have swapped its archive for a link
 		return "", fmt.Errorf("image %q is named as an archive but is a directory", abs)
@@ -499,9 +499,19 @@ func checkGuestReach(r guestReach) error {
 						"pass a directory beside it, not inside it or around it; or remove that bottle first: smolbottle down "+b.Slug)
 				}
 			}
+			if isArchiveName(r.Image) && nested(r.Image, dir) {
+				return withHint(fmt.Errorf("image %q is inside %s %q: that bottle's guest could rewrite it, and so choose what this bottle boots", r.Image, what, dir),
+					"keep the archive outside every other bottle's workspace; or remove that bottle first: smolbottle down "+b.Slug)
+			}
 		}
 	}
 	return nil
+}
+
+// isArchiveName reports whether an image path names an archive; checkImage
+// holds such a path to a regular file, and any other to a directory.
+func isArchiveName(p string) bool {
+	return strings.HasSuffix(p, ".tar") || strings.HasSuffix(p, ".tar.gz") || strings.HasSuffix(p, ".tgz")
 }
 
 // givenDirs are the directories a bottle's guest is given: its workspace
