@@ -195,12 +195,12 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 		flag string
 		argv []string
 	}{{"-git-gate-cmd", opts.gitGate}, {"-supervise-cmd", opts.supervise}} {
-		for i, a := range s.argv {
+		for i, a := range hostArgs(s.argv) {
+			what := s.flag + "'s argument"
 			if i == 0 {
-				reach.Programs = append(reach.Programs, [2]string{s.flag + "'s program", a})
-			} else if filepath.IsAbs(a) { // a script, a repository: the program reads it
-				reach.Programs = append(reach.Programs, [2]string{s.flag + "'s argument", a})
+				what = s.flag + "'s program"
 			}
+			reach.Programs = append(reach.Programs, [2]string{what, a})
 		}
 	}
 	if err := checkGuestReach(reach); err != nil {
@@ -209,8 +209,8 @@ func resolvePlan(ctx context.Context, opts planOptions, env planEnv) (*plan, err
 	if _, p.Tools, err = be.preflight(ctx, pe); err != nil {
 		return nil, err
 	}
-	for _, t := range []string{p.Tools.Smolvm, p.Tools.Gvproxy, p.Tools.Gvforwarder, p.Tools.Pipelock} {
-		if t != "" && !slices.ContainsFunc(reach.Programs, func(c [2]string) bool { return c[1] == t }) {
+	for _, t := range p.Tools.paths() {
+		if !slices.ContainsFunc(reach.Programs, func(c [2]string) bool { return c[1] == t }) {
 			return nil, fmt.Errorf("the preflight found %q, which the guest-reach check did not see: a program appeared on PATH while smolbottle ran; run it again", t)
 		}
 	}

@@ -484,7 +484,9 @@ func TestPlanGuestReach(t *testing.T) {
 		}, `workspace "$TMP/ws" holds -git-gate-cmd's program "$TMP/ws/gate"`},
 		{"workspace holds another bottle's stage", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.workspace, "other"), filepath.Join(b.dir, "otherws"))
-		}, `workspace "$TMP/ws" holds bottle "other"'s stage "$TMP/ws/other"`},
+		}, `workspace "$TMP/ws" holds bottle "other"'s stage "$TMP/ws/other", which the guest must not reach: the guest writes the workspace
+smolbottle: hint: pass -workspace DIR: a project directory that holds none of smolbottle's files
+smolbottle: hint: or remove that bottle first: smolbottle down -stage $TMP/ws/other other`},
 		{"stage inside another bottle's workspace", func(t *testing.T, b testBottle, o *planOptions, env *planEnv, vars map[string]string) {
 			fakeBottle(t, b.state, "other", filepath.Join(b.state, "other"), filepath.Join(b.dir, "otherws"))
 			o.Stage = filepath.Join(b.dir, "otherws", "stage")

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +58,23 @@ type check struct {
 type tools struct {
 	Smolvm, Gvproxy, Gvforwarder, Pipelock string
 	SmolvmExecUser                         bool // smolvm machine exec --user exists
+}
+
+// paths lists the programs found, leaving out those not looked for.
+func (t tools) paths() []string {
+	return slices.DeleteFunc([]string{t.Smolvm, t.Gvproxy, t.Gvforwarder, t.Pipelock}, func(p string) bool { return p == "" })
+}
+
+// hostArgs returns what a command runs or reads on the host: its program
+// and its absolute arguments (a script, a repository).
+func hostArgs(argv []string) []string {
+	var out []string
+	for i, a := range argv {
+		if i == 0 || filepath.IsAbs(a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // preflightEnv is what the preflight reads from the outside world; tests

@@ -227,19 +227,12 @@ func recordedBottles(root string) []recordedBottle {
 		out = append(out, recordedBottle{Slug: slug, Stage: links[slug]})
 	}
 	for i, b := range out {
+		out[i].Down = downCommand(b.Slug, b.Stage)
 		if q, err := readPlan(b.Stage); err == nil {
 			out[i].Workspace, out[i].Image = q.Workspace, q.Image
-			for _, t := range []string{q.Tools.Smolvm, q.Tools.Gvproxy, q.Tools.Gvforwarder, q.Tools.Pipelock} {
-				if t != "" {
-					out[i].Programs = append(out[i].Programs, t)
-				}
-			}
+			out[i].Programs = q.Tools.paths()
 			for _, s := range q.Sidecars {
-				for j, a := range s.Command {
-					if j == 0 || filepath.IsAbs(a) {
-						out[i].Programs = append(out[i].Programs, a)
-					}
-				}
+				out[i].Programs = append(out[i].Programs, hostArgs(s.Command)...)
 			}
 		}
 	}

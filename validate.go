@@ -408,6 +408,7 @@ type hostOwned struct {
 type recordedBottle struct {
 	Slug, Stage, Workspace, Image string
 	Programs                      []string // what its plan runs or reads on the host: exec, cp and down run its smolvm
+	Down                          string   // the command that takes it down
 }
 
 // guestReach is what checkGuestReach compares: what the guest is given
@@ -433,9 +434,9 @@ func hostOwnedPaths(r guestReach) []hostOwned {
 	add("the state root", r.Root, true, "or set SMOLBOTTLE_STATE to a directory outside it")
 	add("this bottle's stage", r.Stage, true, "or pass -stage DIR outside it")
 	for _, b := range r.Recorded {
-		add(fmt.Sprintf("bottle %q's stage", b.Slug), b.Stage, true, "or remove that bottle first: smolbottle down "+b.Slug)
+		add(fmt.Sprintf("bottle %q's stage", b.Slug), b.Stage, true, "or remove that bottle first: "+b.Down)
 		for _, p := range b.Programs {
-			add(fmt.Sprintf("bottle %q's program", b.Slug), p, false, "or remove that bottle first: smolbottle down "+b.Slug)
+			add(fmt.Sprintf("bottle %q's program", b.Slug), p, false, "or remove that bottle first: "+b.Down)
 		}
 	}
 	add("smolbottle's directory", r.ExeDir, false, install)
@@ -496,12 +497,12 @@ func checkGuestReach(r guestReach) error {
 			for _, m := range mine {
 				if nested(m[1], dir) || nested(dir, m[1]) {
 					return withHint(fmt.Errorf("%s %q and %s %q lie one inside the other: the guest given the outer one could replace the inner one with a link before smolvm mounts it", m[0], m[1], what, dir),
-						"pass a directory beside it, not inside it or around it; or remove that bottle first: smolbottle down "+b.Slug)
+						"pass a directory beside it, not inside it or around it; or remove that bottle first: "+b.Down)
 				}
 			}
 			if isArchiveName(r.Image) && nested(r.Image, dir) {
 				return withHint(fmt.Errorf("image %q is inside %s %q: that bottle's guest could rewrite it, and so choose what this bottle boots", r.Image, what, dir),
-					"keep the archive outside every other bottle's workspace; or remove that bottle first: smolbottle down "+b.Slug)
+					"keep the archive outside every other bottle's workspace; or remove that bottle first: "+b.Down)
 			}
 		}
 	}
